@@ -1,0 +1,116 @@
+"""naip_dataset: NAIP imagery + NLCD labels -> labelled tiles, manifests and a training split.
+
+One mapped task per county tiles every requested year and commits a manifest per
+county-year; the last task balances a county-held-out train/validation split and emits the
+``naip_dataset`` Asset, on which training is scheduled.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+from landuse_airflow import params
+from landuse_airflow.assets import NAIP_DATASET
+
+
+@dag(
+    dag_id="naip_dataset",
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["landuse", "dataset"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    doc_md=__doc__,
+    params={
+        "registry": params.registry(),
+        "counties": params.counties(),
+        "years": params.years([2010, 2016]),
+        "nlcd": Param(
+            None,
+            type=["null", "string"],
+            title="NLCD source",
+            description="NLCD raster or folder of nlcd_YYYY*.tif overriding the registry's; "
+            "empty string for no labels.",
+        ),
+        "tile_size_m": Param(224.0, type="number", minimum=10, maximum=10000,
+                             title="Tile size (m)"),
+        "tile_px": Param(224, type="integer", minimum=16, maximum=4096, title="Tile pixels"),
+        "nir": Param(False, type="boolean", title="Add NIR as a 4th channel"),
+        "purity_threshold": Param(1.0, type="number", exclusiveMinimum=0, maximum=1,
+                                  title="Purity threshold"),
+        "tiles_per_class": Param(None, type=["null", "integer"], minimum=1,
+                                 title="Tiles per class (cap)"),
+        "val_counties": Param([], type="array", items={"type": "string"},
+                              title="Validation counties (empty: chosen by seed)"),
+        "seed": Param(0, type="integer", minimum=0, title="Split seed"),
+        "storage_root": params.storage_root(),
+    },
+)
+def naip_dataset() -> None:
+    @task
+    def plan() -> list[str]:
+        """Validate the params and the registry; return the counties to tile."""
+        from landuse import counties
+
+        p = get_current_context()["params"]
+        _tiling_config(p)  # fail here, once, on bad tiling params
+        chosen = counties.select(counties.load_registry(p["registry"]), p["counties"])
+        return [c.name for c in chosen]
+
+    @task(max_active_tis_per_dagrun=2)
+    def tile_county(county: str) -> list[dict[str, Any]]:
+        """Tile every requested year of one county; commit one manifest per year."""
+        from dataclasses import asdict
+
+        from landuse import counties
+        from landuse.tiling import build_county
+
+        p = get_current_context()["params"]
+        registry = counties.load_registry(p["registry"])
+        results = build_county(registry[county], p["years"], p["storage_root"],
+                               _tiling_config(p), nlcd=p["nlcd"])
+        return [asdict(r) for r in results]
+
+    @task(outlets=[NAIP_DATASET])
+    def make_split(per_county: list[list[dict[str, Any]]]) -> dict[str, Any]:
+        """Balance a county-held-out split of all trainable tiles and emit the Asset."""
+        from landuse import splits, storage
+
+        context = get_current_context()
+        p = context["params"]
+        manifests = [r["manifest_url"] for county in per_county for r in county]
+        dataset = splits.build_dataset(
+            manifests,
+            storage.join(p["storage_root"], "naip", "dataset"),
+            val_counties=p["val_counties"] or None,
+            tiles_per_class=p["tiles_per_class"],
+            seed=p["seed"],
+        )
+        counts = {s: dataset.summary[s]["tiles"] for s in ("train", "validation")}
+        context["outlet_events"][NAIP_DATASET].extra = {
+            "url": dataset.url,
+            "summary_url": dataset.summary_url,
+            "storage_root": p["storage_root"],
+            "manifests": sorted(manifests),
+            **counts,
+        }
+        return {"url": dataset.url, **counts}
+
+    make_split(tile_county.expand(county=plan()))
+
+
+def _tiling_config(p: Any) -> Any:
+    from landuse.tiling import TilingConfig
+
+    return TilingConfig(
+        tile_size_m=p["tile_size_m"],
+        tile_px=p["tile_px"],
+        bands=("red", "green", "blue", "nir") if p["nir"] else ("red", "green", "blue"),
+        purity_threshold=p["purity_threshold"],
+    )
+
+
+naip_dataset()

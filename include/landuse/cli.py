@@ -1,0 +1,128 @@
+"""The ``landuse`` command: each pipeline stage outside Airflow, for notebooks and debugging."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from landuse import counties, splits, storage
+from landuse.tiling import TilingConfig, build_county
+
+
+def _years(text: str) -> list[int]:
+    try:
+        return [int(y) for y in text.split(",") if y.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"years must be comma-separated integers: {text}") from err
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from landuse.synthetic import make_synthetic
+
+    made = make_synthetic(
+        args.out,
+        counties=args.counties,
+        years=tuple(args.years),
+        size_m=args.size_m,
+        res_m=args.res_m,
+        changes_per_county=args.changes,
+        seed=args.seed,
+    )
+    for county in made:
+        print(f"{county.name}: {len(county.scenes)} scene(s), {county.changed_parcels} planted "
+              "change(s)")
+    print(f"registry: {storage.join(args.out, 'counties.json')}")
+    return 0
+
+
+def _tiles(args: argparse.Namespace) -> int:
+    registry = counties.load_registry(args.registry)
+    chosen = counties.select(registry, args.counties)
+    config = TilingConfig(
+        tile_size_m=args.tile_size_m,
+        tile_px=args.tile_px,
+        bands=("red", "green", "blue", "nir") if args.nir else ("red", "green", "blue"),
+        purity_threshold=args.purity,
+        max_nodata_fraction=args.max_nodata,
+    )
+    manifests = []
+    for county in chosen:
+        for result in build_county(county, args.years, args.root, config, nlcd=args.nlcd):
+            print(f"{result.county} {result.year}: {result.tiles} tiles, {result.trainable} "
+                  f"trainable -> {result.manifest_url}")
+            manifests.append(result.manifest_url)
+    if args.split:
+        dataset = splits.build_dataset(
+            manifests,
+            storage.join(args.root, "naip", "dataset"),
+            val_counties=args.val_counties,
+            tiles_per_class=args.tiles_per_class,
+            seed=args.seed,
+        )
+        print(json.dumps({k: dataset.summary[k] for k in ("train", "validation")}, indent=2))
+        print(f"dataset: {dataset.url}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="landuse",
+        description="Land-use maps and change reports from NAIP aerial imagery.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = sub.add_parser("synth", help="generate synthetic counties (imagery, NLCD, truth)")
+    synth.add_argument("--out", required=True, help="output folder or URL")
+    synth.add_argument("--counties", type=int, default=3)
+    synth.add_argument("--years", type=_years, default=[2010, 2016], help="e.g. 2010,2016")
+    synth.add_argument("--size-m", type=float, default=3136.0, help="scene side in metres")
+    synth.add_argument("--res-m", type=float, default=2.0, help="ground sample distance")
+    synth.add_argument("--changes", type=int, default=4, help="planted changes per later year")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_synth)
+
+    tiles = sub.add_parser("tiles", help="tile counties into labelled PNGs and manifests")
+    tiles.add_argument("--registry", required=True, help="counties.json")
+    tiles.add_argument("--counties", type=_names, default=None, help="names (default: all)")
+    tiles.add_argument("--years", type=_years, required=True, help="NAIP years, e.g. 2010,2016")
+    tiles.add_argument("--root", required=True, help="storage root for outputs (path or URL)")
+    tiles.add_argument("--nlcd", default=None, help="NLCD source overriding the registry's")
+    tiles.add_argument("--tile-size-m", type=float, default=224.0)
+    tiles.add_argument("--tile-px", type=int, default=224)
+    tiles.add_argument("--nir", action="store_true", help="add NIR as a 4th PNG channel")
+    tiles.add_argument("--purity", type=float, default=1.0, help="training purity threshold")
+    tiles.add_argument("--max-nodata", type=float, default=0.01)
+    tiles.add_argument("--split", action="store_true", help="also write the train/val split")
+    tiles.add_argument("--val-counties", type=_names, default=None)
+    tiles.add_argument("--tiles-per-class", type=int, default=None)
+    tiles.add_argument("--seed", type=int, default=0)
+    tiles.set_defaults(func=_tiles)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``landuse`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except (ValueError, storage.StorageError) as err:
+        print(f"landuse {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,413 @@
+"""Cut NAIP scenes into labelled tiles and write one manifest per county and year.
+
+The tile grid is anchored to multiples of the tile size in the scene's projected CRS, so a
+tile id (``{epsg}_{col}_{row}``) names the same ground in every NAIP vintage: change
+detection compares tiles by id. Each tile is read with a windowed read (a county never has
+to fit in memory), resampled to ``tile_px`` pixels and written as PNG. Labels come from NLCD
+reprojected once per scene onto a label grid aligned with the tiles.
+
+A county-year is committed by its manifest: tiles are written first, the manifest last and
+atomically, and both are deterministic, so a failed run leaves no manifest and a rerun
+writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from affine import Affine
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rasterio.enums import Resampling
+from rasterio.warp import transform as transform_points
+from rasterio.windows import Window, from_bounds
+
+from landuse import labels, storage
+from landuse.counties import County
+from landuse.naip import NaipCatalog, NaipScene
+from landuse.nlcd import NlcdSource, read_labels
+from landuse.progress import track
+from landuse.raster import RasterError, open_raster, read_checked
+
+log = logging.getLogger(__name__)
+
+Band = Literal["red", "green", "blue", "nir"]
+BAND_INDEX: dict[str, int] = {"red": 1, "green": 2, "blue": 3, "nir": 4}
+
+# Label-grid categories beyond the six classes (see _LOOKUP).
+_WATER, _ICE, _NODATA, _UNKNOWN = 6, 7, 8, 9
+_CATEGORY_NAMES = (*labels.CLASSES, "Water", "Ice")
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("tile_id", pa.string()),
+        ("county", pa.string()),
+        ("year", pa.int32()),
+        ("scene", pa.string()),
+        ("scene_date", pa.date32()),
+        ("col_off", pa.float64()),
+        ("row_off", pa.float64()),
+        ("width", pa.float64()),
+        ("height", pa.float64()),
+        ("minx", pa.float64()),
+        ("miny", pa.float64()),
+        ("maxx", pa.float64()),
+        ("maxy", pa.float64()),
+        ("crs", pa.string()),
+        ("label", pa.string()),
+        ("group", pa.string()),
+        ("purity", pa.float32()),
+        ("nodata_fraction", pa.float32()),
+        ("status", pa.string()),
+        ("trainable", pa.bool_()),
+        ("note", pa.string()),
+        ("image_url", pa.string()),
+        ("bands", pa.string()),
+        ("synthetic", pa.bool_()),
+    ]
+)
+
+
+class TilingConfig(BaseModel):
+    """How scenes become tiles and which tiles are good enough to train on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tile_size_m: float = Field(224.0, gt=0, le=10_000, description="tile side on the ground, m")
+    tile_px: int = Field(224, ge=16, le=4096, description="tile side in output pixels")
+    bands: tuple[Band, ...] = Field(
+        ("red", "green", "blue"), description="RGB, or RGB plus NIR (stored as a 4th channel)"
+    )
+    label_cells: int = Field(32, ge=1, le=512, description="label grid cells per tile side")
+    purity_threshold: float = Field(
+        1.0, gt=0, le=1, description="training tiles need this share in their plurality class"
+    )
+    max_nodata_fraction: float = Field(
+        0.01, ge=0, le=1, description="training tiles may have at most this share of no-data"
+    )
+
+    @field_validator("bands")
+    @classmethod
+    def _rgb_first(cls, bands: tuple[str, ...]) -> tuple[str, ...]:
+        if bands not in (("red", "green", "blue"), ("red", "green", "blue", "nir")):
+            raise ValueError("bands must be red,green,blue or red,green,blue,nir")
+        return bands
+
+
+def _lookup() -> np.ndarray:
+    table = np.full(65536, _UNKNOWN, dtype=np.uint8)
+    for code, name in labels.NLCD_TO_CLASS.items():
+        table[code] = labels.CLASSES.index(name)
+    table[11], table[12] = _WATER, _ICE
+    table[0] = _NODATA
+    return table
+
+
+_LOOKUP = _lookup()
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    """A tile's label summary."""
+
+    label: str | None
+    purity: float
+    unknown_codes: tuple[int, ...]
+
+
+def label_stats(codes: np.ndarray) -> LabelStats:
+    """Plurality label and purity of a block of NLCD codes (0 = no data).
+
+    Purity is the plurality category's share of *all* the tile's label cells, so missing
+    labels count against it. Water and ice compete for plurality like classes.
+    """
+    categories = _LOOKUP[codes]
+    counts = np.bincount(categories.ravel(), minlength=10)
+    unknown = tuple(int(c) for c in np.unique(codes[categories == _UNKNOWN]))
+    if counts[:_NODATA].sum() == 0:
+        return LabelStats(None, 0.0, unknown)
+    plurality = int(np.argmax(counts[:_NODATA]))
+    return LabelStats(_CATEGORY_NAMES[plurality], float(counts[plurality] / codes.size), unknown)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of a (bands, H, W) uint8 array; a 4th band (NIR) is the PNG's 4th channel."""
+    mode = "RGB" if pixels.shape[0] == 3 else "RGBA"
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), mode).save(
+        buf, format="PNG", compress_level=6
+    )
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles of ``size`` metres aligned to multiples of ``size`` in a projected CRS."""
+
+    size: float
+    col0: int
+    row0: int  # row index counts northwards: tile row r spans y in [r*size, (r+1)*size)
+    ncols: int
+    nrows: int
+
+    @classmethod
+    def inside(cls, bounds: tuple[float, float, float, float], size: float) -> TileGrid:
+        """All whole tiles inside ``bounds`` (left, bottom, right, top)."""
+        left, bottom, right, top = bounds
+        col0, row0 = math.ceil(left / size - 1e-9), math.ceil(bottom / size - 1e-9)
+        ncols = max(0, math.floor(right / size + 1e-9) - col0)
+        nrows = max(0, math.floor(top / size + 1e-9) - row0)
+        return cls(size, col0, row0, ncols, nrows)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """Extent of the whole grid."""
+        s = self.size
+        return (
+            self.col0 * s,
+            self.row0 * s,
+            (self.col0 + self.ncols) * s,
+            (self.row0 + self.nrows) * s,
+        )
+
+    def label_transform(self, cells: int) -> Affine:
+        """Transform of a label grid with ``cells`` × ``cells`` cells per tile, north up."""
+        left, _, _, top = self.bounds
+        return Affine(self.size / cells, 0, left, 0, -self.size / cells, top)
+
+    def tiles(self) -> Iterable[tuple[int, int, tuple[float, float, float, float]]]:
+        """(col, row, bounds) for every tile, north to south, west to east."""
+        s = self.size
+        for row in range(self.row0 + self.nrows - 1, self.row0 - 1, -1):
+            for col in range(self.col0, self.col0 + self.ncols):
+                yield col, row, (col * s, row * s, (col + 1) * s, (row + 1) * s)
+
+
+def _centres_in_bbox(
+    crs: Any, tiles: list[tuple[int, int, tuple[float, float, float, float]]], bbox: tuple
+) -> list[bool]:
+    xs = [(b[0] + b[2]) / 2 for _, _, b in tiles]
+    ys = [(b[1] + b[3]) / 2 for _, _, b in tiles]
+    lons, lats = transform_points(crs, "EPSG:4326", xs, ys)
+    west, south, east, north = bbox
+    return [west <= x <= east and south <= y <= north for x, y in zip(lons, lats, strict=True)]
+
+
+def tile_scene(
+    scene: NaipScene,
+    county: County,
+    year: int,
+    config: TilingConfig,
+    tiles_url: str,
+    nlcd_url: str | None,
+    skip_ids: set[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Tile one scene: write a PNG per tile with imagery, return manifest rows.
+
+    Raises:
+        RasterError: the scene is unreadable, has no CRS, has too few bands, or the NLCD
+            raster does not overlap it.
+    """
+    skip_ids = skip_ids if skip_ids is not None else set()
+    rows: list[dict[str, Any]] = []
+    with open_raster(scene.url) as src:
+        need = max(BAND_INDEX[b] for b in config.bands)
+        if src.count < need or src.dtypes[0] != "uint8":
+            raise RasterError(
+                f"scene {scene.url} has {src.count} {src.dtypes[0]} band(s); NAIP tiles of "
+                f"bands {','.join(config.bands)} need at least {need} uint8 bands"
+            )
+        if not src.crs.is_projected:
+            raise RasterError(f"scene {scene.url} is in {src.crs}, not a projected (metre) CRS")
+        grid = TileGrid.inside(tuple(src.bounds), config.tile_size_m)
+        tiles = list(grid.tiles())
+        if not tiles:
+            log.warning("scene %s is smaller than one %s m tile", scene.url, config.tile_size_m)
+            return rows
+        keep = _centres_in_bbox(src.crs, tiles, county.bbox)
+        codes = None
+        if nlcd_url:
+            c = config.label_cells
+            codes = read_labels(
+                nlcd_url, src.crs, grid.label_transform(c), (grid.nrows * c, grid.ncols * c)
+            )
+        indexes = [BAND_INDEX[b] for b in config.bands]
+        nodata = src.nodata if src.nodata is not None else 0
+        crs = src.crs.to_string()
+        epsg = src.crs.to_epsg() or 0
+        todo = [t for t, k in zip(tiles, keep, strict=True) if k]
+        for col, row, bounds in track(todo, total=len(todo), desc=f"{county.name} {scene.name}"):
+            tile_id = f"{epsg}_{col}_{row}"
+            if tile_id in skip_ids:
+                continue  # already cut from an overlapping scene of this county-year
+            skip_ids.add(tile_id)
+            window: Window = from_bounds(*bounds, transform=src.transform)
+            pixels = read_checked(
+                src,
+                scene.url,
+                indexes=indexes,
+                window=window,
+                out_shape=(len(indexes), config.tile_px, config.tile_px),
+                resampling=Resampling.bilinear,
+                boundless=True,
+                fill_value=nodata,
+            )
+            nodata_fraction = float(np.mean(np.all(pixels == nodata, axis=0)))
+            row_dict: dict[str, Any] = {
+                "tile_id": tile_id,
+                "county": county.name,
+                "year": year,
+                "scene": scene.name,
+                "scene_date": scene.date,
+                "col_off": round(window.col_off, 3),
+                "row_off": round(window.row_off, 3),
+                "width": round(window.width, 3),
+                "height": round(window.height, 3),
+                "minx": bounds[0],
+                "miny": bounds[1],
+                "maxx": bounds[2],
+                "maxy": bounds[3],
+                "crs": crs,
+                "nodata_fraction": round(nodata_fraction, 4),
+                "bands": ",".join(config.bands),
+                "synthetic": county.synthetic,
+            }
+            row_dict.update(_label_fields(codes, grid, col, row, config, nodata_fraction))
+            if nodata_fraction < 1.0:
+                url = storage.join(tiles_url, f"{tile_id}.png")
+                storage.write_bytes(url, encode_png(pixels))
+                row_dict["image_url"] = url
+            else:
+                row_dict.update(status="empty", trainable=False, note="no imagery", image_url=None)
+            rows.append(row_dict)
+    return rows
+
+
+def _label_fields(
+    codes: np.ndarray | None,
+    grid: TileGrid,
+    col: int,
+    row: int,
+    config: TilingConfig,
+    nodata_fraction: float,
+) -> dict[str, Any]:
+    if codes is None:
+        return dict(label=None, group=None, purity=None, status="ok", trainable=False,
+                    note="no NLCD labels")
+    c = config.label_cells
+    r0 = (grid.row0 + grid.nrows - 1 - row) * c
+    c0 = (col - grid.col0) * c
+    stats = label_stats(codes[r0 : r0 + c, c0 : c0 + c])
+    fields: dict[str, Any] = dict(
+        label=stats.label,
+        group=labels.CLASS_TO_GROUP.get(stats.label or ""),
+        purity=round(stats.purity, 4),
+        status="ok",
+        trainable=False,
+        note=None,
+    )
+    if stats.unknown_codes:
+        fields.update(
+            status="skipped",
+            note=f"unknown NLCD code(s) {', '.join(map(str, stats.unknown_codes))}",
+        )
+    elif stats.label is None:
+        fields["note"] = "no NLCD data"
+    elif stats.label not in labels.CLASSES:
+        fields["note"] = f"{stats.label.lower()} is not a land-use class"
+    elif stats.purity < config.purity_threshold:
+        fields["note"] = f"purity {stats.purity:.3f} < {config.purity_threshold}"
+    elif nodata_fraction > config.max_nodata_fraction:
+        fields["note"] = f"no-data {nodata_fraction:.3f} > {config.max_nodata_fraction}"
+    else:
+        fields["trainable"] = True
+    return fields
+
+
+def county_prefix(root: str, county: str, year: int) -> str:
+    """Folder of one county-year's tiles and manifest under the storage root."""
+    return storage.join(root, "naip", storage.safe_name(county), str(year))
+
+
+def manifest_url(root: str, county: str, year: int) -> str:
+    """The manifest that commits one county-year."""
+    return storage.join(county_prefix(root, county, year), "manifest.parquet")
+
+
+@dataclass(frozen=True)
+class CountyYear:
+    """What tiling one county-year produced."""
+
+    county: str
+    year: int
+    manifest_url: str
+    tiles: int
+    trainable: int
+    scenes: tuple[str, ...]
+
+
+def build_county(
+    county: County,
+    years: Iterable[int],
+    root: str,
+    config: TilingConfig | None = None,
+    nlcd: str | None = None,
+) -> list[CountyYear]:
+    """Tile every requested year of a county and commit one manifest per year.
+
+    Args:
+        county: the county (its NAIP root, bounding box and default NLCD source).
+        years: NAIP years; years without scenes are skipped with a warning.
+        root: storage root URL for outputs.
+        config: tiling options.
+        nlcd: NLCD source overriding the county's own ('' for none).
+
+    Raises:
+        ValueError: the county has no NAIP scenes in any requested year.
+        RasterError: a scene or the NLCD raster is unusable (nothing is committed).
+    """
+    config = config or TilingConfig()
+    storage.safe_name(county.name)
+    years = sorted(set(years))
+    source_url = county.nlcd if nlcd is None else (nlcd or None)
+    source = NlcdSource.from_url(source_url) if source_url else None
+    catalog = NaipCatalog(county.naip)
+    scenes = catalog.scenes(years=years, bbox=county.bbox, state=county.state)
+    if not scenes:
+        raise ValueError(
+            f"county {county.name}: no NAIP scenes for years {years} under {county.naip}"
+        )
+    results = []
+    for year in years:
+        year_scenes = [s for s in scenes if s.year == year]
+        if not year_scenes:
+            log.warning("county %s: no NAIP scenes for %d, skipped", county.name, year)
+            continue
+        prefix = county_prefix(root, county.name, year)
+        seen: set[str] = set()
+        rows: list[dict[str, Any]] = []
+        for scene in year_scenes:
+            nlcd_url = source.for_year(year) if source else None
+            rows.extend(
+                tile_scene(scene, county, year, config, storage.join(prefix, "tiles"), nlcd_url,
+                           seen)
+            )
+        rows.sort(key=lambda r: r["tile_id"])
+        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+        url = manifest_url(root, county.name, year)
+        storage.write_parquet(url, table)
+        trainable = sum(bool(r["trainable"]) for r in rows)
+        log.info("county %s %d: %d tiles, %d trainable -> %s", county.name, year, len(rows),
+                 trainable, url)
+        results.append(
+            CountyYear(county.name, year, url, len(rows), trainable,
+                       tuple(s.name for s in year_scenes))
+        )
+    return results
