@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
+
 from landuse_airflow import params
 from landuse_airflow.assets import NAIP_DATASET
 
@@ -35,16 +36,23 @@ from landuse_airflow.assets import NAIP_DATASET
             description="NLCD raster or folder of nlcd_YYYY*.tif overriding the registry's; "
             "empty string for no labels.",
         ),
-        "tile_size_m": Param(224.0, type="number", minimum=10, maximum=10000,
-                             title="Tile size (m)"),
+        "tile_size_m": Param(
+            224.0, type="number", minimum=10, maximum=10000, title="Tile size (m)"
+        ),
         "tile_px": Param(224, type="integer", minimum=16, maximum=4096, title="Tile pixels"),
         "nir": Param(False, type="boolean", title="Add NIR as a 4th channel"),
-        "purity_threshold": Param(1.0, type="number", exclusiveMinimum=0, maximum=1,
-                                  title="Purity threshold"),
-        "tiles_per_class": Param(None, type=["null", "integer"], minimum=1,
-                                 title="Tiles per class (cap)"),
-        "val_counties": Param([], type="array", items={"type": "string"},
-                              title="Validation counties (empty: chosen by seed)"),
+        "purity_threshold": Param(
+            1.0, type="number", exclusiveMinimum=0, maximum=1, title="Purity threshold"
+        ),
+        "tiles_per_class": Param(
+            None, type=["null", "integer"], minimum=1, title="Tiles per class (cap)"
+        ),
+        "val_counties": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            title="Validation counties (empty: chosen by seed)",
+        ),
         "seed": Param(0, type="integer", minimum=0, title="Split seed"),
         "storage_root": params.storage_root(),
     },
@@ -70,8 +78,9 @@ def naip_dataset() -> None:
 
         p = get_current_context()["params"]
         registry = counties.load_registry(p["registry"])
-        results = build_county(registry[county], p["years"], p["storage_root"],
-                               _tiling_config(p), nlcd=p["nlcd"])
+        results = build_county(
+            registry[county], p["years"], p["storage_root"], _tiling_config(p), nlcd=p["nlcd"]
+        )
         return [asdict(r) for r in results]
 
     @task(outlets=[NAIP_DATASET])

@@ -36,8 +36,10 @@ def _synth(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     for county in made:
-        print(f"{county.name}: {len(county.scenes)} scene(s), {county.changed_parcels} planted "
-              "change(s)")
+        print(
+            f"{county.name}: {len(county.scenes)} scene(s), {county.changed_parcels} planted "
+            "change(s)"
+        )
     print(f"registry: {storage.join(args.out, 'counties.json')}")
     return 0
 
@@ -55,8 +57,10 @@ def _tiles(args: argparse.Namespace) -> int:
     manifests = []
     for county in chosen:
         for result in build_county(county, args.years, args.root, config, nlcd=args.nlcd):
-            print(f"{result.county} {result.year}: {result.tiles} tiles, {result.trainable} "
-                  f"trainable -> {result.manifest_url}")
+            print(
+                f"{result.county} {result.year}: {result.tiles} tiles, {result.trainable} "
+                f"trainable -> {result.manifest_url}"
+            )
             manifests.append(result.manifest_url)
     if args.split:
         dataset = splits.build_dataset(

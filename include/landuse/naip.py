@@ -172,7 +172,9 @@ class NaipCatalog:
             found.append(scene)
         return sorted(found, key=lambda s: (s.year, s.name))
 
-    def _azure_urls(self, state: str | None, years: set[int] | None, bbox: BBox | None) -> list[str]:
+    def _azure_urls(
+        self, state: str | None, years: set[int] | None, bbox: BBox | None
+    ) -> list[str]:
         if state is None or state.lower() not in _STATES:
             raise ValueError(
                 f"NAIP state {state!r} is not a two-letter US state code; the azure layout "

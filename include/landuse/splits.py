@@ -39,7 +39,8 @@ def choose_validation_counties(
     At least one county goes to each side.
     """
     order = list(counts.index[rng.permutation(len(counts))])
-    total, chosen, held = counts.sum(), [], 0
+    total, held = counts.sum(), 0
+    chosen: list[str] = []
     for county in order[:-1]:
         if chosen and held / total >= val_fraction:
             break

@@ -44,8 +44,13 @@ _BASE = {
     "Water": (36, 56, 76, 16),
 }
 _WEIGHTS = {  # share of parcels per class
-    "Developed": 0.16, "Barren": 0.12, "Forest": 0.16, "Shrub": 0.14,
-    "Herbaceous": 0.16, "Cultivated": 0.18, "Water": 0.08,
+    "Developed": 0.16,
+    "Barren": 0.12,
+    "Forest": 0.16,
+    "Shrub": 0.14,
+    "Herbaceous": 0.16,
+    "Cultivated": 0.18,
+    "Water": 0.08,
 }
 
 
@@ -137,7 +142,7 @@ def _render(
             img[:, mask] += canopy[mask]
         elif name == "Cultivated":
             period = max(3, int(8 * px))
-            vertical = (parcel_ids % 2 == 0)
+            vertical = parcel_ids % 2 == 0
             rows = np.where(vertical, xx % period, yy % period) < period / 2
             stripe = np.where(rows, 1.0, -1.0)[mask]
             img[:, mask] += np.outer([-18, 14, -6, 45], stripe) + fine[mask] * 5
@@ -155,9 +160,20 @@ def _render(
 def _write_geotiff(
     url: str, data: np.ndarray, crs: CRS, tf: Affine, nodata: int | None = None, **tags: Any
 ) -> None:
-    profile = dict(driver="GTiff", width=data.shape[-1], height=data.shape[-2], count=data.shape[0],
-                   dtype=data.dtype, crs=crs, transform=tf, nodata=nodata, compress="deflate",
-                   tiled=True, blockxsize=256, blockysize=256)
+    profile = dict(
+        driver="GTiff",
+        width=data.shape[-1],
+        height=data.shape[-2],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=tf,
+        nodata=nodata,
+        compress="deflate",
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    )
     with MemoryFile() as mem:
         with mem.open(**profile) as dst:
             dst.write(data)
@@ -192,8 +208,9 @@ def make_synthetic(
         raise ValueError(f"years must be increasing and distinct, got {years}")
     names = list(_BASE)
     developed = names.index("Developed")
-    convertible = [names.index(n) for n in ("Barren", "Forest", "Shrub", "Herbaceous",
-                                            "Cultivated")]
+    convertible = [
+        names.index(n) for n in ("Barren", "Forest", "Shrub", "Herbaceous", "Cultivated")
+    ]
     side_px = round(size_m / res_m)
     side_px -= side_px % _PARCEL_PX
     made: list[SyntheticCounty] = []
@@ -215,21 +232,28 @@ def make_synthetic(
         weights = np.array([_WEIGHTS[n] for n in names])
         quota = np.maximum(1, np.floor(weights / weights.sum() * n_parcels)).astype(int)
         pool = np.repeat(np.arange(len(names)), quota)
-        extra = rng.choice(len(names), size=max(0, n_parcels - len(pool)), p=weights / weights.sum())
+        extra = rng.choice(
+            len(names), size=max(0, n_parcels - len(pool)), p=weights / weights.sum()
+        )
         parcel_class = rng.permutation(np.concatenate([pool, extra]))[:n_parcels]
-        parcel_code = np.array([
-            11 if names[c] == "Water"
-            else rng.choice([k for k, v in labels.NLCD_TO_CLASS.items() if v == names[c]])
-            for c in parcel_class
-        ], dtype=np.uint8)
+        parcel_code = np.array(
+            [
+                11
+                if names[c] == "Water"
+                else rng.choice([k for k, v in labels.NLCD_TO_CLASS.items() if v == names[c]])
+                for c in parcel_class
+            ],
+            dtype=np.uint8,
+        )
         coarse_tf = Affine(res_m * _PARCEL_PX, 0, x0, 0, -res_m * _PARCEL_PX, y1)
         quad, quarter = quad_name(lon, lat)
         first_classes = parcel_class.copy()
         for k, year in enumerate(years):
             if k > 0:
                 candidates = np.flatnonzero(np.isin(parcel_class, convertible))
-                pick = rng.choice(candidates, size=min(changes_per_county, len(candidates)),
-                                  replace=False)
+                pick = rng.choice(
+                    candidates, size=min(changes_per_county, len(candidates)), replace=False
+                )
                 parcel_class[pick] = developed
                 parcel_code[pick] = rng.choice([21, 22, 23, 24], size=len(pick))
                 county.changed_parcels += len(pick)
@@ -239,17 +263,32 @@ def make_synthetic(
             image = _render(parcel_class[pixel_parcels], pixel_parcels, year_rng, res_m)
             gain = year_rng.uniform(0.94, 1.06)  # acquisitions differ in brightness
             image = np.clip(image * gain, 1, 255).astype(np.uint8)
-            url = storage.join(out, "naip", f"synthetic_m_{quad}_{quarter}_14_{_res_code(res_m)}"
-                                            f"_{year}0615.tif")
-            _write_geotiff(url, image, UTM, tf, TIFFTAG_IMAGEDESCRIPTION=_DESCRIPTION,
-                           SYNTHETIC="yes", COUNTY=name)
+            url = storage.join(
+                out, "naip", f"synthetic_m_{quad}_{quarter}_14_{_res_code(res_m)}_{year}0615.tif"
+            )
+            _write_geotiff(
+                url,
+                image,
+                UTM,
+                tf,
+                TIFFTAG_IMAGEDESCRIPTION=_DESCRIPTION,
+                SYNTHETIC="yes",
+                COUNTY=name,
+            )
             county.scenes[year] = url
         if len(years) > 1:
             changed = (first_classes != developed) & (parcel_class == developed)
-            truth_url = storage.join(out, "truth", f"{name}_newly_developed_{years[0]}_"
-                                                   f"{years[-1]}.tif")
-            _write_geotiff(truth_url, changed[parcel_ids].astype(np.uint8)[None], UTM,
-                           coarse_tf, SYNTHETIC="yes", MEANING="1 = became Developed")
+            truth_url = storage.join(
+                out, "truth", f"{name}_newly_developed_{years[0]}_{years[-1]}.tif"
+            )
+            _write_geotiff(
+                truth_url,
+                changed[parcel_ids].astype(np.uint8)[None],
+                UTM,
+                coarse_tf,
+                SYNTHETIC="yes",
+                MEANING="1 = became Developed",
+            )
             county.changed_tiles_truth = truth_url
         made.append(county)
     for year, pieces in codes_by_year.items():
@@ -257,13 +296,18 @@ def make_synthetic(
     registry = {
         "description": "Synthetic counties made by `landuse synth` (not real places or data)",
         "counties": [
-            {"name": c.name, "state": "nd", "bbox": [round(v, 6) for v in c.bbox],
-             "naip": "naip", "nlcd": "nlcd", "synthetic": True}
+            {
+                "name": c.name,
+                "state": "nd",
+                "bbox": [round(v, 6) for v in c.bbox],
+                "naip": "naip",
+                "nlcd": "nlcd",
+                "synthetic": True,
+            }
             for c in made
         ],
     }
-    storage.write_bytes(storage.join(out, "counties.json"),
-                        json.dumps(registry, indent=2).encode())
+    storage.write_bytes(storage.join(out, "counties.json"), json.dumps(registry, indent=2).encode())
     return made
 
 
@@ -285,8 +329,16 @@ def _write_nlcd(url: str, pieces: list[tuple[np.ndarray, Affine]]) -> None:
     mosaic = np.zeros((height, width), dtype=np.uint8)
     for codes, tf in pieces:
         part = np.zeros_like(mosaic)
-        reproject(codes, part, src_transform=tf, src_crs=UTM, dst_transform=dst_tf,
-                  dst_crs=ALBERS, src_nodata=0, dst_nodata=0, resampling=Resampling.nearest)
+        reproject(
+            codes,
+            part,
+            src_transform=tf,
+            src_crs=UTM,
+            dst_transform=dst_tf,
+            dst_crs=ALBERS,
+            src_nodata=0,
+            dst_nodata=0,
+            resampling=Resampling.nearest,
+        )
         mosaic = np.where(part > 0, part, mosaic)
     _write_geotiff(url, mosaic[None], ALBERS, dst_tf, nodata=0, SYNTHETIC="yes")
-

@@ -299,8 +299,9 @@ def _label_fields(
     nodata_fraction: float,
 ) -> dict[str, Any]:
     if codes is None:
-        return dict(label=None, group=None, purity=None, status="ok", trainable=False,
-                    note="no NLCD labels")
+        return dict(
+            label=None, group=None, purity=None, status="ok", trainable=False, note="no NLCD labels"
+        )
     c = config.label_cells
     r0 = (grid.row0 + grid.nrows - 1 - row) * c
     c0 = (col - grid.col0) * c
@@ -396,18 +397,26 @@ def build_county(
         for scene in year_scenes:
             nlcd_url = source.for_year(year) if source else None
             rows.extend(
-                tile_scene(scene, county, year, config, storage.join(prefix, "tiles"), nlcd_url,
-                           seen)
+                tile_scene(
+                    scene, county, year, config, storage.join(prefix, "tiles"), nlcd_url, seen
+                )
             )
         rows.sort(key=lambda r: r["tile_id"])
         table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
         url = manifest_url(root, county.name, year)
         storage.write_parquet(url, table)
         trainable = sum(bool(r["trainable"]) for r in rows)
-        log.info("county %s %d: %d tiles, %d trainable -> %s", county.name, year, len(rows),
-                 trainable, url)
+        log.info(
+            "county %s %d: %d tiles, %d trainable -> %s",
+            county.name,
+            year,
+            len(rows),
+            trainable,
+            url,
+        )
         results.append(
-            CountyYear(county.name, year, url, len(rows), trainable,
-                       tuple(s.name for s in year_scenes))
+            CountyYear(
+                county.name, year, url, len(rows), trainable, tuple(s.name for s in year_scenes)
+            )
         )
     return results
