@@ -14,6 +14,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from landuse_airflow import params
 from landuse_airflow.assets import NAIP_DATASET
+from landuse_airflow.errors import fail_fast_on_bad_input
 
 
 @dag(
@@ -64,8 +65,9 @@ def naip_dataset() -> None:
         from landuse import counties
 
         p = get_current_context()["params"]
-        _tiling_config(p)  # fail here, once, on bad tiling params
-        chosen = counties.select(counties.load_registry(p["registry"]), p["counties"])
+        with fail_fast_on_bad_input():
+            _tiling_config(p)  # fail here, once, on bad tiling params
+            chosen = counties.select(counties.load_registry(p["registry"]), p["counties"])
         return [c.name for c in chosen]
 
     @task(max_active_tis_per_dagrun=2)
@@ -77,10 +79,11 @@ def naip_dataset() -> None:
         from landuse.tiling import build_county
 
         p = get_current_context()["params"]
-        registry = counties.load_registry(p["registry"])
-        results = build_county(
-            registry[county], p["years"], p["storage_root"], _tiling_config(p), nlcd=p["nlcd"]
-        )
+        with fail_fast_on_bad_input():
+            registry = counties.load_registry(p["registry"])
+            results = build_county(
+                registry[county], p["years"], p["storage_root"], _tiling_config(p), nlcd=p["nlcd"]
+            )
         return [asdict(r) for r in results]
 
     @task(outlets=[NAIP_DATASET])
@@ -91,13 +94,14 @@ def naip_dataset() -> None:
         context = get_current_context()
         p = context["params"]
         manifests = [r["manifest_url"] for county in per_county for r in county]
-        dataset = splits.build_dataset(
-            manifests,
-            storage.join(p["storage_root"], "naip", "dataset"),
-            val_counties=p["val_counties"] or None,
-            tiles_per_class=p["tiles_per_class"],
-            seed=p["seed"],
-        )
+        with fail_fast_on_bad_input():
+            dataset = splits.build_dataset(
+                manifests,
+                storage.join(p["storage_root"], "naip", "dataset"),
+                val_counties=p["val_counties"] or None,
+                tiles_per_class=p["tiles_per_class"],
+                seed=p["seed"],
+            )
         counts = {s: dataset.summary[s]["tiles"] for s in ("train", "validation")}
         context["outlet_events"][NAIP_DATASET].extra = {
             "url": dataset.url,
