@@ -71,6 +71,8 @@ def load_registry(url: str) -> dict[str, County]:
             county = County(**entry)
         except ValueError as err:
             raise ValueError(f"county registry {url}: {err}") from err
+        if county.name in counties:
+            raise ValueError(f"county {county.name} is defined twice in {url}")
         counties[county.name] = county
     for include in doc.get("include", []):
         path = _resolve(base, include) or include

@@ -16,7 +16,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import RasterioIOError, WarpOperationError
 from rasterio.warp import reproject, transform_bounds
 
 from landuse import labels, storage
@@ -90,7 +90,8 @@ def read_labels(url: str, crs: CRS, transform: Affine, shape: tuple[int, int]) -
                 dst_nodata=0,
                 resampling=Resampling.nearest,
             )
-        except RasterioIOError as err:
+        except (RasterioIOError, WarpOperationError) as err:
+            # A truncated block surfaces as a failed warp, not as a read error.
             raise RasterError(f"NLCD raster {url} is corrupt or truncated: {err}") from err
     out[np.isin(out, list(labels.NLCD_NODATA))] = 0
     return out

@@ -71,7 +71,7 @@ def safe_name(name: str, what: str = "county") -> str:
         ValueError: the name is empty, has path separators or '..', or other characters
             that could escape the storage root or clash on case-insensitive stores.
     """
-    if not _SAFE_NAME.match(name):
+    if not _SAFE_NAME.fullmatch(name):  # fullmatch: '$' alone would let 'name\n' through
         raise ValueError(
             f"{what} name {name!r} is not allowed: it would escape or clash under the storage "
             "root; use 1-63 lowercase letters, digits, '-' and '_', starting with a letter or "
@@ -100,7 +100,10 @@ def read_bytes(url: str) -> bytes:
 
 def write_bytes(url: str, data: bytes) -> None:
     """Write an object atomically (local: temp file + rename; blob: one upload)."""
-    fs, path = filesystem(url)
+    if "://" not in url:  # the hot path of tiling: skip fsspec for plain local paths
+        fs, path = LocalFileSystem(), url
+    else:
+        fs, path = filesystem(url)
     if isinstance(fs, LocalFileSystem):
         folder = os.path.dirname(path) or "."
         os.makedirs(folder, exist_ok=True)
