@@ -24,3 +24,5 @@ fi
 source scripts/env.sh
 mkdir -p "$AIRFLOW_HOME"
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
+# So that `airflow dags list` shows the project's DAGs before a DAG processor has run.
+airflow dags reserialize >"$AIRFLOW_HOME/reserialize.log" 2>&1 || { cat "$AIRFLOW_HOME/reserialize.log"; exit 1; }
