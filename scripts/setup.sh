@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.lock-sha256 2>/dev/null)" != "$w
   "$PY" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip==26.3
   .venv/bin/python -m pip install --quiet -r requirements.lock
-  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+  .venv/bin/python -m pip install --quiet --no-deps -e .
   .venv/bin/python -m pip check
   echo "$want" > .venv/.lock-sha256
 fi

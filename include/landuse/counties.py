@@ -49,12 +49,15 @@ def _resolve(base: str, location: str | None) -> str | None:
     return storage.join(base, location)
 
 
-def load_registry(url: str) -> dict[str, County]:
+def load_registry(url: str, _seen: frozenset[str] = frozenset()) -> dict[str, County]:
     """Counties by name from a registry file and the files it includes.
 
     Raises:
-        ValueError: the file is missing or malformed, or a county is defined twice.
+        ValueError: the file is missing or malformed, includes itself, or a county is
+            defined twice.
     """
+    if url in _seen:
+        raise ValueError(f"county registry {url} includes itself (through {sorted(_seen)})")
     if not storage.exists(url):
         raise ValueError(f"county registry {url} does not exist")
     try:
@@ -81,7 +84,7 @@ def load_registry(url: str) -> dict[str, County]:
                 f"county registry {url} includes {path}, which does not exist "
                 "(for the synthetic sample, run `landuse synth` first)"
             )
-        for name, county in load_registry(path).items():
+        for name, county in load_registry(path, _seen | {url}).items():
             if name in counties:
                 raise ValueError(f"county {name} is defined twice ({url} and {path})")
             counties[name] = county

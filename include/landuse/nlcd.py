@@ -63,8 +63,8 @@ def read_labels(url: str, crs: CRS, transform: Affine, shape: tuple[int, int]) -
             not overlap the grid.
     """
     height, width = shape
-    west, north = transform * (0, 0)
-    east, south = transform * (width, height)
+    west, north = transform @ (0, 0)
+    east, south = transform @ (width, height)
     bounds = (min(west, east), min(south, north), max(west, east), max(south, north))
     out = np.zeros(shape, dtype=np.uint16)
     with open_raster(url) as src:

@@ -1,0 +1,196 @@
+"""Training/validation splits: whole counties held out, classes balanced, seeds, lineage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from landuse import storage
+from landuse.splits import build_dataset, choose_validation_counties, make_split
+
+
+def _manifest(county: str, per_class: dict[str, int], untrainable: int = 3) -> pd.DataFrame:
+    rows = []
+    for label, n in per_class.items():
+        for i in range(n):
+            rows.append(dict(tile_id=f"{county}-{label}-{i}", county=county, year=2016,
+                             label=label, trainable=True))
+    for i in range(untrainable):
+        rows.append(dict(tile_id=f"{county}-x-{i}", county=county, year=2016,
+                         label="Water" if i % 2 else "Forest", trainable=False))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def manifests() -> pd.DataFrame:
+    """Six counties with uneven class counts; Shrub is absent from county f."""
+    return pd.concat(
+        [
+            _manifest("a", {"Forest": 12, "Cultivated": 30, "Developed": 8, "Shrub": 5}),
+            _manifest("b", {"Forest": 20, "Cultivated": 9, "Developed": 14, "Shrub": 6}),
+            _manifest("c", {"Forest": 7, "Cultivated": 25, "Developed": 11, "Shrub": 9}),
+            _manifest("d", {"Forest": 15, "Cultivated": 13, "Developed": 6, "Shrub": 4}),
+            _manifest("e", {"Forest": 9, "Cultivated": 18, "Developed": 10, "Shrub": 7}),
+            _manifest("f", {"Forest": 11, "Cultivated": 16, "Developed": 12}),
+        ],
+        ignore_index=True,
+    )
+
+
+def _check_split(split: pd.DataFrame, manifests: pd.DataFrame) -> None:
+    assert set(split["split"]) == {"train", "validation"}
+    assert split["tile_id"].is_unique
+    source = manifests.set_index("tile_id")
+    assert source.loc[split["tile_id"], "trainable"].all()
+    assert (source.loc[split["tile_id"], "county"].to_numpy() == split["county"].to_numpy()).all()
+    train = set(split.loc[split["split"] == "train", "county"])
+    val = set(split.loc[split["split"] == "validation", "county"])
+    assert train and val and not train & val
+    for name in ("train", "validation"):
+        counts = split[split["split"] == name].groupby("label").size()
+        assert counts.nunique() == 1, counts.to_dict()  # every class equally often
+
+
+def test_counties_are_held_out_and_classes_balanced(manifests):
+    split = make_split(manifests, seed=1)
+    _check_split(split, manifests)
+
+
+def test_balance_undersamples_to_the_rarest_class(manifests):
+    split = make_split(manifests, val_counties=["b", "d"], seed=0)
+    train = split[split["split"] == "train"]
+    val = split[split["split"] == "validation"]
+    assert sorted(set(val["county"])) == ["b", "d"]
+    # Training counties a, c, e, f: Shrub is rarest with 5 + 9 + 7 = 21 tiles.
+    assert train.groupby("label").size().to_dict() == dict.fromkeys(
+        ["Cultivated", "Developed", "Forest", "Shrub"], 21
+    )
+    # Validation counties b, d: Shrub again, 6 + 4 = 10.
+    assert set(val.groupby("label").size()) == {10}
+
+
+def test_same_seed_same_split(manifests):
+    pd.testing.assert_frame_equal(make_split(manifests, seed=5), make_split(manifests, seed=5))
+
+
+def test_other_seeds_choose_other_counties_and_tiles(manifests):
+    held_out = {
+        tuple(sorted(set(make_split(manifests, seed=s).query("split == 'validation'")["county"])))
+        for s in range(10)
+    }
+    assert len(held_out) > 1
+    tiles = {
+        tuple(make_split(manifests, val_counties=["f"], seed=s)["tile_id"]) for s in range(3)
+    }
+    assert len(tiles) == 3
+
+
+def test_val_fraction(manifests):
+    per_county = manifests[manifests["trainable"]].groupby("county").size()
+    for fraction in (0.1, 0.25, 0.5):
+        split = make_split(manifests, val_fraction=fraction, seed=2)
+        val = sorted(set(split.loc[split["split"] == "validation", "county"]))
+        share = per_county[val].sum() / per_county.sum()
+        assert share >= fraction or len(val) == len(per_county) - 1
+        assert share - per_county[val].max() / per_county.sum() < fraction  # no extra county
+    many = make_split(manifests, val_fraction=0.99, seed=2)
+    assert set(many.loc[many["split"] == "train", "county"]) != set()
+
+
+def test_tiles_per_class_cap(manifests):
+    split = make_split(manifests, tiles_per_class=3, val_counties=["a", "e"], seed=0)
+    counts = split.groupby(["split", "label"]).size()
+    assert set(counts) == {3}
+    assert len(counts) == 8  # four classes in each split
+    large = make_split(manifests, tiles_per_class=1000, val_counties=["a", "e"], seed=0)
+    assert large.groupby(["split", "label"]).size().max() < 1000
+
+
+def test_choose_validation_counties_leaves_one_for_training():
+    counts = pd.Series({"a": 10, "b": 10})
+    for seed in range(5):
+        chosen = choose_validation_counties(counts, 1.0, np.random.default_rng(seed))
+        assert len(chosen) == 1
+
+
+def test_needs_two_counties(manifests):
+    with pytest.raises(ValueError, match="at least two counties"):
+        make_split(manifests[manifests["county"] == "a"])
+    untrainable = manifests.assign(trainable=False)
+    with pytest.raises(ValueError, match="none"):
+        make_split(untrainable)
+
+
+def test_training_needs_two_classes():
+    one_class = pd.concat(
+        [_manifest("a", {"Forest": 5}), _manifest("b", {"Forest": 5, "Shrub": 5})]
+    )
+    with pytest.raises(ValueError, match="1 class"):
+        make_split(one_class, val_counties=["b"])
+
+
+def test_unknown_validation_county(manifests):
+    with pytest.raises(ValueError, match="nowhere"):
+        make_split(manifests, val_counties=["a", "nowhere"])
+
+
+def test_every_county_in_validation(manifests):
+    with pytest.raises(ValueError, match="every county"):
+        make_split(manifests, val_counties=list("abcdef"))
+
+
+@pytest.fixture
+def written(manifests, tmp_path):
+    urls = []
+    for county, frame in manifests.groupby("county"):
+        url = str(tmp_path / "naip" / county / "2016" / "manifest.parquet")
+        storage.write_parquet(url, pa.Table.from_pandas(frame, preserve_index=False))
+        urls.append(url)
+    return urls, str(tmp_path / "naip" / "dataset")
+
+
+def test_build_dataset_writes_split_and_summary(written, manifests):
+    urls, out = written
+    dataset = build_dataset(list(reversed(urls)), out, val_counties=["c"], seed=4)
+    assert dataset.url == f"{out}/split.parquet"
+    assert dataset.summary_url == f"{out}/summary.json"
+    split = storage.read_parquet(dataset.url).to_pandas()
+    _check_split(split, manifests)
+    pd.testing.assert_frame_equal(
+        split, make_split(manifests, val_counties=["c"], seed=4), check_dtype=False
+    )
+    summary = json.loads(storage.read_bytes(dataset.summary_url))
+    assert summary == dataset.summary
+    assert summary["seed"] == 4
+    assert summary["validation"]["counties"] == ["c"]
+    assert summary["train"]["counties"] == ["a", "b", "d", "e", "f"]
+    assert summary["train"]["tiles"] == int((split["split"] == "train").sum())
+    # County c alone: Forest is its rarest class with 7 tiles.
+    assert summary["validation"]["per_class"] == {
+        "Developed": 7, "Barren": 0, "Forest": 7, "Shrub": 7, "Herbaceous": 0, "Cultivated": 7
+    }
+    assert summary["train"]["missing_classes"] == ["Barren", "Herbaceous"]
+
+
+def test_summary_records_manifest_lineage(written):
+    urls, out = written
+    dataset = build_dataset(urls, out, seed=0)
+    hashes = dataset.summary["manifests"]
+    assert sorted(hashes) == sorted(urls)
+    for url in urls:
+        with open(url, "rb") as f:
+            assert hashes[url] == hashlib.sha256(f.read()).hexdigest()
+    # Rebuilt from the same manifests, the summary is byte-for-byte the same.
+    before = storage.read_bytes(dataset.summary_url)
+    build_dataset(urls, out, seed=0)
+    assert storage.read_bytes(dataset.summary_url) == before
+
+
+def test_build_dataset_without_manifests(tmp_path):
+    with pytest.raises(ValueError, match="no manifests"):
+        build_dataset([], str(tmp_path))

@@ -1,0 +1,136 @@
+"""Storage: safe path segments, atomic writes, joins, globs and Parquet on local folders."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pyarrow as pa
+import pytest
+
+from landuse import storage
+
+
+@pytest.mark.parametrize(
+    "name", ["stutsman-nd", "synthetic-county-1", "a", "0", "x_y", "a" * 63, "2016"]
+)
+def test_safe_names(name):
+    assert storage.safe_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x", "..", ".", "a/b", "a\\b", "", "Stutsman", "ABC", "a" * 64, "-a", "_a",
+        "a b", "a.b", "abc\n", "\nabc", "ä", "/abs",
+    ],
+)
+def test_unsafe_names(name):
+    with pytest.raises(ValueError, match="not allowed"):
+        storage.safe_name(name)
+
+
+def test_safe_name_says_what_was_named():
+    with pytest.raises(ValueError, match=r"^model name '\.\./m'"):
+        storage.safe_name("../m", what="model")
+
+
+@pytest.mark.parametrize(
+    ("base", "parts", "joined"),
+    [
+        ("/out", ("naip", "c", "2016"), "/out/naip/c/2016"),
+        ("/out/", ("/naip/", "x.png"), "/out/naip/x.png"),
+        ("abfs://container/prefix/", ("naip",), "abfs://container/prefix/naip"),
+        ("abfs://container", (), "abfs://container"),
+        ("rel", ("a/b", "c"), "rel/a/b/c"),
+    ],
+)
+def test_join(base, parts, joined):
+    assert storage.join(base, *parts) == joined
+
+
+def test_write_bytes_creates_folders_and_is_shared_readable(tmp_path):
+    url = str(tmp_path / "a" / "b" / "manifest.parquet")
+    old = os.umask(0o077)  # a private umask must not make outputs private
+    try:
+        storage.write_bytes(url, b"first")
+    finally:
+        os.umask(old)
+    assert storage.read_bytes(url) == b"first"
+    assert stat.S_IMODE(os.stat(url).st_mode) == 0o644
+    assert os.listdir(tmp_path / "a" / "b") == ["manifest.parquet"]
+
+
+def test_write_bytes_overwrites_without_leftovers(tmp_path):
+    url = str(tmp_path / "x.bin")
+    storage.write_bytes(url, b"old contents, longer")
+    inode = os.stat(url).st_ino
+    storage.write_bytes(url, b"new")
+    assert storage.read_bytes(url) == b"new"
+    assert os.stat(url).st_ino != inode  # replaced by rename, not rewritten in place
+    assert os.listdir(tmp_path) == ["x.bin"]
+
+
+def test_failed_write_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "keep").write_bytes(b"k")
+    with pytest.raises(OSError):
+        storage.write_bytes(str(target), b"data")  # cannot replace a folder with a file
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
+    assert os.listdir(target) == ["keep"]
+
+
+def test_read_missing(tmp_path):
+    url = str(tmp_path / "nope.json")
+    with pytest.raises(storage.StorageError, match=r"nope\.json does not exist"):
+        storage.read_bytes(url)
+    assert not storage.exists(url)
+
+
+def test_exists_and_remove(tmp_path):
+    storage.write_bytes(str(tmp_path / "d" / "e" / "f.txt"), b"x")
+    assert storage.exists(str(tmp_path / "d"))
+    storage.remove(str(tmp_path / "d"))
+    assert not storage.exists(str(tmp_path / "d"))
+    storage.remove(str(tmp_path / "d"))  # missing is fine
+
+
+def test_glob_on_local_folders(tmp_path):
+    for rel in ("b/m_2.tif", "a/m_1.tif", "m_0.tif", "a/deeper/m_3.tif", "a/notes.txt"):
+        storage.write_bytes(str(tmp_path / rel), b"")
+    found = storage.glob(storage.join(str(tmp_path), "**", "*.tif"))
+    assert found == sorted(found)
+    assert {os.path.relpath(p, tmp_path) for p in found} == {
+        "m_0.tif", "a/m_1.tif", "b/m_2.tif", "a/deeper/m_3.tif"
+    }
+    assert all(os.path.isabs(p) for p in found)
+    assert [os.path.basename(p) for p in storage.glob(str(tmp_path / "a" / "*"))] == [
+        "deeper", "m_1.tif", "notes.txt"
+    ]
+    assert storage.glob(str(tmp_path / "missing" / "*.tif")) == []
+
+
+def test_parquet_roundtrip(tmp_path):
+    table = pa.table({"tile_id": ["a", "b"], "purity": pa.array([1.0, 0.5], pa.float32())})
+    url = str(tmp_path / "t.parquet")
+    storage.write_parquet(url, table)
+    assert storage.read_parquet(url).equals(table)
+
+
+def test_local_urls():
+    assert storage.is_local("/tmp/x")
+    assert storage.is_local("relative/x")
+    assert storage.storage_options("/tmp/x") == {}
+
+
+def test_storage_options_from_environment(monkeypatch):
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.delenv("AZURE_STORAGE_SAS_TOKEN", raising=False)
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acct")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "a2V5")
+    assert storage.storage_options("abfs://c/x") == {"account_name": "acct", "account_key": "a2V5"}
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "UseDevelopmentStorage=true")
+    assert storage.storage_options("az://c/x") == {
+        "connection_string": "UseDevelopmentStorage=true"
+    }
