@@ -1,0 +1,1 @@
+"""Models: bundles, one preprocessing for training and scoring, backbones, trainers, runners."""

@@ -1,0 +1,216 @@
+"""Model bundles: the unit training produces and scoring consumes.
+
+A bundle is a folder::
+
+    bundle.json   schema version, classes, preprocessing, backbone, lineage, metrics, time
+    model.onnx    the network in a portable inference format (always)
+    model.keras   the trainable form, where there is one
+    model.tflite  a TFLite form, where there is one
+
+Bundles are written to a temporary sibling folder and renamed into place, so a failed
+training run leaves no bundle; loading validates everything a runner relies on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from landuse.models.preprocessing import PreprocessSpec
+
+SCHEMA_VERSION = 1
+MODEL_FILES = {"onnx": "model.onnx", "keras": "model.keras", "tflite": "model.tflite"}
+
+
+class BundleError(ValueError):
+    """A bundle is missing, incomplete or inconsistent; the message names bundle and field."""
+
+
+class Lineage(BaseModel):
+    """What a model learned from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_uri: str | None = Field(None, description="the dataset Asset URI or split URL")
+    split_sha256: str | None = Field(None, description="SHA-256 of the split Parquet file")
+    manifests: dict[str, str] = Field(default_factory=dict, description="manifest -> SHA-256")
+
+
+class BundleSpec(BaseModel):
+    """The contents of ``bundle.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int
+    name: str
+    classes: tuple[str, ...]
+    preprocessing: PreprocessSpec
+    backbone: str
+    method: str = Field(description="e.g. 'finetune-head', 'logreg', 'random-forest', 'imported'")
+    formats: tuple[str, ...] = Field(description="model files present: onnx, keras, tflite")
+    onnx_input: str = Field(description="name of the ONNX graph's input")
+    onnx_output: str = Field(description="name of the ONNX output holding class probabilities")
+    outputs_probabilities: bool = Field(True, description="False: outputs are logits")
+    lineage: Lineage = Field(default_factory=Lineage)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"unknown schema_version {version}; this code reads {SCHEMA_VERSION}")
+        return version
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise ValueError(f"classes must be two or more distinct names, got {classes}")
+        return classes
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, formats: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(formats) - set(MODEL_FILES)
+        if unknown or "onnx" not in formats:
+            raise ValueError(f"formats must include onnx and only {sorted(MODEL_FILES)}")
+        return formats
+
+
+class Bundle:
+    """A loaded, validated bundle folder."""
+
+    def __init__(self, path: Path, spec: BundleSpec) -> None:
+        self.path = path
+        self.spec = spec
+
+    @property
+    def model_id(self) -> str:
+        """Name plus a short content hash of the ONNX model: the id predictions carry."""
+        return f"{self.spec.name}@{self.onnx_sha256[:12]}"
+
+    @property
+    def onnx_sha256(self) -> str:
+        """SHA-256 of model.onnx (bundles are cached by it on scoring workers)."""
+        return sha256_file(self.file("onnx"))
+
+    def file(self, fmt: str) -> Path:
+        """Path of one model file."""
+        if fmt not in self.spec.formats:
+            raise BundleError(f"bundle {self.path} has no {fmt} model (it has {self.spec.formats})")
+        return self.path / MODEL_FILES[fmt]
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and validate a bundle folder.
+
+    Checks the schema version, the fields, that every listed model file exists, and that
+    the ONNX model's input and output agree with the preprocessing spec and class count.
+
+    Raises:
+        BundleError: naming the bundle and the field at fault.
+    """
+    path = Path(path)
+    meta = path / "bundle.json"
+    if not meta.is_file():
+        raise BundleError(f"bundle {path}: bundle.json is missing")
+    try:
+        raw = json.loads(meta.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"bundle {path}: bundle.json is not valid JSON ({err})") from err
+    try:
+        spec = BundleSpec.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "bundle.json"
+        raise BundleError(f"bundle {path}: field {field}: {first['msg']}") from err
+    for fmt in spec.formats:
+        if not (path / MODEL_FILES[fmt]).is_file():
+            raise BundleError(
+                f"bundle {path}: formats lists {fmt} but {MODEL_FILES[fmt]} is missing"
+            )
+    _check_onnx(path, spec)
+    return Bundle(path, spec)
+
+
+def _check_onnx(path: Path, spec: BundleSpec) -> None:
+    import onnx
+
+    try:
+        model = onnx.load(str(path / MODEL_FILES["onnx"]), load_external_data=False)
+    except Exception as err:
+        raise BundleError(f"bundle {path}: model.onnx cannot be read ({err})") from err
+    inputs = {i.name: i for i in model.graph.input}
+    outputs = {o.name: o for o in model.graph.output}
+    if spec.onnx_input not in inputs:
+        raise BundleError(
+            f"bundle {path}: field onnx_input: {spec.onnx_input!r} is not an input "
+            f"of model.onnx ({sorted(inputs)})"
+        )
+    if spec.onnx_output not in outputs:
+        raise BundleError(
+            f"bundle {path}: field onnx_output: {spec.onnx_output!r} is not an "
+            f"output of model.onnx ({sorted(outputs)})"
+        )
+    dims = [d.dim_value or None for d in inputs[spec.onnx_input].type.tensor_type.shape.dim]
+    want = spec.preprocessing.input_shape
+    if len(dims) != 4 or any(d is not None and d != w for d, w in zip(dims[1:], want, strict=True)):
+        raise BundleError(
+            f"bundle {path}: field preprocessing: model input shape {dims[1:]} does not match "
+            f"{spec.preprocessing.layout} {want}"
+        )
+    out_dims = [d.dim_value or None for d in outputs[spec.onnx_output].type.tensor_type.shape.dim]
+    if out_dims and out_dims[-1] not in (None, len(spec.classes)):
+        raise BundleError(
+            f"bundle {path}: field classes: the model outputs {out_dims[-1]} values but "
+            f"{len(spec.classes)} classes are listed"
+        )
+
+
+def write_bundle(
+    dest: str | Path, spec: BundleSpec, write_models: Callable[[Path], None]
+) -> Bundle:
+    """Write a bundle atomically: ``write_models(tmpdir)`` writes the model files, then
+    bundle.json is added, the result validated, and the folder renamed into place.
+
+    An existing bundle at ``dest`` is replaced only once the new one is complete and valid.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        write_models(tmp)
+        (tmp / "bundle.json").write_text(spec.model_dump_json(indent=2))
+        load_bundle(tmp)  # never publish a bundle that would not load
+        os.chmod(tmp, 0o755)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_bundle(dest)
