@@ -24,5 +24,7 @@ fi
 source scripts/env.sh
 mkdir -p "$AIRFLOW_HOME"
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
+# Training tasks run in the gpu pool (one slot: one GPU, or one heavy CPU job here).
+airflow pools set gpu 1 "training tasks; size it to the GPUs of the training workers" >/dev/null
 # So that `airflow dags list` shows the project's DAGs before a DAG processor has run.
 airflow dags reserialize >"$AIRFLOW_HOME/reserialize.log" 2>&1 || { cat "$AIRFLOW_HOME/reserialize.log"; exit 1; }

@@ -75,6 +75,41 @@ def _tiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from landuse.models.tracking import promote_best
+    from landuse.models.training import plan_candidates, run_candidate
+
+    options = {"epochs": args.epochs, "learning_rate": args.learning_rate,
+               "weights": args.weights}
+    results = []
+    for candidate in plan_candidates(args.backbones, args.methods):
+        for result in run_candidate(candidate, args.split, args.out, options=options,
+                                    track=not args.no_track):
+            print(f"{result['name']}: validation accuracy {result['accuracy']} -> "
+                  f"{result['bundle']}")
+            results.append(result)
+    if args.promote:
+        champion = promote_best(results, args.promote)
+        print(f"champion: {champion['model_id']} ({champion['bundle']})")
+    return 0
+
+
+def _import_model(args: argparse.Namespace) -> int:
+    from landuse.models.importer import PRESETS, import_onnx
+    from landuse.models.preprocessing import PreprocessSpec
+
+    if args.preprocessing in PRESETS:
+        spec = PRESETS[args.preprocessing]
+    else:
+        spec = PreprocessSpec.model_validate_json(args.preprocessing)
+    if args.input_size:
+        spec = spec.model_copy(update={"input_size": args.input_size})
+    bundle = import_onnx(args.onnx, args.out, classes=args.classes, preprocessing=spec,
+                         name=args.name, outputs_probabilities=not args.logits)
+    print(f"bundle: {bundle.path} ({bundle.model_id})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -110,6 +145,33 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--tiles-per-class", type=int, default=None)
     tiles.add_argument("--seed", type=int, default=0)
     tiles.set_defaults(func=_tiles)
+
+    train = sub.add_parser("train", help="train candidates on a split, track them, promote")
+    train.add_argument("--split", required=True, help="split.parquet of `landuse tiles --split`")
+    train.add_argument("--out", required=True, help="local folder for the bundles")
+    train.add_argument("--backbones", type=_names, default=["squeezenet"],
+                       help="squeezenet,resnet50")
+    train.add_argument("--methods", type=_names, default=["head"],
+                       help="head,fine-tune,logreg,random-forest")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--weights", default="imagenet",
+                       help="imagenet, a local weights file, or random")
+    train.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    train.add_argument("--promote", metavar="MODELS_ROOT", default=None,
+                       help="write the best candidate as champion under this folder")
+    train.set_defaults(func=_train)
+
+    imp = sub.add_parser("import-model", help="wrap an external ONNX model as a bundle")
+    imp.add_argument("--onnx", required=True, help="the ONNX file (e.g. a CNTK export)")
+    imp.add_argument("--out", required=True, help="bundle folder to write")
+    imp.add_argument("--classes", type=_names, required=True, help="output classes, in order")
+    imp.add_argument("--preprocessing", required=True,
+                     help="a preset (cntk-alexnet, tf-resnet50) or a PreprocessSpec JSON")
+    imp.add_argument("--input-size", type=int, default=None)
+    imp.add_argument("--name", required=True)
+    imp.add_argument("--logits", action="store_true", help="the model outputs logits")
+    imp.set_defaults(func=_import_model)
     return parser
 
 

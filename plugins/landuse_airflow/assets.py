@@ -11,3 +11,4 @@ from __future__ import annotations
 from airflow.sdk import Asset
 
 NAIP_DATASET = Asset(name="naip_dataset", uri="landuse://datasets/naip")
+CHAMPION_MODEL = Asset(name="champion_model", uri="landuse://models/champion")

@@ -1,0 +1,117 @@
+"""landuse_training: transfer-learning candidates on the dataset, tracked, best one promoted.
+
+Scheduled on the ``naip_dataset`` Asset (the split's URL comes from the triggering event),
+and manual with Params. Candidates (backbones × methods) run as mapped tasks in the ``gpu``
+pool, on the queue named by ``LANDUSE_GPU_QUEUE`` (default ``default``) so a GPU worker can
+take them; ``select_best`` promotes the best by validation accuracy and emits the
+``champion_model`` Asset. A failed candidate fails the run before any champion change.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from landuse_airflow import params
+from landuse_airflow.assets import CHAMPION_MODEL, NAIP_DATASET
+from landuse_airflow.errors import fail_fast_on_bad_input
+
+GPU_QUEUE = os.environ.get("LANDUSE_GPU_QUEUE", "default")
+
+
+@dag(
+    dag_id="landuse_training",
+    schedule=[NAIP_DATASET],
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["landuse", "training"],
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=1)},
+    doc_md=__doc__,
+    params={
+        "split_url": Param(None, type=["null", "string"], title="Split (split.parquet)",
+                           description="Empty: the triggering dataset event's split, else "
+                           "{storage_root}/naip/dataset/split.parquet."),
+        "backbones": Param(["squeezenet"], type="array", minItems=1, uniqueItems=True,
+                           items={"type": "string", "enum": ["squeezenet", "resnet50"]},
+                           title="Backbones"),
+        "methods": Param(["head", "logreg"], type="array", minItems=1, uniqueItems=True,
+                         items={"type": "string",
+                                "enum": ["head", "fine-tune", "logreg", "random-forest"]},
+                         title="Methods"),
+        "epochs": Param(5, type="integer", minimum=1, maximum=500, title="Epochs"),
+        "learning_rate": Param(0.001, type="number", exclusiveMinimum=0, maximum=1,
+                               title="Learning rate"),
+        "fine_tune_epochs": Param(3, type="integer", minimum=1, title="Fine-tune epochs"),
+        "weights": Param("imagenet", type="string", title="Backbone weights",
+                         description="imagenet, a local weights file (ResNet-50 offline), "
+                         "or random (tests only)."),
+        "storage_root": params.storage_root(),
+    },
+)
+def landuse_training() -> None:
+    @task
+    def plan() -> list[dict[str, Any]]:
+        """Validate the params; one entry per candidate, with the split to train on."""
+        from landuse import storage
+        from landuse.models.training import plan_candidates
+
+        context = get_current_context()
+        p = context["params"]
+        split_url = p["split_url"]
+        events = context["triggering_asset_events"].get(NAIP_DATASET, [])
+        if not split_url and events:
+            split_url = events[-1].extra["url"]
+        split_url = split_url or storage.join(p["storage_root"], "naip", "dataset",
+                                              "split.parquet")
+        with fail_fast_on_bad_input():
+            if not storage.exists(split_url):
+                raise ValueError(f"split {split_url} does not exist: run naip_dataset first")
+            candidates = plan_candidates(p["backbones"], p["methods"])
+        return [{**c, "split_url": split_url} for c in candidates]
+
+    @task(pool="gpu", queue=GPU_QUEUE, max_active_tis_per_dagrun=2)
+    def train_candidate(candidate: dict[str, Any]) -> list[dict[str, Any]]:
+        """Train, evaluate and track one candidate; its bundles go under this run's folder."""
+        from landuse.models.training import run_candidate, run_folder
+
+        context = get_current_context()
+        p = context["params"]
+        options = {"epochs": p["epochs"], "learning_rate": p["learning_rate"],
+                   "fine_tune_epochs": p["fine_tune_epochs"], "weights": p["weights"]}
+        folder = run_folder(_models_root(p), context["run_id"])
+        with fail_fast_on_bad_input():
+            return run_candidate(candidate, candidate["split_url"], folder, options=options,
+                                 dataset_uri=NAIP_DATASET.uri)
+
+    @task(outlets=[CHAMPION_MODEL])
+    def select_best(results: list[list[dict[str, Any]]]) -> dict[str, Any]:
+        """Promote the best candidate by validation accuracy."""
+        from landuse.models.tracking import promote_best
+
+        context = get_current_context()
+        models_root = _models_root(context["params"])
+        with fail_fast_on_bad_input():
+            champion = promote_best([r for rs in results for r in rs], models_root)
+        context["outlet_events"][CHAMPION_MODEL].extra = {
+            "bundle": champion["bundle"], "model_id": champion["model_id"],
+            "accuracy": champion["accuracy"], "champion_url": f"{models_root}/champion.json",
+        }
+        return champion
+
+    select_best(train_candidate.expand(candidate=plan()))
+
+
+def _models_root(p: Any) -> str:
+    """Bundles are local folders: under a local storage root, else in the project's output."""
+    from landuse import config, storage
+
+    root = p["storage_root"] if storage.is_local(p["storage_root"]) else str(
+        config.PROJECT_ROOT / "output")
+    return storage.join(root, "models")
+
+
+landuse_training()
