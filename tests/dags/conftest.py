@@ -23,6 +23,7 @@ os.environ.update(
     AIRFLOW__CORE__PLUGINS_FOLDER=str(PROJECT / "plugins"),
     AIRFLOW__CORE__LOAD_EXAMPLES="False",
     AIRFLOW__CORE__UNIT_TEST_MODE="False",
+    MLFLOW_TRACKING_URI=f"sqlite:///{_HOME}/mlflow.db",
 )
 sys.path.insert(0, str(PROJECT / "plugins"))
 
@@ -30,10 +31,11 @@ sys.path.insert(0, str(PROJECT / "plugins"))
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated metadata DB (``dag.test()`` needs one)."""
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        check=True, capture_output=True, env=os.environ.copy(),
-    )
+    for command in (["db", "migrate"], ["pools", "set", "gpu", "1", "training tasks"]):
+        subprocess.run(
+            [sys.executable, "-m", "airflow", *command],
+            check=True, capture_output=True, env=os.environ.copy(),
+        )
     return _HOME
 
 
