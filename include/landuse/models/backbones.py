@@ -72,11 +72,15 @@ def load_squeezenet_weights(model: Any, path: Path = SQUEEZENET_WEIGHTS) -> None
     """Copy the old-layout HDF5 kernels and biases into the Keras 3 SqueezeNet.
 
     Raises:
-        ValueError: the file lacks a layer or a shape differs.
+        ValueError: the file is missing or not HDF5, lacks a layer, or a shape differs.
     """
     import h5py
 
-    with h5py.File(path, "r") as f:
+    try:
+        weights_file = h5py.File(path, "r")
+    except OSError as err:  # missing, unreadable, or not an HDF5 file
+        raise ValueError(f"{path}: not a readable HDF5 weights file ({err})") from err
+    with weights_file as f:
         for layer in model.layers:
             if not layer.name.startswith(("conv1", "fire")) or not layer.weights:
                 continue

@@ -172,6 +172,13 @@ def _check_onnx(path: Path, spec: BundleSpec) -> None:
             f"bundle {path}: field onnx_output: {spec.onnx_output!r} is not an "
             f"output of model.onnx ({sorted(outputs)})"
         )
+    elem = inputs[spec.onnx_input].type.tensor_type.elem_type
+    want_elem = {"float32": onnx.TensorProto.FLOAT, "uint8": onnx.TensorProto.UINT8}
+    if elem != want_elem[spec.preprocessing.dtype]:
+        raise BundleError(
+            f"bundle {path}: field preprocessing.dtype: {spec.preprocessing.dtype} does not "
+            f"match the model input type {onnx.TensorProto.DataType.Name(elem)}"
+        )
     dims = [d.dim_value or None for d in inputs[spec.onnx_input].type.tensor_type.shape.dim]
     want = spec.preprocessing.input_shape
     if len(dims) != 4 or any(d is not None and d != w for d, w in zip(dims[1:], want, strict=True)):
@@ -206,7 +213,11 @@ def write_bundle(
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.replace(dest, old)
-            os.replace(tmp, dest)
+            try:
+                os.replace(tmp, dest)
+            except BaseException:
+                os.replace(old, dest)  # put the previous bundle back
+                raise
             shutil.rmtree(old)
         else:
             os.replace(tmp, dest)

@@ -127,7 +127,19 @@ def train_keras(
     train, val, classes = read_split(split_url)
     keras.utils.set_random_seed(config.seed)
     gpu = _has_gpu()
+    previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "float32")
+    try:
+        return _train(dest, config, name, lineage, train, val, classes, gpu)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(dest: str | Path, config: TrainConfig, name: str | None,
+           lineage: Lineage | None, train: Any, val: Any, classes: tuple[str, ...],
+           gpu: bool) -> TrainResult:
+    import keras
+
     log.info(
         "training %s on %d tiles (%s), %d classes",
         config.backbone,

@@ -17,6 +17,8 @@ from landuse.labels import CLASS_TO_GROUP, GROUPS
 
 def confusion(truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> np.ndarray:
     """Counts[i, j] = tiles of true class i predicted as class j."""
+    if len(truth) != len(predicted):
+        raise ValueError(f"{len(truth)} true labels but {len(predicted)} predictions")
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(
         {t for t in truth if t not in index} | {p for p in predicted if p not in index}

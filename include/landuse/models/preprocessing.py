@@ -78,8 +78,11 @@ def decode(data: bytes, spec: PreprocessSpec, name: str = "image") -> np.ndarray
         ImageError: the bytes are not a decodable image, or lack the spec's bands.
     """
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            img: Image.Image = opened
+            if img.mode in ("P", "PA"):  # palette colours are RGB
+                img = img.convert("RGBA" if img.mode == "PA" else "RGB")
             bands = len(img.getbands())
             if bands < 3:
                 raise ImageError(f"{name}: {bands} band(s), the model needs red, green, blue")
