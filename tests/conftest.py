@@ -24,6 +24,7 @@ AZURITE_KEY = (
 )
 
 logging.getLogger("azure").setLevel(logging.WARNING)
+logging.getLogger("py4j").setLevel(logging.WARNING)  # its shutdown message outlives pytest
 
 
 @pytest.fixture(scope="session")
