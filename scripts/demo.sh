@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the bundled sample, through Airflow: set up, generate the synthetic
-# counties (once), then run the naip_dataset DAG with `airflow dags test` over the real
-# Stutsman County, ND scenes and the synthetic counties. Outputs go to output/.
-# Extra arguments: a JSON conf for the run, e.g. scripts/demo.sh '{"years": [2016]}'
+# counties (once), then run the DAGs with `airflow dags test`: naip_dataset over the real
+# Stutsman County, ND scenes and the synthetic counties, then landuse_training on the
+# dataset it emits. Outputs go to output/, MLflow runs to mlflow/.
+# Extra argument: a JSON conf for naip_dataset, e.g. scripts/demo.sh '{"years": [2016]}'
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -12,12 +13,15 @@ if [ ! -f sample/synthetic/counties.json ]; then
 fi
 conf="${1:-{\}}"
 airflow dags reserialize >/dev/null 2>&1
-log="$AIRFLOW_HOME/demo-naip_dataset.log"
-echo "demo: running naip_dataset through Airflow (log: $log)"
-if ! airflow dags test naip_dataset -c "$conf" >"$log" 2>&1; then
-  tail -40 "$log"; echo "demo: naip_dataset failed (full log: $log)"; exit 1
-fi
-grep -q "state=success" "$log" || { tail -40 "$log"; echo "demo: the run did not succeed"; exit 1; }
+run_dag() {  # dag_id conf
+  local log="$AIRFLOW_HOME/demo-$1.log"
+  echo "demo: running $1 through Airflow (log: $log)"
+  if ! airflow dags test "$1" -c "$2" >"$log" 2>&1 || ! grep -q "state=success" "$log"; then
+    tail -40 "$log"; echo "demo: $1 failed (full log: $log)"; exit 1
+  fi
+}
+run_dag naip_dataset "$conf"
+run_dag landuse_training '{}'
 python - <<'PY'
 import json
 from pathlib import Path
@@ -39,4 +43,11 @@ for split in ("train", "validation"):
     print(f"{split:<10} {s['tiles']:4d} tiles from {', '.join(s['counties'])}; per class "
           + ", ".join(f"{k} {v}" for k, v in s["per_class"].items()))
 print(f"dataset: {root / 'naip' / 'dataset' / 'split.parquet'}")
+champion = json.loads((root / "models" / "champion.json").read_text())
+print("\ncandidates (validation accuracy, synthetic validation counties):")
+for c in champion["candidates"]:
+    print(f"  {c['accuracy']:.3f}  {c['bundle']}")
+print(f"champion: {champion['model_id']} (6-class accuracy {champion['accuracy']:.3f}, "
+      f"3-group {champion['group_accuracy']:.3f}; MLflow model 'landuse' version "
+      f"{champion['version']})")
 PY
