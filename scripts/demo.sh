@@ -2,7 +2,7 @@
 # The main job on the bundled sample, through Airflow: set up, generate the synthetic
 # counties (once), then run the DAGs with `airflow dags test`: naip_dataset over the real
 # Stutsman County, ND scenes and the synthetic counties, then landuse_training on the
-# dataset it emits. Outputs go to output/, MLflow runs to mlflow/.
+# dataset it emits. Outputs go to output/, MLflow runs to mlruns/.
 # Extra argument: a JSON conf for naip_dataset, e.g. scripts/demo.sh '{"years": [2016]}'
 set -euo pipefail
 cd "$(dirname "$0")/.."

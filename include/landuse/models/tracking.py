@@ -2,7 +2,7 @@
 
 Every candidate is an MLflow run (params, validation metrics, the confusion matrix as a
 PNG, the bundle as an artifact). By default MLflow keeps a local SQLite store in the
-project (``mlflow/``); ``MLFLOW_TRACKING_URI`` points at a tracking server instead.
+project (``mlruns/``); ``MLFLOW_TRACKING_URI`` points at a tracking server instead.
 
 The best candidate of a training run by validation accuracy (ties: group accuracy) becomes
 the champion: a new version of the registered model ``landuse`` with the alias
@@ -35,7 +35,7 @@ def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    folder = config.PROJECT_ROOT / "mlflow"
+    folder = config.PROJECT_ROOT / "mlruns"
     folder.mkdir(exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
 

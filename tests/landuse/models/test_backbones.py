@@ -123,3 +123,14 @@ def test_resnet50_weights_that_are_neither_a_file_nor_known(tmp_path):
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone 'vgg16'; use squeezenet or resnet50"):
         build_backbone("vgg16")
+
+
+def test_resnet50_loads_a_local_weights_file(tmp_path):
+    """Offline, ResNet-50 takes its ImageNet weights from a local 'notop' file."""
+    source = build_backbone("resnet50", "random", input_size=64).model
+    path = tmp_path / "resnet50_notop.weights.h5"
+    source.save_weights(str(path))
+    loaded = build_backbone("resnet50", str(path), input_size=64).model
+    for a, b in zip(source.weights[:3] + source.weights[-3:],
+                    loaded.weights[:3] + loaded.weights[-3:], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
