@@ -42,8 +42,9 @@ def test_scheduled_on_the_dataset_asset(dagbag):
 
 def test_trains_tracks_and_promotes(airflow_db, dataset):
     import mlflow
-    from landuse.models.bundle import load_bundle
     from mlflow import MlflowClient
+
+    from landuse.models.bundle import load_bundle
 
     run = _run({"storage_root": str(dataset), "methods": ["head"], "epochs": 1})
     assert run.state == "success"
