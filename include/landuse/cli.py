@@ -110,6 +110,31 @@ def _import_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from landuse.models.tracking import read_champion
+    from landuse.scoring.spark import score_on_spark
+    from landuse.spark import local_spark
+
+    bundle = args.bundle
+    if bundle is None:
+        champion = read_champion(storage.join(args.root, "models"))
+        if champion is None:
+            raise ValueError(f"no --bundle and no champion under {args.root}/models: train first")
+        bundle = champion["bundle"]
+    spark = local_spark("landuse-score", master=args.master)
+    result = score_on_spark(spark, args.source, bundle, storage.join(args.root, "predictions"),
+                            framework=args.framework, batch_size=args.batch_size)
+    for (county, year), url in sorted(result.outputs.items()):
+        print(f"{county} {year}: {url}")
+    print(f"{result.tiles} tiles, {result.errors} errors, {result.seconds:.1f} s "
+          f"({result.tiles / result.seconds:.1f} tiles/s on {args.master})")
+    if result.report:
+        print(f"accuracy {result.report['accuracy']:.3f} (6 classes), "
+              f"{result.report.get('group_accuracy', float('nan')):.3f} (3 groups) on "
+              f"{result.report['tiles']} labelled tiles")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -172,6 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--name", required=True)
     imp.add_argument("--logits", action="store_true", help="the model outputs logits")
     imp.set_defaults(func=_import_model)
+
+    score = sub.add_parser("score", help="score tiles with a bundle on Spark")
+    score.add_argument("--source", required=True,
+                       help="manifest, glob of manifests, or folder/glob of PNG tiles")
+    score.add_argument("--root", required=True, help="storage root; predictions go under it")
+    score.add_argument("--bundle", default=None, help="bundle folder (default: the champion)")
+    score.add_argument("--framework", default="onnx", choices=["onnx", "keras", "tflite"])
+    score.add_argument("--batch-size", type=int, default=32)
+    score.add_argument("--master", default="local[2]", help="local[N] or spark://host:port")
+    score.set_defaults(func=_score)
     return parser
 
 
