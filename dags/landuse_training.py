@@ -76,13 +76,14 @@ def landuse_training() -> None:
     @task(pool="gpu", queue=GPU_QUEUE, max_active_tis_per_dagrun=2)
     def train_candidate(candidate: dict[str, Any]) -> list[dict[str, Any]]:
         """Train, evaluate and track one candidate; its bundles go under this run's folder."""
+        from landuse.models.tracking import models_root
         from landuse.models.training import run_candidate, run_folder
 
         context = get_current_context()
         p = context["params"]
         options = {"epochs": p["epochs"], "learning_rate": p["learning_rate"],
                    "fine_tune_epochs": p["fine_tune_epochs"], "weights": p["weights"]}
-        folder = run_folder(_models_root(p), context["run_id"])
+        folder = run_folder(models_root(p["storage_root"]), context["run_id"])
         with fail_fast_on_bad_input():
             return run_candidate(candidate, candidate["split_url"], folder, options=options,
                                  dataset_uri=NAIP_DATASET.uri)
@@ -90,28 +91,19 @@ def landuse_training() -> None:
     @task(outlets=[CHAMPION_MODEL])
     def select_best(results: list[list[dict[str, Any]]]) -> dict[str, Any]:
         """Promote the best candidate by validation accuracy."""
-        from landuse.models.tracking import promote_best
+        from landuse.models.tracking import champion_url, models_root, promote_best
 
         context = get_current_context()
-        models_root = _models_root(context["params"])
+        root = models_root(context["params"]["storage_root"])
         with fail_fast_on_bad_input():
-            champion = promote_best([r for rs in results for r in rs], models_root)
+            champion = promote_best([r for rs in results for r in rs], root)
         context["outlet_events"][CHAMPION_MODEL].extra = {
             "bundle": champion["bundle"], "model_id": champion["model_id"],
-            "accuracy": champion["accuracy"], "champion_url": f"{models_root}/champion.json",
+            "accuracy": champion["accuracy"], "champion_url": champion_url(root),
         }
         return champion
 
     select_best(train_candidate.expand(candidate=plan()))
-
-
-def _models_root(p: Any) -> str:
-    """Bundles are local folders: under a local storage root, else in the project's output."""
-    from landuse import config, storage
-
-    root = p["storage_root"] if storage.is_local(p["storage_root"]) else str(
-        config.PROJECT_ROOT / "output")
-    return storage.join(root, "models")
 
 
 landuse_training()

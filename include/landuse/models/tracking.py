@@ -88,6 +88,13 @@ def log_candidate(bundle: Bundle, history: dict[str, list[float]] | None = None)
         return str(run.info.run_id)
 
 
+def models_root(storage_root: str) -> str:
+    """Where bundles and the champion pointer live: ``{storage_root}/models`` for a local
+    root; bundles are local folders, so a blob root keeps them in the project's output/."""
+    base = storage_root if storage.is_local(storage_root) else str(config.PROJECT_ROOT / "output")
+    return storage.join(base, "models")
+
+
 def champion_url(models_root: str) -> str:
     """Where the champion pointer lives."""
     return storage.join(models_root, "champion.json")
