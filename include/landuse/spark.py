@@ -29,8 +29,8 @@ def local_spark(
         conf: extra Spark settings, applied last (they win over the defaults here).
 
     Returns:
-        The session. Static settings (driver memory, host) only take effect when this call
-        starts the JVM; an already running session keeps its own.
+        The session. A running session on another master is stopped first; static settings
+        (driver memory, host) only take effect when this call starts the JVM.
     """
     from pyspark.sql import SparkSession
 
@@ -56,6 +56,9 @@ def local_spark(
         "spark.driver.memory": "4g",
     }
     settings.update(conf or {})
+    active = SparkSession.getActiveSession()
+    if active is not None and active.sparkContext.master != master:
+        active.stop()  # getOrCreate would silently keep the other master
     builder = SparkSession.builder.appName(app_name).master(master)
     for key, value in settings.items():
         builder = builder.config(key, value)

@@ -3,7 +3,7 @@
 Tiles are spread over partitions sized by work; each partition is scored with
 ``mapInPandas`` (Arrow batches) through :func:`~landuse.scoring.predict.score_frame`, the
 same loop in-process scoring uses. The bundle travels to the workers with
-``SparkContext.addFile`` and is loaded once per Python worker (cached by its ONNX hash),
+``SparkContext.addArchive`` and is loaded once per Python worker (cached by its ONNX hash),
 never per row; each worker runs one inference thread.
 
 Each county-year is committed as one Parquet file,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TILES_PER_PARTITION = 256
-# Runners of this Python worker, by (bundle hash, framework): built once, reused by tasks.
+# Runners of this Python worker, by (unpacked bundle, framework): built once, reused.
 _RUNNERS: dict[tuple[str, str], Any] = {}
 
 
@@ -60,13 +60,14 @@ def predictions_url(out: str, county: str, year: int) -> str:
 
 
 def _runner(bundle_dir: str, framework: str, threads: int) -> Any:
+    """This worker's runner; the unpacked archive's folder is named by content, so the
+    folder is a safe cache key (no reload or re-hash per partition)."""
     from landuse.models.runners import open_runner
 
-    bundle = load_bundle(bundle_dir)
-    key = (bundle.onnx_sha256, framework)
+    key = (bundle_dir, framework)
     if key not in _RUNNERS:
         options = {"threads": threads} if framework in ("onnx", "tflite") else {}
-        _RUNNERS[key] = open_runner(bundle, framework, **options)
+        _RUNNERS[key] = open_runner(load_bundle(bundle_dir), framework, **options)
     return _RUNNERS[key]
 
 
@@ -102,9 +103,7 @@ def score_on_spark(
     checked: Bundle = load_bundle(bundle)  # fail on the driver, not on every worker
     rows = load_source(source)
     sc = spark.sparkContext
-    folder = Path(checked.path).resolve()
-    sc.addFile(str(folder), recursive=True)
-    name = folder.name
+    name = _ship(sc, checked)
     n_parts = partitions or max(sc.defaultParallelism, math.ceil(len(rows) / TILES_PER_PARTITION))
     frame = spark.createDataFrame(rows.astype({"year": "Int32"})).repartition(n_parts)
     schema = _spark_schema()
@@ -122,6 +121,24 @@ def score_on_spark(
     log.info("scored %d tiles (%d errors) in %.1f s on %s", len(scored), errors, seconds,
              sc.master)
     return ScoreResult(outputs, len(scored), errors, seconds, report)
+
+
+def _ship(sc: Any, bundle: Bundle) -> str:
+    """Send the bundle to every executor as a zip archive (unpacked there by Spark; cluster
+    mode cannot ship folders). Named by content, so a bundle ships once per context; stored
+    uncompressed, since weights barely compress."""
+    import tempfile
+    import zipfile
+
+    name = f"bundle-{bundle.onnx_sha256[:16]}.zip"
+    if name in {Path(f).name for f in sc.listArchives}:
+        return name
+    archive = Path(tempfile.mkdtemp(prefix="landuse-bundle-")) / name
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted(Path(bundle.path).iterdir()):
+            zf.write(path, path.name)
+    sc.addArchive(str(archive))
+    return name
 
 
 def _spark_schema() -> Any:

@@ -1,0 +1,1 @@
+"""Hooks: the Airflow-side handles operators use to reach the landuse library's resources."""

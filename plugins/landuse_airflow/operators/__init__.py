@@ -1,0 +1,1 @@
+"""Operators: Airflow tasks around the landuse library (inference, Spark scoring, clusters)."""

@@ -1,0 +1,113 @@
+"""landuse_scoring with dag.test(): mapped counties on Spark, one Asset per county-year."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[2]
+CLASSES = ["Developed", "Barren", "Forest", "Shrub", "Herbaceous", "Cultivated"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, synthetic: Path) -> Path:
+    """Manifests and tiles of the synthetic counties for 2016."""
+    from landuse import counties
+    from landuse.tiling import TilingConfig, build_county
+
+    out = tmp_path_factory.mktemp("scoring-dag")
+    for county in counties.load_registry(str(synthetic / "counties.json")).values():
+        build_county(county, [2016], str(out), TilingConfig(tile_px=64))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """A tiny imported ONNX model: channel means -> linear -> softmax over the six classes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from landuse.models.importer import import_onnx
+    from landuse.models.preprocessing import PreprocessSpec
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.05, (3, len(CLASSES))).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2], keepdims=0),
+         helper.make_node("MatMul", ["m", "w"], ["z"]),
+         helper.make_node("Softmax", ["z"], ["probabilities"], axis=1)],
+        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 32, 32, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 6])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    folder = tmp_path_factory.mktemp("model")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=8),
+              str(folder / "tiny.onnx"))
+    spec = PreprocessSpec(input_size=32, mean=(120.0, 120.0, 120.0))
+    return import_onnx(folder / "tiny.onnx", folder / "bundle", classes=CLASSES,
+                       preprocessing=spec, name="tiny").path
+
+
+def _run(conf: dict):
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(PROJECT / "dags" / "landuse_scoring.py")).get_dag(
+        "landuse_scoring")
+    return dag.test(run_conf=conf)
+
+
+def test_scores_each_county_and_emits_its_asset(airflow_db, root, bundle):
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    run = _run({"storage_root": str(root), "year": 2016, "model": str(bundle)})
+    assert run.state == "success"
+    for county in ("synthetic-county-1", "synthetic-county-2"):
+        manifest = pd.read_parquet(root / "naip" / county / "2016" / "manifest.parquet")
+        predictions = pd.read_parquet(
+            root / "predictions" / f"county={county}" / "year=2016" / "predictions.parquet")
+        assert sorted(predictions["tile_id"]) == sorted(
+            manifest.loc[manifest["image_url"].notna(), "tile_id"])
+    with create_session() as session:
+        events = session.query(AssetEvent).filter(AssetEvent.source_run_id == run.run_id).all()
+        uris = sorted(e.asset.uri for e in events)
+        tiles = {e.asset.uri: e.extra["tiles"] for e in events}
+    assert uris == [f"landuse://predictions/synthetic-county-{i}/2016" for i in (1, 2)]
+    assert all(n > 0 for n in tiles.values())
+
+
+def test_year_without_manifests_fails_before_scaling(airflow_db, root, bundle):
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    run = _run({"storage_root": str(root), "year": 2020, "model": str(bundle)})
+    assert run.state == "failed"
+    with create_session() as session:
+        states = {ti.task_id: ti.state
+                  for ti in session.query(TaskInstance).filter_by(run_id=run.run_id)}
+    assert states["plan"] == "failed" and states["scale_up"] != "success"
+
+
+def test_scores_on_a_standalone_cluster_grown_and_shrunk_by_setup_and_teardown(
+        airflow_db, root, bundle, tmp_path, monkeypatch):
+    """A real master and two workers on loopback, started by the DAG and stopped after."""
+    import json
+    import urllib.request
+
+    from landuse.cluster.standalone import free_port
+
+    monkeypatch.setenv("LANDUSE_SPARK_WORK_DIR", str(tmp_path / "spark"))
+    port, web = free_port(), free_port()
+    web_url = f"http://127.0.0.1:{web}"
+    run = _run({"storage_root": str(root), "year": 2016, "model": str(bundle),
+                "counties": ["synthetic-county-1"], "cluster_backend": "standalone",
+                "spark_master": f"spark://127.0.0.1:{port}", "spark_master_web_url": web_url,
+                "target_workers": 2, "idle_workers": 0, "scale_timeout_s": 120})
+    assert run.state == "success"
+    predictions = pd.read_parquet(
+        root / "predictions" / "county=synthetic-county-1" / "year=2016" / "predictions.parquet")
+    assert predictions["error"].isna().all() and predictions["tile_id"].is_unique
+    with pytest.raises(OSError):  # the teardown stopped the workers and the master
+        json.load(urllib.request.urlopen(f"{web_url}/json/", timeout=2))

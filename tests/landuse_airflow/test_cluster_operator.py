@@ -1,0 +1,304 @@
+"""ScaleClusterOperator and ClusterSizeTrigger against a fake Databricks Clusters API.
+
+The fake (``http.server`` on 127.0.0.1, in a thread) checks paths, the bearer token and the
+resize body, and moves a resized cluster RESIZING -> RUNNING after a few reads (or never).
+Credentials come from an ``AIRFLOW_CONN_*`` variable, as in production from a secrets
+backend; no metadata DB is needed (the folder's conftest sets a throw-away Airflow home).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+from airflow.triggers.base import TriggerEvent
+
+from landuse.cluster.standalone import free_port
+from landuse_airflow.operators.cluster import ScaleClusterOperator
+from landuse_airflow.triggers.cluster import ClusterSizeTrigger
+
+TOKEN = "dapi-test-token-not-a-secret"
+CLUSTER_ID = "0123-456789-scoring"
+CONN_ID = "landuse_databricks"
+POLL_S = 0.05
+
+
+@dataclass
+class FakeDatabricks:
+    """A Databricks cluster behind the fake API, and the requests it refused."""
+
+    workers: int = 1
+    target: int = 1
+    state: str = "RUNNING"
+    polls_to_finish: int = 2
+    stuck: bool = False
+    pending: int = 0
+    resizes: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        if self.state == "RESIZING" and not self.stuck:
+            self.pending -= 1
+            if self.pending <= 0:
+                self.state, self.workers = "RUNNING", self.target
+        out: dict[str, Any] = {"cluster_id": CLUSTER_ID, "state": self.state,
+                               "num_workers": self.target}
+        if self.workers:
+            out["executors"] = [{"node_id": f"n{i}"} for i in range(self.workers)]
+        return out
+
+
+def _handler(fake: FakeDatabricks) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _reply(self, code: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _refuse(self, code: int, why: str) -> None:
+            fake.errors.append(f"{self.command} {self.path}: {why}")
+            self._reply(code, {"error_code": "REFUSED", "message": why})
+
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            if url.path == "/json/":  # a Spark standalone master with no worker yet
+                return self._reply(200, {"status": "ALIVE", "workers": []})
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                return self._refuse(401, "bad token")
+            if url.path != "/api/2.1/clusters/get":
+                return self._refuse(404, "no such endpoint")
+            if parse_qs(url.query) != {"cluster_id": [CLUSTER_ID]}:
+                return self._refuse(400, "bad cluster_id")
+            self._reply(200, fake.body())
+
+        def do_POST(self) -> None:
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                return self._refuse(401, "bad token")
+            if self.path != "/api/2.1/clusters/resize":
+                return self._refuse(404, "no such endpoint")
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if set(body) != {"cluster_id", "num_workers"} or body["cluster_id"] != CLUSTER_ID:
+                return self._refuse(400, f"bad body {body}")
+            fake.resizes.append(body["num_workers"])
+            fake.target, fake.state, fake.pending = body["num_workers"], "RESIZING", \
+                fake.polls_to_finish
+            self._reply(200, {})
+
+    return Handler
+
+
+@dataclass
+class Api:
+    fake: FakeDatabricks
+    url: str
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    """The fake API on a free loopback port, and a connection pointing at it."""
+    fake = FakeDatabricks()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(
+        {"conn_type": "generic", "host": url, "password": TOKEN,
+         "extra": {"cluster_id": CLUSTER_ID}}
+    ))
+    yield Api(fake, url)
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def operator(**kwargs: Any) -> ScaleClusterOperator:
+    options: dict[str, Any] = {"task_id": "grow_cluster", "backend": "databricks",
+                               "conn_id": CONN_ID, "target_workers": 3, "timeout_s": 30,
+                               "poll_s": POLL_S}
+    return ScaleClusterOperator(**{**options, **kwargs})
+
+
+def first_event(trigger: ClusterSizeTrigger, limit_s: float = 15.0) -> TriggerEvent:
+    """The trigger's first event, as the triggerer would take it (bounded in time)."""
+
+    async def take() -> TriggerEvent:
+        agen = trigger.run()
+        try:
+            return await asyncio.wait_for(anext(agen), timeout=limit_s)
+        finally:
+            await agen.aclose()
+
+    return asyncio.run(take())
+
+
+def test_execute_requests_the_resize_and_defers(api: Api) -> None:
+    op = operator(target_workers="{{ params.workers }}")
+    op.render_template_fields({"params": {"workers": 3}})
+    assert op.target_workers == "3"
+    before = time.time()
+    with pytest.raises(TaskDeferred) as caught:
+        op.execute({})
+    deferred = caught.value
+    assert api.fake.resizes == [3]  # requested before deferring, exactly once
+    assert deferred.method_name == "execute_complete"
+    assert deferred.timeout == timedelta(seconds=30 + POLL_S + 60)
+    trigger = deferred.trigger
+    assert isinstance(trigger, ClusterSizeTrigger)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "landuse_airflow.triggers.cluster.ClusterSizeTrigger"
+    assert before + 30 <= kwargs.pop("deadline") <= time.time() + 30
+    assert kwargs == {"backend": "databricks", "target_workers": 3, "timeout_s": 30.0,
+                      "poll_s": POLL_S, "scaler_options": {}, "conn_id": CONN_ID}
+    assert TOKEN not in json.dumps(kwargs)  # the triggerer reads the connection itself
+    assert api.fake.errors == []
+
+
+def test_trigger_fires_ok_once_the_workers_are_up(api: Api) -> None:
+    api.fake.polls_to_finish = 3
+    with pytest.raises(TaskDeferred) as caught:
+        operator().execute({})
+    _, kwargs = caught.value.trigger.serialize()
+    trigger = ClusterSizeTrigger(**kwargs)  # rebuilt from its kwargs, as the triggerer does
+    event = first_event(trigger)
+    assert event.payload["status"] == "ok"
+    assert event.payload["workers"] == 3
+    assert (api.fake.state, api.fake.workers) == ("RUNNING", 3)
+    assert operator().execute_complete({}, event.payload) == 3
+    assert api.fake.errors == []
+
+
+def test_trigger_fires_timeout_and_the_task_fails_with_its_message(api: Api) -> None:
+    api.fake.stuck = True
+    with pytest.raises(TaskDeferred) as caught:
+        operator(timeout_s=0.5).execute({})
+    event = first_event(caught.value.trigger)
+    payload = event.payload
+    assert payload["status"] == "timeout"
+    assert payload["workers"] == 1
+    assert f"Databricks cluster {CLUSTER_ID}" in payload["message"]
+    assert "did not reach 3 worker(s) within 0.5 s" in payload["message"]
+    assert "last seen 1 worker(s), state RESIZING" in payload["message"]
+    with pytest.raises(AirflowException, match="did not reach 3 worker"):
+        operator().execute_complete({}, payload)
+    assert api.fake.errors == []
+
+
+def test_trigger_reports_a_missing_connection(api: Api) -> None:
+    trigger = ClusterSizeTrigger(backend="databricks", target_workers=2,
+                                 deadline=time.time() + 5, timeout_s=5, poll_s=POLL_S,
+                                 conn_id="no_such_connection")
+    payload = first_event(trigger).payload
+    assert payload["status"] == "error"
+    assert "no_such_connection" in payload["message"]
+    with pytest.raises(AirflowException, match="cannot set up the databricks scaler"):
+        operator().execute_complete({}, payload)
+
+
+def test_waiting_in_the_task(api: Api) -> None:
+    assert operator(deferrable=False).execute({}) == 3
+    assert api.fake.resizes == [3]
+    api.fake.stuck = True
+    with pytest.raises(AirflowException, match="did not reach 5 worker"):
+        operator(deferrable=False, target_workers=5, timeout_s=0.3).execute({})
+
+
+def test_already_at_size_does_not_defer(api: Api) -> None:
+    assert operator(target_workers=1).execute({}) == 1
+    assert api.fake.resizes == []
+    local = ScaleClusterOperator(task_id="local", backend="none", target_workers=4)
+    assert local.execute({}) == 4
+
+
+def test_bad_parameters_fail_fast(api: Api) -> None:
+    with pytest.raises(ValueError, match="unknown cluster backend 'emr'"):
+        operator(backend="emr")
+    with pytest.raises(ValueError, match="must not hold credentials"):
+        operator(scaler_options={"token": TOKEN})
+    for bad in ("many", "-1", 2.5):
+        with pytest.raises(AirflowFailException, match="non-negative integer"):
+            operator(target_workers=bad).execute({})
+    assert api.fake.resizes == []
+
+
+def test_on_kill_stops_the_standalone_workers_this_task_started(
+    api: Api, tmp_path: Path
+) -> None:
+    """A killed scale-up: the workers it started go too. The master is the fake's /json/
+    (no worker ever registers there), the workers are real JVM processes."""
+    op = ScaleClusterOperator(
+        task_id="grow_local", backend="standalone", target_workers=1, deferrable=False,
+        timeout_s=3, poll_s=0.2,
+        scaler_options={"master_url": f"spark://127.0.0.1:{free_port()}",
+                        "master_web_url": api.url, "work_dir": str(tmp_path),
+                        "memory_per_worker": "512m"},
+    )
+    op.on_kill()  # before execute: nothing built, nothing to stop
+    assert "scaler" not in op.__dict__
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            op.execute({})
+        except BaseException as err:  # the timeout that follows the kill
+            errors.append(err)
+
+    task = threading.Thread(target=run, daemon=True)
+    task.start()
+    deadline = time.monotonic() + 20
+    while "scaler" not in op.__dict__ or not op.scaler.owned_workers():
+        assert time.monotonic() < deadline, "the worker was never started"
+        time.sleep(0.1)
+    (pid,) = op.scaler.owned_workers()
+    op.on_kill()
+    assert op.scaler.owned_workers() == []
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    # Airflow would now end the task process; here the in-task wait runs out instead.
+    task.join(timeout=30)
+    assert not task.is_alive()
+    assert len(errors) == 1 and "did not reach 1 worker(s)" in str(errors[0])
+
+
+def test_connection_fields_map_to_scaler_options(tmp_path: Path) -> None:
+    from airflow.sdk import Connection
+
+    from landuse.cluster.hdinsight import HDInsightCluster
+    from landuse.cluster.standalone import StandaloneCluster
+    from landuse_airflow.triggers.cluster import build_scaler, connection_options
+
+    spark = Connection(conn_id="spark_local", conn_type="spark", host="spark://127.0.0.1",
+                       port=7078, extra=json.dumps({"master_web_url": "http://127.0.0.1:8081",
+                                                    "work_dir": str(tmp_path)}))
+    scaler = build_scaler("standalone", {"memory_per_worker": "512m"}, spark)
+    assert isinstance(scaler, StandaloneCluster)
+    assert (scaler.master_url, scaler.master_web_url) == ("spark://127.0.0.1:7078",
+                                                          "http://127.0.0.1:8081")
+    assert (scaler.work_dir, scaler.memory_per_worker) == (tmp_path, "512m")
+
+    azure = Connection(conn_id="hdi", conn_type="generic", login="client-id",
+                       password="client-secret-value",
+                       extra=json.dumps({"tenant_id": "tenant", "subscription_id": "sub",
+                                         "resource_group": "rg", "cluster_name": "hdi"}))
+    options = connection_options("hdinsight", azure)
+    assert callable(options.pop("token"))  # a service-principal credential, asked per call
+    assert options == {"subscription_id": "sub", "resource_group": "rg", "cluster_name": "hdi"}
+    hdi = build_scaler("hdinsight", {"endpoint": "http://127.0.0.1:1"}, azure)
+    assert isinstance(hdi, HDInsightCluster) and hdi.endpoint == "http://127.0.0.1:1"
+    assert "client-secret-value" not in repr(hdi) + hdi.name
