@@ -232,6 +232,38 @@ def bench(name: str, weights: str, n: int, tiles: pd.DataFrame, spark: Any, work
     return ratio
 
 
+def standalone_speedup(tiles: pd.DataFrame, work: Path, batch: int, n: int = 400) -> None:
+    """SqueezeNet on a real standalone cluster on loopback: one 1-core worker, then two."""
+    from landuse.cluster.standalone import StandaloneCluster, free_port, start_master, stop_master
+    from landuse.models.bundle import load_bundle
+    from landuse.spark import local_spark
+
+    bundle = load_bundle(work / "bundle-squeezenet")
+    state = work / "standalone"
+    port, web = free_port(), free_port()
+    start_master(state, port=port, webui_port=web)
+    cluster = StandaloneCluster(master_url=f"spark://127.0.0.1:{port}",
+                                master_web_url=f"http://127.0.0.1:{web}", work_dir=state,
+                                memory_per_worker="2g", max_workers=2)
+    seconds = {}
+    try:
+        for workers in (1, 2):
+            cluster.scale(workers, timeout_s=120, poll_s=1)
+            spark = local_spark(f"bench-standalone-{workers}", master=cluster.master_url,
+                                conf=cluster.executor_conf())
+            spark_run(spark, tiles.iloc[-WARMUP_TILES:], bundle, work, f"sa-warm-{workers}",
+                      batch)
+            seconds[workers] = spark_run(spark, tiles.iloc[:n], bundle, work, f"sa-{workers}",
+                                         batch)
+            spark.stop()
+    finally:
+        stop_master(state)
+    speedup = seconds[1] / seconds[2]
+    print(f"standalone cluster, squeezenet, {n} tiles: 1 worker {n / seconds[1]:.1f} img/s, "
+          f"2 workers {n / seconds[2]:.1f} img/s: speedup {speedup:.2f}x "
+          f"(parallel efficiency {speedup / 2:.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiles", type=int, default=None,
@@ -257,6 +289,7 @@ def main() -> None:
             ratios[name] = bench(name, weights, args.tiles or default, tiles, spark, work,
                                  args.batch_size)
         spark.stop()
+        standalone_speedup(tiles, work, args.batch_size)
         print(f"load average {os.getloadavg()[0]:.1f} at end")
         print(f"squeezenet ratio={ratios['squeezenet']:.3f}")
         print(f"ratio={ratios['resnet50']:.3f}")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the bundled sample, through Airflow: set up, generate the synthetic
 # counties (once), then run the DAGs with `airflow dags test`: naip_dataset over the real
-# Stutsman County, ND scenes and the synthetic counties, then landuse_training on the
-# dataset it emits. Outputs go to output/, MLflow runs to mlruns/.
+# Stutsman County, ND scenes and the synthetic counties, landuse_training on the dataset
+# it emits, then landuse_scoring of every 2016 tile on Spark with the champion.
+# Outputs go to output/, MLflow runs to mlruns/.
 # Extra argument: a JSON conf for naip_dataset, e.g. scripts/demo.sh '{"years": [2016]}'
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ run_dag() {  # dag_id conf
 }
 run_dag naip_dataset "$conf"
 run_dag landuse_training '{}'
+run_dag landuse_scoring '{"year": 2016}'
 python - <<'PY'
 import json
 from pathlib import Path
@@ -29,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from landuse import config
+from landuse.labels import CLASSES
 
 root = Path(config.storage_root())
 print(f"\nmanifests under {root / 'naip'}:")
@@ -50,4 +53,15 @@ for c in champion["candidates"]:
 print(f"champion: {champion['model_id']} (6-class accuracy {champion['accuracy']:.3f}, "
       f"3-group {champion['group_accuracy']:.3f}; MLflow model 'landuse' version "
       f"{champion['version']})")
+print("\npredictions 2016 (Spark local[2], champion):")
+for path in sorted(root.glob("predictions/county=*/year=2016/predictions.parquet")):
+    p = pd.read_parquet(path)
+    shares = p["predicted_group"].value_counts(normalize=True).round(2).to_dict()
+    line = f"  {path.parent.parent.name.removeprefix('county='):<20} {len(p):4d} tiles, groups {shares}"
+    scored = p[p["label"].isin(CLASSES) & p["error"].isna()]
+    if len(scored):
+        agree = float((scored["label"] == scored["predicted"]).mean())
+        line += f", agreement with NLCD label {agree:.3f} on {len(scored)} land-use tiles"
+    print(line)
+print(f"predictions: {root / 'predictions'}")
 PY
