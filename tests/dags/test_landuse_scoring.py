@@ -39,13 +39,13 @@ def bundle(tmp_path_factory) -> Path:
         [helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2], keepdims=0),
          helper.make_node("MatMul", ["m", "w"], ["z"]),
          helper.make_node("Softmax", ["z"], ["probabilities"], axis=1)],
-        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 32, 32, 3])],
+        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 64, 64, 3])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 6])],
         initializer=[numpy_helper.from_array(w, "w")])
     folder = tmp_path_factory.mktemp("model")
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=8),
               str(folder / "tiny.onnx"))
-    spec = PreprocessSpec(input_size=32, mean=(120.0, 120.0, 120.0))
+    spec = PreprocessSpec(input_size=64, mean=(120.0, 120.0, 120.0))
     return import_onnx(folder / "tiny.onnx", folder / "bundle", classes=CLASSES,
                        preprocessing=spec, name="tiny").path
 

@@ -7,6 +7,7 @@ and its group, and the model id.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from landuse import labels, storage
-from landuse.models.preprocessing import ImageError, decode
+from landuse.models.preprocessing import ImageError, PreprocessSpec, decode
 from landuse.models.runners import Runner
 
 PREDICTION_SCHEMA = pa.schema(
@@ -63,6 +64,35 @@ def load_source(source: str) -> pd.DataFrame:
         if column not in frame:
             frame[column] = None
     return frame.loc[:, list(INPUT_COLUMNS)].reset_index(drop=True)
+
+
+def check_tiles_fit(rows: pd.DataFrame, bundle_path: str, spec: PreprocessSpec,
+                    probe: int = 5) -> None:
+    """Refuse a source whose tiles do not fit the bundle (another size, too few bands).
+
+    Training fed the network tiles of its own size; silently resizing other tiles would
+    change their ground resolution and the predictions with it. Looks at the first
+    readable tiles only (unreadable ones become error rows later).
+
+    Raises:
+        ValueError: naming the tile, its size or bands, and what the bundle expects.
+    """
+    from PIL import Image
+
+    size = spec.input_size
+    for url in rows["image_url"].head(probe):
+        try:
+            with Image.open(io.BytesIO(storage.read_bytes(url))) as img:
+                width, height, bands = img.width, img.height, len(img.getbands())
+        except (OSError, storage.StorageError):
+            continue
+        if (width, height) != (size, size):
+            raise ValueError(f"tile {url} is {width}x{height} px but bundle {bundle_path} "
+                             f"expects {size}x{size}: tile at the model's size")
+        if bands < 3 and img.mode != "P":
+            raise ValueError(f"tile {url} has {bands} band(s) but bundle {bundle_path} needs "
+                             f"{', '.join(spec.bands)}")
+        return
 
 
 def score_frame(rows: pd.DataFrame, runner: Runner, batch_size: int = 32) -> pd.DataFrame:

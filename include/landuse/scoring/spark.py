@@ -28,6 +28,7 @@ from landuse.models.bundle import Bundle, load_bundle
 from landuse.scoring.predict import (
     PREDICTION_SCHEMA,
     accuracy_report,
+    check_tiles_fit,
     load_source,
     score_frame,
     to_table,
@@ -102,6 +103,7 @@ def score_on_spark(
     started = time.perf_counter()
     checked: Bundle = load_bundle(bundle)  # fail on the driver, not on every worker
     rows = load_source(source)
+    check_tiles_fit(rows, str(checked.path), checked.spec.preprocessing)
     sc = spark.sparkContext
     name = _ship(sc, checked)
     n_parts = partitions or max(sc.defaultParallelism, math.ceil(len(rows) / TILES_PER_PARTITION))

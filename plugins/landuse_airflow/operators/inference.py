@@ -94,11 +94,12 @@ class BundleInferenceOperator(BaseOperator):
         import pyarrow as pa
 
         from landuse import storage
-        from landuse.scoring.predict import load_source
+        from landuse.scoring.predict import check_tiles_fit, load_source
 
         started = time.perf_counter()
         with fail_fast_on_bad_input():  # a missing source or broken bundle will not heal
             rows = load_source(self.source)
+            check_tiles_fit(rows, self.bundle_path, self.hook.bundle.spec.preprocessing)
             runner = self.hook.get_runner(self.framework)
             model_id = self.hook.bundle.model_id
             classes = list(self.hook.bundle.spec.classes)

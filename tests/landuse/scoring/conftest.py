@@ -26,8 +26,8 @@ def tiled(tmp_path_factory: pytest.TempPathFactory, synthetic: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory, onnx_kit) -> Path:
-    """A six-class ONNX bundle (channel means -> linear -> softmax) on 32 px input."""
+    """A six-class ONNX bundle (channel means -> linear -> softmax) on 64 px input."""
     folder = tmp_path_factory.mktemp("bundles") / "six-class"
-    spec = PreprocessSpec(input_size=32, mean=(120.0, 120.0, 120.0), std=(60.0, 60.0, 60.0))
+    spec = PreprocessSpec(input_size=64, mean=(120.0, 120.0, 120.0), std=(60.0, 60.0, 60.0))
     onnx_kit.bundle(folder, spec, CLASSES)
     return folder

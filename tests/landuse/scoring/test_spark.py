@@ -65,3 +65,14 @@ def test_invalid_bundle_fails_on_the_driver(spark, tiled, tmp_path):
     with pytest.raises(BundleError, match=r"bundle\.json is missing"):
         score_on_spark(spark, str(tiled / "naip" / "*" / "*" / "manifest.parquet"),
                        tmp_path / "empty", str(tmp_path / "out"))
+
+
+def test_tiles_of_another_size_than_the_model_are_refused(spark, tiled, onnx_kit, tmp_path):
+    from landuse.models.preprocessing import PreprocessSpec
+
+    folder = onnx_kit.bundle(tmp_path / "b224", PreprocessSpec(input_size=224),
+                             ("Developed", "Forest", "Shrub"))
+    with pytest.raises(ValueError, match=r"64x64 px but bundle .* expects 224x224"):
+        score_on_spark(spark, str(tiled / "naip" / "*" / "2010" / "manifest.parquet"), folder,
+                       str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # nothing published
