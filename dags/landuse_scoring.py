@@ -104,8 +104,15 @@ def landuse_scoring() -> None:
     @task
     def wait_for_workers() -> None:
         """Wait until the target number of workers has registered (clear error on timeout)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from landuse.cluster import ClusterTimeout
+
         p = get_current_context()["params"]
-        _scaler(p).wait(p["target_workers"], timeout_s=p["scale_timeout_s"], poll_s=5)
+        try:
+            _scaler(p).wait(p["target_workers"], timeout_s=p["scale_timeout_s"], poll_s=5)
+        except ClusterTimeout as err:  # the wait already spent its patience: do not retry
+            raise AirflowFailException(str(err)) from err
 
     @task(max_active_tis_per_dagrun=2, outlets=[PREDICTIONS])
     def score_county(planned: dict[str, Any]) -> dict[str, Any]:
