@@ -99,16 +99,19 @@ def class_of(code: int) -> str:
     raise KeyError(f"{code} is not a known NLCD land-cover code")
 
 
-def code_lookup() -> np.ndarray:
-    """A 256-entry table from NLCD code to class index; -1 for water/ice, -2 for nodata or unknown.
+# Categories of a label cell: the six classes (0-5), then these.
+WATER, ICE, NODATA, UNKNOWN = 6, 7, 8, 9
+CATEGORY_NAMES: Final[tuple[str, ...]] = (*CLASSES, "Water", "Ice")
 
-    Used to map whole label rasters at once instead of looping over pixels.
-    """
-    table = np.full(256, -2, dtype=np.int16)
+
+def category_lookup() -> np.ndarray:
+    """A table from NLCD code (0-65535) to label-cell category: class index 0-5, then
+    WATER, ICE, NODATA (code 0) or UNKNOWN. Maps whole label rasters at once."""
+    table = np.full(65536, UNKNOWN, dtype=np.uint8)
     for code, name in NLCD_TO_CLASS.items():
         table[code] = CLASSES.index(name)
-    for code in NLCD_EXCLUDED:
-        table[code] = -1
+    table[11], table[12] = WATER, ICE
+    table[0] = NODATA
     return table
 
 

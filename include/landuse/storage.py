@@ -146,10 +146,3 @@ def glob(pattern: str) -> list[str]:
         return list(found)
     protocol = pattern.split("://", 1)[0]
     return [f"{protocol}://{p}" for p in found]
-
-
-def remove(url: str) -> None:
-    """Remove an object or folder (recursively); missing is fine."""
-    fs, path = filesystem(url)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)

@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 Band = Literal["red", "green", "blue", "nir"]
 BAND_INDEX: dict[str, int] = {"red": 1, "green": 2, "blue": 3, "nir": 4}
 
-# Label-grid categories beyond the six classes (see _LOOKUP).
-_WATER, _ICE, _NODATA, _UNKNOWN = 6, 7, 8, 9
-_CATEGORY_NAMES = (*labels.CLASSES, "Water", "Ice")
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -101,16 +98,7 @@ class TilingConfig(BaseModel):
         return bands
 
 
-def _lookup() -> np.ndarray:
-    table = np.full(65536, _UNKNOWN, dtype=np.uint8)
-    for code, name in labels.NLCD_TO_CLASS.items():
-        table[code] = labels.CLASSES.index(name)
-    table[11], table[12] = _WATER, _ICE
-    table[0] = _NODATA
-    return table
-
-
-_LOOKUP = _lookup()
+_LOOKUP = labels.category_lookup()
 
 
 @dataclass(frozen=True)
@@ -130,11 +118,12 @@ def label_stats(codes: np.ndarray) -> LabelStats:
     """
     categories = _LOOKUP[codes]
     counts = np.bincount(categories.ravel(), minlength=10)
-    unknown = tuple(int(c) for c in np.unique(codes[categories == _UNKNOWN]))
-    if counts[:_NODATA].sum() == 0:
+    unknown = tuple(int(c) for c in np.unique(codes[categories == labels.UNKNOWN]))
+    if counts[: labels.NODATA].sum() == 0:
         return LabelStats(None, 0.0, unknown)
-    plurality = int(np.argmax(counts[:_NODATA]))
-    return LabelStats(_CATEGORY_NAMES[plurality], float(counts[plurality] / codes.size), unknown)
+    plurality = int(np.argmax(counts[: labels.NODATA]))
+    purity = float(counts[plurality] / codes.size)
+    return LabelStats(labels.CATEGORY_NAMES[plurality], purity, unknown)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

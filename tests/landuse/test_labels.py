@@ -68,15 +68,14 @@ def test_class_of_unknown_codes(code):
     assert not labels.is_known_code(code)
 
 
-def test_code_lookup_table():
-    table = labels.code_lookup()
-    assert table.shape == (256,)
+def test_category_lookup_table():
+    table = labels.category_lookup()
     for name, codes in SEED_MAPPING.items():
         for code in codes:
-            assert labels.CLASSES[table[code]] == name
-    assert table[11] == table[12] == -1
-    others = sorted(set(range(256)) - ALL_NLCD_CODES)
-    assert np.all(table[others] == -2)
+            assert labels.CATEGORY_NAMES[table[code]] == name
+    assert (table[11], table[12], table[0]) == (labels.WATER, labels.ICE, labels.NODATA)
+    others = [*sorted(set(range(1, 256)) - ALL_NLCD_CODES), 300, 65535]
+    assert np.all(table[others] == labels.UNKNOWN)
 
 
 def _valid_rgb(colour) -> bool:

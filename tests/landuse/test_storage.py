@@ -88,12 +88,11 @@ def test_read_missing(tmp_path):
     assert not storage.exists(url)
 
 
-def test_exists_and_remove(tmp_path):
+def test_exists_for_objects_and_folders(tmp_path):
+    assert not storage.exists(str(tmp_path / "d"))
     storage.write_bytes(str(tmp_path / "d" / "e" / "f.txt"), b"x")
     assert storage.exists(str(tmp_path / "d"))
-    storage.remove(str(tmp_path / "d"))
-    assert not storage.exists(str(tmp_path / "d"))
-    storage.remove(str(tmp_path / "d"))  # missing is fine
+    assert storage.exists(str(tmp_path / "d" / "e" / "f.txt"))
 
 
 def test_glob_on_local_folders(tmp_path):
