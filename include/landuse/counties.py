@@ -28,6 +28,9 @@ class County(BaseModel):
     )
     naip: str = Field(description="NAIP catalogue root (folder or abfs:// URL)")
     nlcd: str | None = Field(None, description="NLCD raster or folder of nlcd_YYYY*.tif")
+    truth: str | None = Field(
+        None, description="folder of planted-change truth rasters (synthetic counties)"
+    )
     synthetic: bool = Field(False, description="true for generated test data")
 
     @field_validator("name")
@@ -70,6 +73,8 @@ def load_registry(url: str, _seen: frozenset[str] = frozenset()) -> dict[str, Co
         entry = dict(entry)
         entry["naip"] = _resolve(base, entry.get("naip"))
         entry["nlcd"] = _resolve(base, entry.get("nlcd"))
+        if entry.get("truth") is not None:
+            entry["truth"] = _resolve(base, entry["truth"])
         try:
             county = County(**entry)
         except ValueError as err:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import tempfile
 from typing import Any
 
@@ -119,6 +120,42 @@ def write_bytes(url: str, data: bytes) -> None:
             raise
     else:
         fs.pipe_file(path, data)
+
+
+def write_folder(url: str, files: dict[str, bytes], commit: str) -> None:
+    """Publish a folder of files as one unit; ``commit`` is the file that says it is whole.
+
+    Locally the files go to a temporary sibling folder that then replaces ``url`` by rename.
+    On blob storage every file is one atomic upload and ``commit`` goes last, so a reader
+    that looks for it first never sees a half-written folder.
+    """
+    if commit not in files:
+        raise ValueError(f"commit file {commit} is not among the files for {url}")
+    fs, path = filesystem(url)
+    if not isinstance(fs, LocalFileSystem):
+        folder = path.rstrip("/")
+        if fs.exists(f"{folder}/{commit}"):
+            fs.rm(f"{folder}/{commit}")  # being rewritten: not whole until the new marker
+        for name in sorted(files, key=lambda n: n == commit):
+            fs.pipe_file(f"{folder}/{name}", files[name])
+        return
+    parent = os.path.dirname(path.rstrip("/")) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(path)}-")
+    try:
+        for name, data in files.items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        os.chmod(tmp, 0o755)
+        old = f"{tmp}.old"
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_parquet(url: str, table: pa.Table) -> None:

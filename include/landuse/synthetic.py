@@ -302,6 +302,7 @@ def make_synthetic(
                 "bbox": [round(v, 6) for v in c.bbox],
                 "naip": "naip",
                 "nlcd": "nlcd",
+                "truth": "truth",
                 "synthetic": True,
             }
             for c in made

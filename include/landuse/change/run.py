@@ -1,0 +1,357 @@
+"""One change run: a county between year A and year B, from inputs to a published report.
+
+Everything is checked before anything is written (missing years, grids that do not align,
+models whose classes differ), every file is rendered in memory, and the report folder
+``{root}/change/county={county}/{A}-{B}/`` is published as one unit with ``summary.json``
+as its commit marker.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rasterio.windows import from_bounds
+
+from landuse import labels, storage
+from landuse.change import embedding, maps
+from landuse.change.detect import (
+    Change,
+    ChangeInputError,
+    Reference,
+    YearMap,
+    check_grids,
+    count_table,
+    detect,
+    labels_map,
+    read_manifest,
+    read_predictions,
+    transition_matrix,
+)
+from landuse.change.water import water_shares
+from landuse.raster import RasterError, open_raster, read_checked
+
+log = logging.getLogger(__name__)
+# A tile's water share must change by this much (absolute) to count as water change.
+WATER_CHANGE = 0.15
+# A tile counts as planted new development when this share of it became Developed.
+PLANTED_SHARE = 0.5
+SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    """Where a change run published its report, and its headline figures."""
+
+    url: str
+    summary: dict[str, Any]
+
+
+def change_url(root: str, county: str, year_a: int, year_b: int) -> str:
+    """The report folder of one county and pair of years."""
+    return storage.join(root, "change", f"county={storage.safe_name(county)}",
+                        f"{year_a}-{year_b}")
+
+
+def run_change(
+    root: str,
+    county: str,
+    year_a: int,
+    year_b: int,
+    *,
+    reference: Reference = "auto",
+    threshold: float = 0.5,
+    smooth: bool = False,
+    centre_weight: float = 2.0,
+    embeddings: bool = True,
+    truth: str | None = None,
+    out: str | None = None,
+) -> ChangeResult:
+    """Detect change in ``county`` from ``year_a`` to ``year_b`` and publish the report.
+
+    Args:
+        root: storage root with ``naip/{county}/{year}/manifest.parquet`` and
+            ``predictions/county=.../year=.../predictions.parquet``.
+        county: county name.
+        year_a: the earlier year (the reference).
+        year_b: the later year (predictions).
+        reference: ``labels`` (NLCD labels of year A), ``predictions`` (of year A), or
+            ``auto``: labels where year A has them, else predictions.
+        threshold: group probability below which a prediction is uncertain.
+        smooth: 3×3 plurality smoothing of predicted groups.
+        centre_weight: votes of the centre tile when smoothing.
+        embeddings: also rank change by backbone-feature distance (no labels needed), and
+            check it against water change where the scenes have NIR.
+        truth: folder of planted-change truth rasters
+            (``{county}_newly_developed_{A}_{B}.tif``), for synthetic counties.
+        out: report folder; default :func:`change_url`.
+
+    Raises:
+        ChangeInputError: missing years, grids that do not align, classes that differ.
+    """
+    if year_a >= year_b:
+        raise ChangeInputError(f"year A ({year_a}) must be before year B ({year_b})")
+    manifest_a = read_manifest(root, county, year_a)
+    manifest_b = read_manifest(root, county, year_b)
+    geometry = check_grids(county, manifest_a, manifest_b, year_a, year_b)
+    pred_b = read_predictions(root, county, year_b)
+    pred_a = _optional_predictions(root, county, year_a)
+    ref = _reference(reference, manifest_a, pred_a, county, year_a)
+    change = detect(county, ref, pred_b, geometry, year_a=pred_a, threshold=threshold,
+                    smooth=smooth, centre_weight=centre_weight)
+    summary = _summary(change, manifest_a, manifest_b)
+    truth_url = (storage.join(truth, f"{county}_newly_developed_{year_a}_{year_b}.tif")
+                 if truth else None)
+    if truth_url and storage.exists(truth_url):
+        planted = _planted(truth_url, change.tiles)
+        change.tiles["planted"] = planted
+        summary["planted_change"] = {"truth": truth_url, **embedding.agreement(
+            change.tiles["newly_developed"].to_numpy(), planted.to_numpy())}
+    if embeddings:
+        summary["embedding_change"] = _embedding_change(change, manifest_a, manifest_b)
+    url = out or change_url(root, county, year_a, year_b)
+    files = _render(change, summary)
+    summary["files"] = sorted(files)
+    files[SUMMARY] = json.dumps(summary, indent=2, default=str).encode()
+    storage.write_folder(url, files, commit=SUMMARY)
+    log.info("change %s %d-%d: %d newly developed tiles -> %s", county, year_a, year_b,
+             summary["newly_developed"], url)
+    return ChangeResult(url, summary)
+
+
+def read_summary(url: str) -> dict[str, Any] | None:
+    """A published report's summary, or None when there is no whole report at ``url``."""
+    marker = storage.join(url, SUMMARY)
+    return json.loads(storage.read_bytes(marker)) if storage.exists(marker) else None
+
+
+def _optional_predictions(root: str, county: str, year: int) -> YearMap | None:
+    try:
+        return read_predictions(root, county, year)
+    except ChangeInputError as err:
+        if "does not exist" not in str(err):
+            raise
+        return None
+
+
+def _reference(reference: Reference, manifest_a: pd.DataFrame, pred_a: YearMap | None,
+               county: str, year_a: int) -> YearMap:
+    if reference not in ("auto", "labels", "predictions"):
+        raise ChangeInputError(f"reference must be auto, labels or predictions, got {reference}")
+    has_labels = manifest_a["label"].isin(labels.CLASSES).any()
+    if reference == "labels" or (reference == "auto" and has_labels):
+        return labels_map(manifest_a, county, year_a)
+    if pred_a is None:
+        raise ChangeInputError(
+            f"county {county} has no NLCD labels and no predictions for {year_a}: score "
+            f"{year_a} first (landuse_scoring) or tile it with NLCD")
+    return pred_a
+
+
+def _summary(change: Change, manifest_a: pd.DataFrame,
+             manifest_b: pd.DataFrame) -> dict[str, Any]:
+    t = change.tiles
+    summary: dict[str, Any] = {
+        "county": change.county,
+        "year_a": change.reference.year, "year_b": change.year_b.year,
+        "reference": change.reference.source,
+        "model_b": change.year_b.model_id,
+        "model_a": change.year_a.model_id if change.year_a else None,
+        "predictions_b": change.year_b.url,
+        "predictions_a": change.year_a.url if change.year_a else None,
+        "threshold": change.threshold, "smoothed": change.smoothed,
+        "tiles": len(t),
+        "compared": int(t["transition"].notna().sum()),
+        "uncertain": int((t["ref_group"].notna() & t["b_group"].isna()).sum()),
+        "newly_developed": int(t["newly_developed"].sum()),
+        "changed": int(t["changed"].sum()),
+        "counts": count_table(change).reset_index().to_dict("records"),
+        "transitions": {k: {c: int(n) for c, n in v.items()}
+                        for k, v in transition_matrix(change).to_dict("index").items()},
+        "accuracy": {},
+    }
+    for ymap, manifest in ((change.year_b, manifest_b), (change.year_a, manifest_a)):
+        if ymap is not None and ymap.source == "predictions":
+            report = _accuracy(ymap, manifest)
+            if report:
+                summary["accuracy"][str(ymap.year)] = report
+    return summary
+
+
+def _accuracy(ymap: YearMap, manifest: pd.DataFrame) -> dict[str, Any] | None:
+    from landuse.models.metrics import report
+
+    both = manifest.set_index("tile_id")[["label"]].join(ymap.tiles["klass"], how="inner")
+    both = both[both["label"].isin(ymap.classes) & both["klass"].notna()]
+    if both.empty:
+        return None
+    r = report(list(both["label"]), list(both["klass"]), list(ymap.classes))
+    return {"tiles": len(both), "accuracy": round(r["accuracy"], 4),
+            "group_accuracy": round(r["group_accuracy"], 4)}
+
+
+def _planted(truth_url: str, tiles: pd.DataFrame) -> pd.Series:
+    """Whether at least :data:`PLANTED_SHARE` of each tile became Developed in the truth."""
+    out = pd.Series(False, index=tiles.index)
+    with open_raster(truth_url) as src:
+        for i, row in tiles.iterrows():
+            window = from_bounds(row.minx, row.miny, row.maxx, row.maxy, src.transform)
+            cells = read_checked(src, truth_url, indexes=1, window=window.round_offsets()
+                                 .round_lengths(), boundless=True, fill_value=0)
+            out[i] = bool(cells.size and cells.mean() >= PLANTED_SHARE)
+    return out
+
+
+def _embedding_change(change: Change, manifest_a: pd.DataFrame,
+                      manifest_b: pd.DataFrame) -> dict[str, Any]:
+    t = change.tiles
+    both = t["image_url_a"].notna() & t["image_url_b"].notna()
+    if both.sum() < 3:
+        return {"tiles": int(both.sum()), "note": "too few tiles with imagery in both years"}
+    features_a = embedding.embed(list(t.loc[both, "image_url_a"]))
+    features_b = embedding.embed(list(t.loc[both, "image_url_b"]))
+    distance = embedding.change_distance(features_a, features_b)
+    z = embedding.robust_z(distance)
+    t.loc[both, "embedding_distance"] = distance
+    t.loc[both, "embedding_z"] = z
+    t["hotspot"] = (t["embedding_z"] > embedding.HOTSPOT_Z).fillna(False).astype(bool)
+    result: dict[str, Any] = {"backbone": "squeezenet", "tiles": int(both.sum()),
+                              "hotspot_z": embedding.HOTSPOT_Z,
+                              "hotspots": int(t["hotspot"].sum())}
+    try:
+        water_a = water_shares(manifest_a).reindex(t["tile_id"]).to_numpy()
+        water_b = water_shares(manifest_b).reindex(t["tile_id"]).to_numpy()
+    except (RasterError, KeyError) as err:  # no NIR, or manifests without scene URLs
+        result["water"] = {"note": f"water reference unavailable: {err}"}
+        return result
+    t["water_share_a"], t["water_share_b"] = water_a, water_b
+    scored = both.to_numpy() & ~np.isnan(water_a) & ~np.isnan(water_b)
+    t["water_changed"] = np.abs(water_b - water_a) >= WATER_CHANGE
+    result["water"] = {
+        "method": "NDWI > 0 and NIR below the scene's Otsu threshold",
+        "change_at_least": WATER_CHANGE,
+        "share_a": round(float(np.nanmean(water_a)), 4),
+        "share_b": round(float(np.nanmean(water_b)), 4),
+        **embedding.agreement(t.loc[scored, "hotspot"].to_numpy(),
+                              t.loc[scored, "water_changed"].to_numpy()),
+    }
+    return result
+
+
+# --- rendering ------------------------------------------------------------------------
+
+
+def _render(change: Change, summary: dict[str, Any]) -> dict[str, bytes]:
+    """Every file of the report, in memory."""
+    t = change.tiles.set_index("tile_id")
+    files: dict[str, bytes] = {}
+    ref_name = f"{change.reference.year} {change.reference.source}"
+    a, b = change.reference.year, change.year_b.year
+    change_state = pd.Series("no change", index=t.index)
+    change_state[t["changed"]] = "other change"
+    change_state[t["newly_developed"]] = "newly developed"
+    change_state[t["ref_group"].notna() & t["b_group"].isna()] = "uncertain"
+    change_state[t["ref_group"].isna()] = None
+    multi = len(change.layouts) > 1
+    panels: list[tuple[str, np.ndarray]] = []
+    for layout in change.layouts:
+        suffix = f"_{layout.crs.replace(':', '').lower()}" if multi else ""
+        layers = [("reference", t["ref_group"], maps.GROUP_PALETTE, f"{ref_name} groups")]
+        if change.year_a is not None and change.year_a is not change.reference:
+            layers.append((f"groups_{a}", t["a_group"], maps.GROUP_PALETTE,
+                           f"{a} predicted groups"))
+        layers += [
+            (f"groups_{b}", t["b_group"], maps.GROUP_PALETTE, f"{b} predicted groups"),
+            (f"classes_{b}", t["b_class"].where(t["b_group"].notna()), maps.CLASS_PALETTE,
+             f"{b} predicted classes"),
+            ("change", change_state, maps.CHANGE_PALETTE, f"change {ref_name} -> {b}"),
+        ]
+        for name, values, palette, description in layers:
+            raster = maps.categorical(layout, values, palette)
+            files[f"{name}{suffix}.tif"] = maps.cog_bytes(raster, layout, palette, description)
+            files[f"{name}{suffix}.png"] = maps.png_bytes(raster, palette, scale=8)
+            if name.startswith("groups_") or name == "reference":
+                panels.append((f"{description} ({layout.crs})" if multi else description,
+                               raster))
+    files["comparison.png"] = maps.side_by_side(
+        panels, maps.GROUP_PALETTE, f"{change.county}: {ref_name} | predictions {a} | {b}")
+    changed = change.tiles[change.tiles["changed"] | change.tiles.get("hotspot", False)]
+    props = [c for c in ("ref_group", "a_group", "b_group", "b_class", "b_confidence",
+                         "newly_developed", "embedding_distance", "hotspot", "water_share_a",
+                         "water_share_b", *[f"b_p_{c}" for c in labels.CLASSES])
+             if c in changed]
+    files["changes.geojson"] = json.dumps(maps.tiles_geojson(changed, props), indent=1).encode()
+    buf = io.BytesIO()
+    change.tiles.to_parquet(buf, index=False)
+    files["tiles.parquet"] = buf.getvalue()
+    files["report.md"] = _markdown(change, summary, sorted(files)).encode()
+    return files
+
+
+def _markdown(change: Change, s: dict[str, Any], files: list[str]) -> str:
+    a, b = s["year_a"], s["year_b"]
+    lines = [
+        f"# Land-use change in {s['county']}, {a} to {b}",
+        "",
+        f"Reference: {a} {s['reference']}; predictions {b} by `{s['model_b']}`"
+        + (f"; predictions {a} by `{s['model_a']}`" if s["model_a"] else "") + ".",
+        f"Predictions with a group probability below {s['threshold']} are uncertain"
+        + ("; predicted groups were smoothed (3×3 plurality)." if s["smoothed"] else "."),
+        "",
+        f"**{s['newly_developed']} tiles newly developed** (Undeveloped or Cultivated in {a}, "
+        f"Developed in {b}) of {s['compared']} compared ({s['tiles']} tiles in both years, "
+        f"{s['uncertain']} uncertain).",
+        "",
+        "![reference | year A | year B](comparison.png)",
+        "",
+        "## Tiles per group",
+        "",
+        _table(count_table(change).reset_index()),
+        "",
+        f"## Transitions ({a} rows, {b} columns)",
+        "",
+        _table(transition_matrix(change).rename_axis(f"{a} \\ {b}").reset_index()),
+    ]
+    if s["accuracy"]:
+        lines += ["", "## Accuracy against NLCD labels", "",
+                  "| year | tiles | 6-class | 3-group |", "| --- | --- | --- | --- |"]
+        lines += [f"| {y} | {r['tiles']} | {r['accuracy']:.3f} | {r['group_accuracy']:.3f} |"
+                  for y, r in sorted(s["accuracy"].items())]
+    if "planted_change" in s:
+        p = s["planted_change"]
+        lines += ["", "## Planted change (synthetic truth)", "",
+                  f"Newly developed against the planted truth: precision {p['precision']:.3f}, "
+                  f"recall {p['recall']:.3f}, IoU {p['iou']:.3f} ({p['both']} of "
+                  f"{p['reference']} planted tiles found, {p['detected']} detected)."]
+    e = s.get("embedding_change")
+    if e and "hotspots" in e:
+        lines += ["", "## Change without labels (embedding distance)", "",
+                  f"{e['hotspots']} of {e['tiles']} tiles are hotspots (robust z > "
+                  f"{e['hotspot_z']} of the {e['backbone']} feature distance, each vintage "
+                  "standardised)."]
+        w = e.get("water", {})
+        if "precision" in w:
+            lines += ["", f"Against water change from the imagery ({w['method']}; share "
+                      f"changed by at least {w['change_at_least']}; water {w['share_a']:.1%} "
+                      f"of the county in {a}, {w['share_b']:.1%} in {b}): precision "
+                      f"{w['precision']:.3f}, recall {w['recall']:.3f}, IoU {w['iou']:.3f} "
+                      f"({w['reference']} water-change tiles, base rate {w['base_rate']:.3f})."]
+        elif w:
+            lines += ["", w["note"]]
+    lines += ["", "## Files", ""] + [f"- [{f}]({f})" for f in files]
+    return "\n".join(lines) + "\n"
+
+
+def _table(frame: pd.DataFrame) -> str:
+    cols = [str(c) for c in frame.columns]
+    rows = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for record in frame.itertuples(index=False):
+        rows.append("| " + " | ".join("" if v is None or (isinstance(v, float) and np.isnan(v))
+                                      else f"{v:.3f}" if isinstance(v, float) else str(v)
+                                      for v in record) + " |")
+    return "\n".join(rows)
