@@ -1,16 +1,32 @@
-# The project's Airflow image: the official Airflow image plus the pinned requirements and
-# the landuse library. Used by docker-compose.yaml.
+# The project's image: the official Airflow image (the Airflow version pinned in
+# requirements.txt) plus the pinned requirements.lock and the landuse library.
+# docker-compose.yaml runs every service of the stack from it: the Airflow components, the
+# Spark master and workers (the Spark that the pip pyspark package ships: spark-class and
+# spark-submit are on PATH), and the MLflow tracking server, so Spark executors have the
+# same Python and packages as the drivers in Airflow tasks.
 FROM apache/airflow:3.3.2-python3.11
 
 USER root
-# Java for Spark (scoring stages run pyspark inside tasks and drivers).
+# Java for Spark (drivers in tasks, the master, the workers); Debian's default JRE (17 or 21),
+# both supported by Spark 4.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && apt-get install -y --no-install-recommends default-jre-headless \
     && rm -rf /var/lib/apt/lists/*
+# The library's folder (an editable install writes there) and the MLflow artifact store's
+# mount point, owned by airflow: an empty named volume takes the owner of the image's folder.
+RUN mkdir -p /opt/landuse /opt/mlflow/artifacts \
+    && chown -R airflow:root /opt/landuse /opt/mlflow \
+    && chmod -R g+rwX /opt/mlflow
 USER airflow
+# The mount point of the outputs volume, writable by the airflow user (and its group).
+RUN mkdir -p /opt/airflow/output && chmod g+rwX /opt/airflow/output
 
 COPY --chown=airflow:root requirements.lock /opt/landuse/requirements.lock
-RUN pip install --no-cache-dir -r /opt/landuse/requirements.lock
+# The Airflow pin repeated so that nothing in the lock can move Airflow off the base image's
+# version (the lock pins the same one).
+RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" \
+    -r /opt/landuse/requirements.lock
 COPY --chown=airflow:root pyproject.toml /opt/landuse/pyproject.toml
 COPY --chown=airflow:root include /opt/landuse/include
+# Editable, so that docker-compose.yaml's bind mount of ./include is the code that runs.
 RUN pip install --no-cache-dir --no-deps -e /opt/landuse

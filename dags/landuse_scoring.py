@@ -13,12 +13,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset, AssetAlias, Param, dag, get_current_context, setup, task, teardown
+from airflow.sdk import Param, dag, get_current_context, setup, task, teardown
 
 from landuse_airflow import params
+from landuse_airflow.assets import PREDICTIONS
 from landuse_airflow.errors import fail_fast_on_bad_input
-
-PREDICTIONS = AssetAlias("landuse_predictions")
 
 
 @dag(
@@ -62,19 +61,12 @@ def landuse_scoring() -> None:
     def plan() -> list[dict[str, Any]]:
         """The model and the county-years to score, resolved once for the whole run."""
         from landuse import storage
-        from landuse.models.bundle import load_bundle
-        from landuse.models.tracking import models_root, read_champion
+        from landuse_airflow.stages import resolve_model
 
         p = get_current_context()["params"]
         root, year = p["storage_root"], p["year"]
         with fail_fast_on_bad_input():
-            bundle = p["model"]
-            if bundle == "champion":
-                champion = read_champion(models_root(root))
-                if champion is None:
-                    raise ValueError(f"no champion under {models_root(root)}: train first")
-                bundle = champion["bundle"]
-            model_id = load_bundle(bundle).model_id
+            bundle, model_id = resolve_model(p["model"], root)
             counties = p["counties"] or sorted(
                 url.rsplit("/", 3)[-3]
                 for url in storage.glob(storage.join(root, "naip", "*", str(year),
@@ -84,7 +76,7 @@ def landuse_scoring() -> None:
             if missing or not counties:
                 raise ValueError(f"no manifests for {missing or 'any county'} in {year} under "
                                  f"{root}: run naip_dataset first")
-        return [{"county": c, "bundle": str(bundle), "model_id": model_id} for c in counties]
+        return [{"county": c, "bundle": bundle, "model_id": model_id} for c in counties]
 
     @setup
     @task
@@ -117,33 +109,14 @@ def landuse_scoring() -> None:
     @task(max_active_tis_per_dagrun=2, outlets=[PREDICTIONS])
     def score_county(planned: dict[str, Any]) -> dict[str, Any]:
         """Score one county-year on Spark and publish its predictions Asset."""
-        from landuse import storage
-        from landuse.scoring.spark import score_on_spark
-        from landuse.spark import local_spark
+        from landuse_airflow.stages import score_and_publish
 
         context = get_current_context()
         p = context["params"]
-        county, year = planned["county"], p["year"]
-        spark = local_spark(f"landuse-score-{county}-{year}", master=p["spark_master"])
-        with fail_fast_on_bad_input():
-            result = score_on_spark(
-                spark, _manifest(p["storage_root"], county, year), planned["bundle"],
-                storage.join(p["storage_root"], "predictions"), framework=p["framework"],
-                batch_size=p["batch_size"],
-            )
-        url = result.outputs[(county, year)]
-        summary = {"county": county, "year": year, "url": url, "tiles": result.tiles,
-                   "errors": result.errors, "seconds": round(result.seconds, 1),
-                   "model_id": planned["model_id"],
-                   "accuracy": result.report["accuracy"] if result.report else None,
-                   "group_accuracy": result.report.get("group_accuracy") if result.report
-                   else None}
-        context["outlet_events"][PREDICTIONS].add(
-            Asset(name=f"predictions_{county}_{year}",
-                  uri=f"landuse://predictions/{county}/{year}"),
-            extra=summary,
-        )
-        return summary
+        summary = score_and_publish(
+            context, planned["county"], p["year"], planned["bundle"], root=p["storage_root"],
+            master=p["spark_master"], framework=p["framework"], batch_size=p["batch_size"])
+        return {**summary, "model_id": planned["model_id"]}
 
     @teardown
     @task

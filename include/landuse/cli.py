@@ -135,6 +135,42 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _change(args: argparse.Namespace) -> int:
+    from landuse.change.run import run_change
+
+    registry = counties.load_registry(args.registry) if args.registry else {}
+    names = args.counties or sorted(registry)
+    if not names:
+        raise ValueError("name --counties or a --registry to take them from")
+    year_a, year_b = args.years
+    for name in names:
+        truth = registry[name].truth if name in registry else None
+        result = run_change(args.root, name, year_a, year_b, reference=args.reference,
+                            threshold=args.threshold, smooth=args.smooth,
+                            centre_weight=args.centre_weight,
+                            embeddings=not args.no_embeddings, truth=truth)
+        s = result.summary
+        line = (f"{name} {year_a}->{year_b}: {s['newly_developed']} newly developed of "
+                f"{s['compared']} tiles (reference: {s['reference']})")
+        if "planted_change" in s:
+            p = s["planted_change"]
+            line += f"; planted change recall {p['recall']:.3f}, precision {p['precision']:.3f}"
+        water = s.get("embedding_change", {}).get("water", {})
+        if "iou" in water:
+            line += (f"; embedding hotspots vs water change: precision {water['precision']:.3f}"
+                     f", recall {water['recall']:.3f}, IoU {water['iou']:.3f}")
+        print(line)
+        print(f"  report: {storage.join(result.url, 'report.md')}")
+    return 0
+
+
+def _year_pair(text: str) -> tuple[int, int]:
+    years = _years(text)
+    if len(years) != 2:
+        raise argparse.ArgumentTypeError(f"give two years A,B (e.g. 2010,2016), got {text}")
+    return years[0], years[1]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -207,6 +243,24 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--batch-size", type=int, default=32)
     score.add_argument("--master", default="local[2]", help="local[N] or spark://host:port")
     score.set_defaults(func=_score)
+
+    change = sub.add_parser("change", help="change between two years: maps, GeoJSON, report")
+    change.add_argument("--root", required=True, help="storage root with manifests and "
+                        "predictions; reports go to ROOT/change/")
+    change.add_argument("--years", type=_year_pair, required=True, help="A,B e.g. 2010,2016")
+    change.add_argument("--counties", type=_names, default=None,
+                        help="names (default: all of the registry)")
+    change.add_argument("--registry", default=None,
+                        help="counties.json (for county names and planted-change truth)")
+    change.add_argument("--reference", default="auto", choices=["auto", "labels", "predictions"],
+                        help="year A as NLCD labels or predictions (auto: labels if any)")
+    change.add_argument("--threshold", type=float, default=0.5,
+                        help="group probability below which a prediction is uncertain")
+    change.add_argument("--smooth", action="store_true", help="3x3 plurality smoothing")
+    change.add_argument("--centre-weight", type=float, default=2.0)
+    change.add_argument("--no-embeddings", action="store_true",
+                        help="skip the label-free embedding change (and its water check)")
+    change.set_defaults(func=_change)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""A Spark session configured for this project's machines: loopback only, Arrow on.
+"""A Spark session configured for this project's machines: loopback when local, Arrow on.
 
 Training (featurize and classify) and scoring share it, so both run their Python workers
 the same way: the project's interpreter, one math-library thread per worker (Spark already
@@ -37,11 +37,14 @@ def local_spark(
     # PySpark starts its Python workers with $PYSPARK_PYTHON (default: whatever python3 is on
     # PATH); without it, use this interpreter so workers see the same packages.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    settings: dict[str, str] = {
-        # Loopback only: the machine has no other network, and nothing should listen outside.
-        "spark.driver.host": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1",
+    settings: dict[str, str] = {}
+    if master.startswith("local") or master.startswith("spark://127.0.0.1:"):
+        # Loopback only: nothing should listen outside this machine. A remote cluster's
+        # executors must reach the driver, so there Spark picks the address.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        settings.update({"spark.driver.host": "127.0.0.1",
+                         "spark.driver.bindAddress": "127.0.0.1"})
+    settings.update({
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
@@ -54,7 +57,7 @@ def local_spark(
         "spark.executorEnv.OMP_NUM_THREADS": "1",
         "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
         "spark.driver.memory": "4g",
-    }
+    })
     settings.update(conf or {})
     active = SparkSession.getActiveSession()
     if active is not None and active.sparkContext.master != master:

@@ -46,7 +46,7 @@ def parse_tile_ids(tile_ids: pd.Series) -> pd.DataFrame:
     Raises:
         ValueError: an id is not of that form (names the first one).
     """
-    parts = tile_ids.astype(str).str.extract(r"^(\d+)_(-?\d+)_(-?\d+)$")
+    parts = tile_ids.astype(str).str.extract(r"^(\d+)_(-?\d+)_(-?\d+)\Z")  # \Z: no "\n"
     bad = parts.isna().any(axis=1)
     if bad.any():
         raise ValueError(f"tile id {tile_ids[bad].iloc[0]!r} is not of the form epsg_col_row")

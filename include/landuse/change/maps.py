@@ -50,8 +50,8 @@ def cog_bytes(raster: np.ndarray, layout: TileLayout, palette: Sequence[tuple[st
     colormap = {0: (0, 0, 0, 0), **{i + 1: (*rgb, 255) for i, (_, rgb) in enumerate(palette)}}
     with MemoryFile() as mem:
         with mem.open(**profile) as dst:
+            dst.write_colormap(1, colormap)  # before the pixels: it sets the photometric tag
             dst.write(raster, 1)
-            dst.write_colormap(1, colormap)
             dst.update_tags(1, **{f"CLASS_{i + 1}": n for i, (n, _) in enumerate(palette)})
             dst.update_tags(TIFFTAG_IMAGEDESCRIPTION=description)
         with mem.open() as src, MemoryFile() as out:

@@ -1,0 +1,157 @@
+"""change_detection: what changed in each county between two years, as maps and a report.
+
+Scheduled on the scoring predictions Assets (the ``landuse_predictions`` alias): each new
+county-year of predictions is compared with the county's latest earlier year (its NLCD
+labels where it has them, else its predictions); a county's first year has nothing to be
+compared with and is skipped. Manual runs name the counties and years. Each report
+(``{root}/change/county={county}/{A}-{B}/``: COG and PNG maps, GeoJSON of changed tiles,
+side-by-side figure, report.md, summary.json) is published whole and emitted as an Asset
+through the ``landuse_change`` alias.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from landuse_airflow import params
+from landuse_airflow.assets import CHANGE_REPORTS, PREDICTIONS, change_asset
+from landuse_airflow.errors import fail_fast_on_bad_input
+
+log = logging.getLogger(__name__)
+
+@dag(
+    dag_id="change_detection",
+    schedule=[PREDICTIONS],
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["landuse", "change"],
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    doc_md=__doc__,
+    params={
+        "counties": params.counties(),
+        "year_a": Param(None, type=["null", "integer"], minimum=2003, maximum=2100,
+                        title="Year A (reference)",
+                        description="Empty: each county's latest year before year B."),
+        "year_b": Param(2016, type="integer", minimum=2003, maximum=2100,
+                        title="Year B (predictions)"),
+        "reference": Param("auto", type="string", enum=["auto", "labels", "predictions"],
+                           title="Reference",
+                           description="Year A as NLCD labels or as predictions; auto: labels "
+                           "where the county has them."),
+        "threshold": Param(0.5, type="number", minimum=0, exclusiveMaximum=1,
+                           title="Confidence threshold",
+                           description="Predictions whose group probability is lower are "
+                           "uncertain and take part in no transition."),
+        "smooth": Param(False, type="boolean", title="3x3 plurality smoothing"),
+        "centre_weight": Param(2.0, type="number", minimum=1, title="Centre tile weight"),
+        "embeddings": Param(True, type="boolean", title="Embedding change (no labels)",
+                            description="Rank change by backbone-feature distance and check "
+                            "it against water change where scenes have NIR."),
+        "registry": params.registry(),
+        "storage_root": params.storage_root(),
+    },
+)
+def change_detection() -> None:
+    @task
+    def plan() -> list[dict[str, Any]]:
+        """The (county, year A, year B) comparisons of this run."""
+        from landuse import storage
+
+        context = get_current_context()
+        p = context["params"]
+        events = [e for evs in context["triggering_asset_events"].values() for e in evs
+                  if str(e.asset.uri).startswith("landuse://predictions/")]
+        with fail_fast_on_bad_input():
+            if events:  # scheduled: one comparison per new county-year, where possible
+                wanted = sorted({(e.extra.get("storage_root") or p["storage_root"],
+                                  e.extra["county"], int(e.extra["year"])) for e in events})
+            else:
+                root = p["storage_root"]
+                names = p["counties"] or sorted(
+                    u.split("county=", 1)[1].split("/", 1)[0] for u in storage.glob(
+                        storage.join(root, "predictions", "county=*", f"year={p['year_b']}",
+                                     "predictions.parquet")))
+                if not names:
+                    raise ValueError(f"no predictions for {p['year_b']} under {root}: score "
+                                     "that year first (landuse_scoring)")
+                wanted = [(root, name, p["year_b"]) for name in names]
+            jobs = []
+            for root, county, year_b in wanted:
+                year_a = p["year_a"] if not events else None
+                if year_a is None:
+                    year_a = _previous_year(root, county, year_b)
+                if year_a is None:
+                    if not events:
+                        raise ValueError(f"county {county} has no year before {year_b} to "
+                                         "compare with: tile and score one first")
+                    log.info("%s %d: the county's first year, nothing to compare", county,
+                             year_b)
+                    continue
+                jobs.append({"root": root, "county": county, "year_a": year_a,
+                             "year_b": year_b})
+        return jobs
+
+    @task(max_active_tis_per_dagrun=2, outlets=[CHANGE_REPORTS])
+    def detect(job: dict[str, Any]) -> dict[str, Any]:
+        """Detect, map and report one county's change; publish it as an Asset."""
+        from landuse import counties
+        from landuse.change.run import run_change
+
+        context = get_current_context()
+        p = context["params"]
+        county, year_a, year_b = job["county"], job["year_a"], job["year_b"]
+        with fail_fast_on_bad_input():
+            registry = counties.load_registry(p["registry"])
+            truth = registry[county].truth if county in registry else None
+            result = run_change(job["root"], county, year_a, year_b, reference=p["reference"],
+                                threshold=p["threshold"], smooth=p["smooth"],
+                                centre_weight=p["centre_weight"], embeddings=p["embeddings"],
+                                truth=truth)
+        s = result.summary
+        headline = {
+            "county": county, "year_a": year_a, "year_b": year_b, "url": result.url,
+            "reference": s["reference"], "tiles": s["tiles"],
+            "newly_developed": s["newly_developed"], "changed": s["changed"],
+            "accuracy": s["accuracy"].get(str(year_b), {}).get("accuracy"),
+            "planted_recall": s.get("planted_change", {}).get("recall"),
+            "planted_precision": s.get("planted_change", {}).get("precision"),
+            "water_iou": s.get("embedding_change", {}).get("water", {}).get("iou"),
+        }
+        context["outlet_events"][CHANGE_REPORTS].add(change_asset(county, year_a, year_b),
+                                                     extra=headline)
+        return headline
+
+    @task
+    def report(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One line per county in the log: where its report is and the headline figures."""
+        for r in results:
+            log.info("%s %d->%d: %d newly developed of %d tiles; report %s/report.md",
+                     r["county"], r["year_a"], r["year_b"], r["newly_developed"], r["tiles"],
+                     r["url"])
+        return list(results)
+
+    report(detect.expand(job=plan()))
+
+
+def _previous_year(root: str, county: str, year_b: int) -> int | None:
+    """The county's latest year before ``year_b`` with predictions, else with a manifest
+    (labels may serve as the reference)."""
+    from landuse import storage
+
+    scored = [int(u.split("year=", 1)[1].split("/", 1)[0]) for u in storage.glob(
+        storage.join(root, "predictions", f"county={county}", "year=*", "predictions.parquet"))]
+    tiled = [int(u.rsplit("/", 2)[-2]) for u in storage.glob(
+        storage.join(root, "naip", county, "*", "manifest.parquet"))]
+    for years in (scored, tiled):
+        earlier = [y for y in years if y < year_b]
+        if earlier:
+            return max(earlier)
+    return None
+
+
+change_detection()
