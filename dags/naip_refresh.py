@@ -4,7 +4,9 @@ Runs once a year. ``discover`` lists the NAIP vintages in each county's catalogu
 blob) for the configured states and keeps those not processed yet: the years of the run's
 data interval, and any older vintage newer than the last processed one (NAIP is often
 published late). Each new county-year is tiled (manifest committed atomically), then
-scored with the champion on Spark; its predictions Asset (``landuse_predictions`` alias)
+scored with the champion on Spark, one county-year at a time across all runs (a backfill's
+runs and the scheduled one may overlap; a vintage finished by another run is skipped); its
+predictions Asset (``landuse_predictions`` alias)
 schedules ``change_detection``, which compares it with the county's previous year.
 
 Backfill over years with ``airflow backfill create --dag-id naip_refresh --from-date
@@ -74,32 +76,34 @@ def naip_refresh() -> None:
         log.info("to process: %s", jobs or "nothing new")
         return jobs
 
-    @task(max_active_tis_per_dagrun=2)
-    def tile(job: dict[str, Any]) -> dict[str, Any]:
-        """Tile one county-year and commit its manifest."""
+    @task(max_active_tis_per_dag=1, outlets=[PREDICTIONS])
+    def process(job: dict[str, Any]) -> dict[str, Any]:
+        """Tile one county-year, score it with the model and publish its predictions Asset.
+
+        One at a time across *all* runs of this DAG (backfill runs are not limited by the
+        DAG's max_active_runs), and a vintage another run finished meanwhile is skipped.
+        """
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from landuse import counties
+        from landuse.refresh import processed_vintages
         from landuse.tiling import TilingConfig, build_county
-
-        p = get_current_context()["params"]
-        with fail_fast_on_bad_input():
-            county = counties.load_registry(p["registry"])[job["county"]]
-            config = TilingConfig(tile_size_m=p["tile_size_m"], tile_px=p["tile_px"])
-            (result,) = build_county(county, [job["year"]], p["storage_root"], config)
-        return {**job, "manifest_url": result.manifest_url}
-
-    @task(max_active_tis_per_dagrun=1, outlets=[PREDICTIONS])
-    def score(job: dict[str, Any]) -> dict[str, Any]:
-        """Score one county-year with the model and publish its predictions Asset."""
         from landuse_airflow.stages import resolve_model, score_and_publish
 
         context = get_current_context()
         p = context["params"]
+        root, year = p["storage_root"], job["year"]
+        if not p["years"] and year in processed_vintages(root, job["county"]):
+            raise AirflowSkipException(f"{job['county']} {year} was processed by another run")
         with fail_fast_on_bad_input():
-            bundle, _ = resolve_model(p["model"], p["storage_root"])
-        return score_and_publish(context, job["county"], job["year"], bundle,
-                                 root=p["storage_root"], master=p["spark_master"])
+            bundle, _ = resolve_model(p["model"], root)
+            county = counties.load_registry(p["registry"])[job["county"]]
+            config = TilingConfig(tile_size_m=p["tile_size_m"], tile_px=p["tile_px"])
+            build_county(county, [year], root, config)
+        return score_and_publish(context, county.name, year, bundle, root=root,
+                                 master=p["spark_master"])
 
-    score.expand(job=tile.expand(job=discover()))
+    process.expand(job=discover())
 
 
 def _interval_years(context: Any) -> tuple[int, int]:

@@ -127,7 +127,8 @@ def write_folder(url: str, files: dict[str, bytes], commit: str) -> None:
 
     Locally the files go to a temporary sibling folder that then replaces ``url`` by rename.
     On blob storage every file is one atomic upload and ``commit`` goes last, so a reader
-    that looks for it first never sees a half-written folder.
+    that looks for it first never sees a half-written folder; files of an earlier version
+    that the new one lacks are deleted first (after its ``commit``).
     """
     if commit not in files:
         raise ValueError(f"commit file {commit} is not among the files for {url}")
@@ -136,6 +137,13 @@ def write_folder(url: str, files: dict[str, bytes], commit: str) -> None:
         folder = path.rstrip("/")
         if fs.exists(f"{folder}/{commit}"):
             fs.rm(f"{folder}/{commit}")  # being rewritten: not whole until the new marker
+        try:
+            existing = fs.find(folder)
+        except FileNotFoundError:
+            existing = []
+        stale = [p for p in existing if p.removeprefix(f"{folder}/") not in files]
+        if stale:  # a rerun replaces the folder, as it does locally
+            fs.rm(stale)
         for name in sorted(files, key=lambda n: n == commit):
             fs.pipe_file(f"{folder}/{name}", files[name])
         return

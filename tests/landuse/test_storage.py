@@ -133,3 +133,94 @@ def test_storage_options_from_environment(monkeypatch):
     assert storage.storage_options("az://c/x") == {
         "connection_string": "UseDevelopmentStorage=true"
     }
+
+
+# --- write_folder --------------------------------------------------------------------------
+
+
+def _tree(folder):
+    return {
+        os.path.relpath(os.path.join(d, n), folder): open(os.path.join(d, n), "rb").read()
+        for d, _, names in os.walk(folder) for n in names
+    }
+
+
+def test_write_folder_publishes_every_file(tmp_path):
+    url = str(tmp_path / "change" / "county=a" / "2010-2016")
+    files = {"report.md": b"# r", "maps/change.tif": b"tif", "summary.json": b"{}"}
+    old = os.umask(0o077)
+    try:
+        storage.write_folder(url, files, commit="summary.json")
+    finally:
+        os.umask(old)
+    assert _tree(url) == files
+    assert stat.S_IMODE(os.stat(url).st_mode) == 0o755  # shared, like write_bytes
+    assert os.listdir(tmp_path / "change" / "county=a") == ["2010-2016"]
+
+
+def test_write_folder_rerun_replaces_the_folder(tmp_path):
+    url = str(tmp_path / "out" / "report")
+    storage.write_folder(url, {"a.txt": b"1", "old.png": b"o", "s.json": b"1"}, commit="s.json")
+    storage.write_folder(url, {"a.txt": b"2", "s.json": b"2"}, commit="s.json")
+    assert _tree(url) == {"a.txt": b"2", "s.json": b"2"}  # old.png is gone
+    assert os.listdir(tmp_path / "out") == ["report"]  # no .tmp- folders left
+
+
+def test_write_folder_needs_its_commit_file(tmp_path):
+    url = str(tmp_path / "out" / "report")
+    with pytest.raises(ValueError, match=r"commit file summary\.json is not among the files"):
+        storage.write_folder(url, {"a.txt": b"1"}, commit="summary.json")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_failed_write_folder_keeps_the_old_folder(tmp_path):
+    url = str(tmp_path / "out" / "report")
+    storage.write_folder(url, {"a.txt": b"1", "s.json": b"1"}, commit="s.json")
+    with pytest.raises(TypeError):
+        storage.write_folder(url, {"a.txt": b"2", "b.txt": None, "s.json": b"2"},  # type: ignore[dict-item]
+                             commit="s.json")
+    assert _tree(url) == {"a.txt": b"1", "s.json": b"1"}
+    assert os.listdir(tmp_path / "out") == ["report"]
+
+
+@pytest.fixture
+def memory_root(request):
+    """A fresh folder on fsspec's in-memory filesystem: a remote store, like blob storage."""
+    import fsspec
+
+    root = f"memory://write-folder-{request.node.name}"
+    yield root
+    fs = fsspec.filesystem("memory")
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def test_write_folder_on_a_remote_store_commits_last_and_replaces(memory_root, monkeypatch):
+    url = storage.join(memory_root, "report")
+    storage.write_folder(url, {"a.txt": b"1", "old.png": b"o", "s.json": b"1"}, commit="s.json")
+    fs, path = storage.filesystem(url)
+    written: list[str] = []
+    seen_marker: list[bool] = []
+    pipe = fs.pipe_file
+
+    def recording_pipe(p, data, **kwargs):
+        written.append(p.rsplit("/", 1)[-1])
+        seen_marker.append(fs.exists(f"{path}/s.json"))
+        return pipe(p, data, **kwargs)
+
+    monkeypatch.setattr(fs, "pipe_file", recording_pipe)
+    storage.write_folder(url, {"b.txt": b"2", "a.txt": b"2", "s.json": b"2"}, commit="s.json")
+    assert written[-1] == "s.json" and sorted(written) == ["a.txt", "b.txt", "s.json"]
+    assert not any(seen_marker)  # the old marker went first: never whole while rewriting
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(path)) == ["a.txt", "b.txt", "s.json"]
+    assert storage.read_bytes(storage.join(url, "a.txt")) == b"2"
+
+
+def test_write_folder_on_blob_storage_replaces_the_folder(azure_env):
+    url = f"abfs://{azure_env}/change/county=a/2010-2016"
+    storage.write_folder(url, {"a.txt": b"1", "maps/old.tif": b"o", "s.json": b"1"},
+                         commit="s.json")
+    storage.write_folder(url, {"a.txt": b"2", "s.json": b"2"}, commit="s.json")
+    fs, path = storage.filesystem(url)
+    assert sorted(p.removeprefix(f"{path}/") for p in fs.find(path)) == ["a.txt", "s.json"]
+    assert storage.read_bytes(f"{url}/s.json") == b"2"

@@ -138,8 +138,8 @@ def check_grids(county: str, a: pd.DataFrame, b: pd.DataFrame, year_a: int,
         ChangeInputError: different tile sizes, the same id on different ground, or no tile
             in common.
     """
-    size_a = sorted((a["maxx"] - a["minx"]).round(6).unique())
-    size_b = sorted((b["maxx"] - b["minx"]).round(6).unique())
+    size_a = sorted(float(s) for s in (a["maxx"] - a["minx"]).round(6).unique())
+    size_b = sorted(float(s) for s in (b["maxx"] - b["minx"]).round(6).unique())
     if size_a != size_b:
         raise ChangeInputError(f"tile grids of {county} do not align: {year_a} tiles are "
                                f"{size_a} m, {year_b} tiles are {size_b} m (retile one year)")
@@ -147,8 +147,10 @@ def check_grids(county: str, a: pd.DataFrame, b: pd.DataFrame, year_a: int,
     if both.empty:
         raise ChangeInputError(f"tiles of {county} in {year_a} and {year_b} have no tile in "
                                "common (different UTM zones or areas)")
+    # absolute tolerance: a relative one is metres at UTM coordinates
     off = ~np.isclose(both[["minx_a", "miny_a", "maxx_a", "maxy_a"]].to_numpy(),
-                      both[["minx", "miny", "maxx", "maxy"]].to_numpy()).all(axis=1)
+                      both[["minx", "miny", "maxx", "maxy"]].to_numpy(),
+                      rtol=0, atol=1e-3).all(axis=1)
     off |= both["crs_a"] != both["crs"]
     if off.any():
         raise ChangeInputError(f"tile grids of {county} do not align: tile "

@@ -64,14 +64,15 @@ def layouts(tiles: pd.DataFrame) -> list[TileLayout]:
     """
     out = []
     for crs, group in tiles.groupby("crs", sort=True):
-        sizes = (group["maxx"] - group["minx"]).round(6).unique()
+        sizes = sorted(float(s) for s in (group["maxx"] - group["minx"]).round(6).unique())
         if len(sizes) != 1:
-            raise ValueError(f"tiles in {crs} have different sizes {sorted(sizes)} m: one grid "
+            raise ValueError(f"tiles in {crs} have different sizes {sizes} m: one grid "
                              "needs one tile size")
         size = float(sizes[0])
         ids = parse_tile_ids(group["tile_id"])
-        if not (np.allclose(ids["col"] * size, group["minx"])
-                and np.allclose(ids["row"] * size, group["miny"])):
+        # absolute tolerance: a relative one is metres at UTM coordinates
+        if not (np.allclose(ids["col"] * size, group["minx"], rtol=0, atol=1e-3)
+                and np.allclose(ids["row"] * size, group["miny"], rtol=0, atol=1e-3)):
             raise ValueError(f"tiles in {crs} are not on the {size:g} m grid their ids name")
         col0, row_top = int(ids["col"].min()), int(ids["row"].max())
         shape = (row_top - int(ids["row"].min()) + 1, int(ids["col"].max()) - col0 + 1)

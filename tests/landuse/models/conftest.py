@@ -1,5 +1,5 @@
 """Fixtures for the model tests: a tiny real tiled dataset (the hand-built ONNX bundles,
-``onnx_kit``, live in tests/landuse/conftest.py, shared with the scoring tests).
+``onnx_kit``, live in tests/onnx_kit.py, shared with the scoring tests).
 
 The dataset goes through the library's own path (synthetic counties -> tiling -> split), so
 the trainer and the preprocessing parity checks read the same PNGs scoring would.

@@ -1,0 +1,243 @@
+"""One change run end to end on a synthetic county: the planted change is found, the report
+is published whole (summary.json last), reruns replace it, and bad input writes nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from rasterio.crs import CRS
+from rasterio.io import MemoryFile
+
+from landuse import labels, storage
+from landuse.change import maps
+from landuse.change.detect import ChangeInputError
+from landuse.change.run import SUMMARY, change_url, read_summary, run_change
+from landuse.scoring.spark import predictions_url
+
+YEARS = (2010, 2016)
+
+
+def _root(tmp_path, change_root, kit, predicted=YEARS, unlabelled=False):
+    """A storage root with the synthetic county's manifests (tiles shared with the fixture)
+    and, for the years in ``predicted``, predictions equal to that year's NLCD labels."""
+    root = str(tmp_path / "root")
+    name = change_root.county.name
+    for year in YEARS:
+        manifest = change_root.manifests[year]
+        if unlabelled:
+            manifest = manifest.assign(label=None, group=None)
+        kit.write_manifest(root, name, year, manifest)
+    for year in predicted:
+        manifest = change_root.manifests[year]
+        classes = [c if c in labels.CLASSES else "Herbaceous" for c in manifest["label"]]
+        kit.write_predictions(root, name, year, kit.predictions(
+            manifest, classes, 0.9, year=year, county=name, model_id="labels@1"))
+    return root
+
+
+def _files(url):
+    out = set()
+    for folder, _, names in os.walk(url):
+        out |= {os.path.relpath(os.path.join(folder, n), url) for n in names}
+    return out
+
+
+def test_planted_change_is_found_and_the_report_is_whole(tmp_path, change_root, change_kit):
+    root = _root(tmp_path, change_root, change_kit)
+    county = change_root.county
+    result = run_change(root, county.name, 2010, 2016, truth=county.truth)
+    assert result.url == change_url(root, county.name, 2010, 2016)
+    assert result.url.endswith(f"change/county={county.name}/2010-2016")
+    s = result.summary
+
+    # with predictions equal to the labels, newly developed is the planted change
+    planted = s["planted_change"]
+    print(f"planted change: precision {planted['precision']}, recall {planted['recall']}, "
+          f"IoU {planted['iou']} ({planted['reference']} planted tiles)")
+    assert planted["reference"] >= 3
+    assert planted["recall"] >= 0.9 and planted["precision"] >= 0.6
+    assert s["reference"] == "labels" and s["model_b"] == "labels@1"
+    assert s["tiles"] == len(change_root.manifests[2016]) == 36
+    assert s["accuracy"]["2016"]["accuracy"] == 1.0
+
+    # every file, and summary.json lists them
+    files = _files(result.url)
+    assert files == {*s["files"], SUMMARY}
+    expected = {"report.md", "comparison.png", "changes.geojson", "tiles.parquet",
+                "reference.tif", "groups_2010.tif", "groups_2016.tif", "classes_2016.tif",
+                "change.tif", "reference.png", "groups_2016.png", "change.png"}
+    assert expected <= files
+    assert read_summary(result.url) == json.loads(json.dumps(s, default=str))
+    parent = os.path.dirname(result.url)
+    assert os.listdir(parent) == ["2010-2016"]  # no temporary folders left
+
+    tiles = pd.read_parquet(os.path.join(result.url, "tiles.parquet"))
+    assert len(tiles) == 36 and tiles["newly_developed"].sum() == s["newly_developed"]
+    assert {"planted", "embedding_distance", "hotspot", "water_share_a"} <= set(tiles.columns)
+
+    with MemoryFile(storage.read_bytes(os.path.join(result.url, "change.tif"))) as mem, \
+            mem.open() as src:
+        assert src.crs == CRS.from_user_input(tiles["crs"].iloc[0]) and src.shape == (6, 6)
+        assert src.transform.a == 224.0 and src.transform.e == -224.0
+        change = src.read(1)
+    # the change map's red tiles are the newly developed ones
+    assert (change == 2).sum() == s["newly_developed"]
+    assert (change > 0).all()  # every tile is on the map
+
+    collection = json.loads(storage.read_bytes(os.path.join(result.url, "changes.geojson")))
+    ids = {f["id"] for f in collection["features"]}
+    assert ids == set(tiles.loc[tiles["changed"] | tiles["hotspot"], "tile_id"])
+    lon, lat = np.array(collection["features"][0]["geometry"]["coordinates"][0]).mean(axis=0)
+    assert -98.5 < lon < -97.5 and 45.5 < lat < 46.5  # where the synthetic county is
+
+    with Image.open(os.path.join(result.url, "comparison.png")) as img:
+        assert img.format == "PNG" and img.width > img.height
+
+    report = storage.read_bytes(os.path.join(result.url, "report.md")).decode()
+    assert f"**{s['newly_developed']} tiles newly developed**" in report
+    assert "## Planted change (synthetic truth)" in report
+    assert "## Change without labels (embedding distance)" in report
+    assert "- [change.tif](change.tif)" in report
+
+    e = s["embedding_change"]
+    assert e["tiles"] == 36 and 0 < e["hotspots"] < 36
+    assert {"precision", "recall", "iou"} <= set(e["water"])
+
+
+def test_scored_with_a_model(tmp_path, change_root, change_kit, onnx_kit):
+    """Predictions of a (tiny, untrained) ONNX model for both years, scored in process."""
+    from landuse.models.bundle import load_bundle
+    from landuse.models.preprocessing import PreprocessSpec
+    from landuse.models.runners import OnnxRunner
+    from landuse.scoring.predict import load_source, score_frame, to_table
+    from landuse.tiling import manifest_url
+
+    root = _root(tmp_path, change_root, change_kit, predicted=())
+    name = change_root.county.name
+    spec = PreprocessSpec(input_size=64, mean=(120.0, 120.0, 120.0), std=(60.0, 60.0, 60.0))
+    runner = OnnxRunner(load_bundle(onnx_kit.bundle(tmp_path / "bundle", spec,
+                                                    labels.CLASSES)))
+    scored = {}
+    for year in YEARS:
+        frame = score_frame(load_source(manifest_url(root, name, year)), runner)
+        storage.write_parquet(predictions_url(storage.join(root, "predictions"), name, year),
+                              to_table(frame))
+        scored[year] = frame.set_index("tile_id")
+    result = run_change(root, name, 2010, 2016, threshold=0.0, embeddings=False)
+    s = result.summary
+    assert s["model_b"] == s["model_a"] == runner.bundle.model_id
+    assert set(s["accuracy"]) == {"2010", "2016"}
+    assert "embedding_change" not in s and "planted_change" not in s
+    # newly developed: 2010 label Undeveloped/Cultivated, 2016 prediction Developed
+    ref = change_root.manifests[2010].set_index("tile_id")["label"].map(
+        {**labels.CLASS_TO_GROUP, "Water": "Water"})
+    expected = ref.isin(["Undeveloped", "Cultivated"]) & (
+        scored[2016]["predicted_group"].reindex(ref.index) == "Developed")
+    assert s["newly_developed"] == int(expected.sum())
+    assert s["compared"] == int(ref.notna().sum())
+    counts = {row["map"]: row for row in s["counts"]}
+    assert set(counts) == {"2010 labels", "2010 predictions", "2016 predictions"}
+    assert counts["2016 predictions"]["Developed"] == int(
+        (scored[2016]["predicted_group"] == "Developed").sum())
+    assert {"groups_2010.tif", "groups_2016.tif"} <= _files(result.url)
+
+
+def test_rerun_replaces_the_report(tmp_path, change_root, change_kit):
+    root = _root(tmp_path, change_root, change_kit)
+    name = change_root.county.name
+    first = run_change(root, name, 2010, 2016, embeddings=False)
+    assert "groups_2010.tif" in first.summary["files"]
+    with open(os.path.join(first.url, "stale.txt"), "w") as f:
+        f.write("from an older run")
+    os.remove(predictions_url(storage.join(root, "predictions"), name, 2010))
+    second = run_change(root, name, 2010, 2016, smooth=True, embeddings=False)
+    assert second.url == first.url
+    files = _files(second.url)
+    assert files == {*second.summary["files"], SUMMARY}
+    assert "stale.txt" not in files and "groups_2010.tif" not in files
+    assert read_summary(second.url)["smoothed"] is True
+    assert "smoothed (3×3 plurality)" in storage.read_bytes(
+        os.path.join(second.url, "report.md")).decode()
+    assert os.listdir(os.path.dirname(second.url)) == ["2010-2016"]
+
+
+def test_summary_is_the_commit_marker(tmp_path, change_root, change_kit):
+    root = _root(tmp_path, change_root, change_kit, predicted=(2016,))
+    name = change_root.county.name
+    url = change_url(root, name, 2010, 2016)
+    assert read_summary(url) is None
+    result = run_change(root, name, 2010, 2016, embeddings=False)
+    summary = read_summary(url)
+    assert summary is not None and summary["newly_developed"] == result.summary["newly_developed"]
+    assert SUMMARY not in summary["files"]
+    for f in summary["files"]:  # everything it lists is there
+        assert os.path.getsize(os.path.join(url, f)) > 0
+    os.remove(os.path.join(url, SUMMARY))
+    assert read_summary(url) is None  # files without the marker are not a report
+
+
+def test_reference_from_predictions_and_another_folder(tmp_path, change_root, change_kit):
+    root = _root(tmp_path, change_root, change_kit, unlabelled=True)
+    out = str(tmp_path / "elsewhere" / "report")
+    result = run_change(root, change_root.county.name, 2010, 2016, out=out, embeddings=False)
+    assert result.url == out and read_summary(out) is not None
+    assert not os.path.exists(os.path.join(root, "change"))
+    s = result.summary
+    assert s["reference"] == "predictions" and s["accuracy"] == {}
+    assert {row["map"] for row in s["counts"]} == {"2010 predictions", "2016 predictions"}
+    assert "groups_2010.tif" not in s["files"]  # year A is the reference map
+    with MemoryFile(storage.read_bytes(os.path.join(out, "reference.tif"))) as mem, \
+            mem.open() as src:
+        assert src.tags()["TIFFTAG_IMAGEDESCRIPTION"] == "2010 predictions groups"
+
+
+@pytest.mark.parametrize("problem", ["no 2016 predictions", "other classes", "shifted grid",
+                                     "years"])
+def test_bad_input_writes_nothing(tmp_path, change_root, change_kit, problem):
+    root = _root(tmp_path, change_root, change_kit)
+    name = change_root.county.name
+    if problem == "no 2016 predictions":
+        os.remove(predictions_url(storage.join(root, "predictions"), name, 2016))
+    elif problem == "other classes":
+        manifest = change_root.manifests[2016]
+        change_kit.write_predictions(root, name, 2016, change_kit.predictions(
+            manifest, ["Forest"] * len(manifest), county=name,
+            model_classes=("Developed", "Forest", "Shrub")))
+    elif problem == "shifted grid":
+        shifted = change_root.manifests[2016].copy()
+        shifted.loc[0, ["minx", "maxx"]] += 2.0
+        change_kit.write_manifest(root, name, 2016, shifted)
+    years = (2016, 2010) if problem == "years" else YEARS
+    with pytest.raises(ChangeInputError):
+        run_change(root, name, *years, embeddings=False)
+    assert not os.path.exists(os.path.join(root, "change"))
+
+
+def test_a_failed_rerun_keeps_the_published_report(tmp_path, change_root, change_kit):
+    root = _root(tmp_path, change_root, change_kit)
+    name = change_root.county.name
+    first = run_change(root, name, 2010, 2016, embeddings=False)
+    before = {f: storage.read_bytes(os.path.join(first.url, f)) for f in _files(first.url)}
+    os.remove(predictions_url(storage.join(root, "predictions"), name, 2016))
+    with pytest.raises(ChangeInputError, match="no predictions"):
+        run_change(root, name, 2010, 2016, embeddings=False)
+    after = {f: storage.read_bytes(os.path.join(first.url, f)) for f in _files(first.url)}
+    assert after == before
+    assert os.listdir(os.path.dirname(first.url)) == ["2010-2016"]
+
+
+def test_pngs_use_the_map_palettes(tmp_path, change_root, change_kit):
+    root = _root(tmp_path, change_root, change_kit, predicted=(2016,))
+    result = run_change(root, change_root.county.name, 2010, 2016, embeddings=False)
+    with Image.open(io.BytesIO(storage.read_bytes(os.path.join(result.url,
+                                                               "groups_2016.png")))) as img:
+        assert img.size == (6 * 8, 6 * 8)  # 8 px per tile
+        colours = {tuple(c) for c in np.asarray(img.convert("RGB")).reshape(-1, 3)}
+    assert colours <= {rgb for _, rgb in maps.GROUP_PALETTE} | {labels.NO_DATA_COLOUR}
+    assert (255, 0, 0) in colours  # some tiles are Developed
