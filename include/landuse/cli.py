@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from landuse import counties, splits, storage
 from landuse.tiling import TilingConfig, build_county
+from landuse.windows.cli import add_parser as add_windows_parser
 
 
 def _years(text: str) -> list[int]:
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("--no-embeddings", action="store_true",
                         help="skip the label-free embedding change (and its water check)")
     change.set_defaults(func=_change)
+
+    add_windows_parser(sub)
     return parser
 
 

@@ -60,7 +60,7 @@ def predictions_url(out: str, county: str, year: int) -> str:
                         "predictions.parquet")
 
 
-def _runner(bundle_dir: str, framework: str, threads: int) -> Any:
+def worker_runner(bundle_dir: str, framework: str, threads: int) -> Any:
     """This worker's runner; the unpacked archive's folder is named by content, so the
     folder is a safe cache key (no reload or re-hash per partition)."""
     from landuse.models.runners import open_runner
@@ -105,13 +105,13 @@ def score_on_spark(
     rows = load_source(source)
     check_tiles_fit(rows, str(checked.path), checked.spec.preprocessing)
     sc = spark.sparkContext
-    name = _ship(sc, checked)
+    name = ship_bundle(sc, checked)
     n_parts = partitions or max(sc.defaultParallelism, math.ceil(len(rows) / TILES_PER_PARTITION))
     frame = spark.createDataFrame(rows.astype({"year": "Int32"})).repartition(n_parts)
     schema = _spark_schema()
 
     def score_partitions(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        runner = _runner(SparkFiles.get(name), framework, threads)
+        runner = worker_runner(SparkFiles.get(name), framework, threads)
         for batch in batches:
             yield score_frame(batch, runner, batch_size)
 
@@ -125,7 +125,7 @@ def score_on_spark(
     return ScoreResult(outputs, len(scored), errors, seconds, report)
 
 
-def _ship(sc: Any, bundle: Bundle) -> str:
+def ship_bundle(sc: Any, bundle: Bundle) -> str:
     """Send the bundle to every executor as a zip archive (unpacked there by Spark; cluster
     mode cannot ship folders). Named by content, so a bundle ships once per context; stored
     uncompressed, since weights barely compress."""
