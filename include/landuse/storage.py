@@ -119,7 +119,24 @@ def write_bytes(url: str, data: bytes) -> None:
                 os.unlink(tmp)
             raise
     else:
-        fs.pipe_file(path, data)
+        try:
+            fs.pipe_file(path, data)
+        except Exception as err:  # the SDK's errors name the host, not the object
+            raise StorageError(f"cannot write {url}: {err}") from err
+
+
+def remove_temporaries(url: str) -> int:
+    """Delete the temporary files a killed writer left in a local folder (``.tmp-*``, see
+    :func:`write_bytes`); blob uploads leave none. Returns how many were deleted."""
+    if "://" in url and not url.startswith("file://"):
+        return 0
+    path = url.removeprefix("file://")
+    if not os.path.isdir(path):
+        return 0
+    stale = [e.path for e in os.scandir(path) if e.name.startswith(".tmp-") and e.is_file()]
+    for tmp in stale:
+        os.unlink(tmp)
+    return len(stale)
 
 
 def write_folder(url: str, files: dict[str, bytes], commit: str) -> None:

@@ -387,6 +387,8 @@ def build_county(
             log.warning("county %s: no NAIP scenes for %d, skipped", county.name, year)
             continue
         prefix = county_prefix(root, county.name, year)
+        for folder in (prefix, storage.join(prefix, "tiles")):  # a crashed attempt's debris
+            storage.remove_temporaries(folder)
         seen: set[str] = set()
         rows: list[dict[str, Any]] = []
         for scene in year_scenes:

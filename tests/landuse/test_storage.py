@@ -224,3 +224,14 @@ def test_write_folder_on_blob_storage_replaces_the_folder(azure_env):
     fs, path = storage.filesystem(url)
     assert sorted(p.removeprefix(f"{path}/") for p in fs.find(path)) == ["a.txt", "s.json"]
     assert storage.read_bytes(f"{url}/s.json") == b"2"
+
+
+def test_remove_temporaries_deletes_only_a_killed_writers_debris(tmp_path):
+    from landuse import storage
+
+    (tmp_path / ".tmp-abc123tile.png").write_bytes(b"half a tile")
+    (tmp_path / "tile.png").write_bytes(b"whole")
+    assert storage.remove_temporaries(str(tmp_path)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["tile.png"]
+    assert storage.remove_temporaries(str(tmp_path / "missing")) == 0
+    assert storage.remove_temporaries("abfs://container/prefix") == 0
