@@ -24,6 +24,10 @@ fi
 source scripts/env.sh
 mkdir -p "$AIRFLOW_HOME"
 airflow db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/db-migrate.log"; exit 1; }
+# Write-ahead logging: the scheduler's long reads no longer hold off other components' writes
+# (the mode is stored in the database file, so every later connection uses it).
+python -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA journal_mode=WAL')" \
+  "$AIRFLOW_HOME/airflow.db"
 # Training tasks run in the gpu pool (one slot: one GPU, or one heavy CPU job here).
 airflow pools set gpu 1 "training tasks; size it to the GPUs of the training workers" >/dev/null
 # So that `airflow dags list` shows the project's DAGs before a DAG processor has run.

@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -164,6 +165,8 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
     })
     stack = AirflowStack(home, env, f"http://127.0.0.1:{port}")
     stack.cli("db", "migrate", timeout=300)
+    with sqlite3.connect(home / "airflow.db") as db:  # as scripts/setup.sh does
+        db.execute("PRAGMA journal_mode=WAL")
     stack.cli("pools", "set", "gpu", "1", "training tasks")
     stack.cli("dags", "reserialize", timeout=300)
     try:

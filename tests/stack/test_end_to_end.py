@@ -26,8 +26,13 @@ class Api:
         self.headers = {"Authorization": f"Bearer {stack.token()}"}
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        r = requests.request(method, f"{self.url}{path}", headers=self.headers, timeout=180,
-                             **kwargs)
+        for attempt in range(5):
+            r = requests.request(method, f"{self.url}{path}", headers=self.headers,
+                                 timeout=180, **kwargs)
+            # SQLite's single writer: a request that lost the lock was rolled back; retry.
+            if r.status_code != 500 or "Database error" not in r.text:
+                break
+            time.sleep(2 * (attempt + 1))
         assert r.ok, f"{method} {path}: {r.status_code} {r.text[:500]}"
         return r.json()
 
