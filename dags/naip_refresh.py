@@ -66,13 +66,14 @@ def naip_refresh() -> None:
         context = get_current_context()
         p = context["params"]
         with fail_fast_on_bad_input():
-            resolve_model(p["model"], p["storage_root"])  # no model, no refresh: say so now
             chosen = counties.select(counties.load_registry(p["registry"]), p["counties"])
             if p["years"]:
                 jobs = [{"county": c.name, "year": y} for c in chosen for y in p["years"]]
             else:
                 start, end = _interval_years(context)
                 jobs = plan_refresh(chosen, p["storage_root"], start, end, p["states"])
+            if jobs:  # work to do but no model to do it with: say so now, not per county
+                resolve_model(p["model"], p["storage_root"])
         log.info("to process: %s", jobs or "nothing new")
         return jobs
 

@@ -9,7 +9,7 @@ predicted groups first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -57,7 +57,6 @@ class Change:
     layouts: list[TileLayout]
     threshold: float
     smoothed: bool
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def newly_developed(self) -> pd.DataFrame:
