@@ -97,11 +97,9 @@ def read_predictions(root: str, county: str, year: int) -> YearMap:
     prob_cols = [f"p_{c}" for c in labels.CLASSES]
     classes = tuple(c for c, col in zip(labels.CLASSES, prob_cols, strict=True)
                     if ok[col].notna().any())
-    probs = frame.set_index("tile_id")[prob_cols]
-    tiles = pd.DataFrame({
-        "klass": frame.set_index("tile_id")["predicted"],
-        "group": frame.set_index("tile_id")["predicted_group"],
-    })
+    indexed = frame.set_index("tile_id")
+    probs = indexed[prob_cols]
+    tiles = pd.DataFrame({"klass": indexed["predicted"], "group": indexed["predicted_group"]})
     for g in labels.GROUPS:
         members = [f"p_{c}" for c, grp in labels.CLASS_TO_GROUP.items() if grp == g]
         tiles[f"p_group_{g}"] = probs[members].sum(axis=1, min_count=1)

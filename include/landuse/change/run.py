@@ -213,8 +213,9 @@ def _embedding_change(change: Change, manifest_a: pd.DataFrame,
     both = t["image_url_a"].notna() & t["image_url_b"].notna()
     if both.sum() < 3:
         return {"tiles": int(both.sum()), "note": "too few tiles with imagery in both years"}
-    features_a = embedding.embed(list(t.loc[both, "image_url_a"]))
-    features_b = embedding.embed(list(t.loc[both, "image_url_b"]))
+    n = int(both.sum())  # one backbone for both years: build it once
+    features = embedding.embed([*t.loc[both, "image_url_a"], *t.loc[both, "image_url_b"]])
+    features_a, features_b = features[:n], features[n:]
     distance = embedding.change_distance(features_a, features_b)
     z = embedding.robust_z(distance)
     t.loc[both, "embedding_distance"] = distance

@@ -37,7 +37,7 @@ def task_slots(sc: Any) -> int:
     found = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\d+)?\])?", str(sc.master))
     if found:
         count = found.group(1) or "1"
-        return os.cpu_count() or 1 if count == "*" else int(count)
+        return (os.cpu_count() or 1) if count == "*" else int(count)
     return max(1, int(sc.defaultParallelism))
 
 
