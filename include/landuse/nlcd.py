@@ -20,7 +20,7 @@ from rasterio.errors import RasterioIOError, WarpOperationError
 from rasterio.warp import reproject, transform_bounds
 
 from landuse import labels, storage
-from landuse.raster import RasterError, open_raster
+from landuse.raster import RasterError, gdal_call, open_raster
 
 _VINTAGE = re.compile(r"nlcd_(\d{4})", re.IGNORECASE)
 
@@ -79,19 +79,21 @@ def read_labels(url: str, crs: CRS, transform: Affine, shape: tuple[int, int]) -
                 f"NLCD raster {url} does not overlap the imagery (grid bounds "
                 f"{tuple(round(b, 1) for b in bounds)} in {crs})"
             )
-        try:
-            # GDAL's warper reads only the source blocks the target grid needs.
-            reproject(
-                source=rasterio.band(src, 1),
-                destination=out,
-                src_nodata=src.nodata,
-                dst_transform=transform,
-                dst_crs=crs,
-                dst_nodata=0,
-                resampling=Resampling.nearest,
-            )
-        except (RasterioIOError, WarpOperationError) as err:
-            # A truncated block surfaces as a failed warp, not as a read error.
-            raise RasterError(f"NLCD raster {url} is corrupt or truncated: {err}") from err
+
+        def warp() -> None:  # GDAL's warper reads only the source blocks the grid needs
+            try:
+                reproject(
+                    source=rasterio.band(src, 1),
+                    destination=out,
+                    src_nodata=src.nodata,
+                    dst_transform=transform,
+                    dst_crs=crs,
+                    dst_nodata=0,
+                    resampling=Resampling.nearest,
+                )
+            except WarpOperationError as err:  # a truncated or unreachable block
+                raise RasterioIOError(str(err)) from err
+
+        gdal_call(url, f"NLCD raster {url} is corrupt or truncated", warp)
     out[np.isin(out, list(labels.NLCD_NODATA))] = 0
     return out

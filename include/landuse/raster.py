@@ -1,48 +1,119 @@
-"""Opening GeoTIFFs from any storage URL, with errors that name the file and the problem."""
+"""Opening GeoTIFFs from any storage URL, with errors that name the file and the problem.
+
+Bad content (corrupt, truncated, missing, no CRS) is a :class:`RasterError` at once;
+storage that cannot be reached is retried, then :class:`~landuse.storage.StorageUnavailable`.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError  # GDAL's errors raised as they are (no public name)
 from rasterio.errors import RasterioIOError
+
+from landuse import storage
+
+T = TypeVar("T")
 
 
 class RasterError(ValueError):
     """A raster cannot be used: corrupt, truncated, missing, without CRS, wrong bands."""
 
 
+# GDAL's own HTTP settings for remote rasters. GDAL retries HTTP 429/5xx answers itself,
+# with growing delays; nothing here is a secret, so rasterio may log it. No cross-handle cache
+# for blob paths: GDAL would otherwise remember a failed request (a scene that "does not
+# exist" while storage was down) for the rest of the process, and no retry could succeed.
+_REMOTE_OPTIONS = {
+    "GDAL_HTTP_MAX_RETRY": "4",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "CPL_VSIL_CURL_NON_CACHED": "/vsiaz/:/vsicurl/",
+}
+# The project's (adlfs-style) credential variables and the names GDAL reads itself.
+_GDAL_ENV_NAMES = {
+    "AZURE_STORAGE_ACCOUNT": "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCESS_KEY": "AZURE_STORAGE_ACCOUNT_KEY",
+}
+
+
 def gdal_location(url: str) -> tuple[str, dict[str, str]]:
-    """The GDAL path for a storage URL and the GDAL config options it needs.
+    """The GDAL path for a storage URL and the (non-secret) GDAL config options it needs.
 
     Azure URLs (``abfs://container/blob``, ``az://``) use GDAL's own ``/vsiaz/`` driver,
-    which reads only the byte ranges a window needs, with credentials taken from the
-    ``AZURE_STORAGE_*`` environment (never written to logs). HTTP(S) uses ``/vsicurl/``.
+    which reads only the byte ranges a window needs. GDAL takes the credentials from the
+    process environment (``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_STORAGE_SAS_TOKEN``,
+    or account and key, copied under GDAL's names when only the project's are set), never
+    from config options: ``rasterio.Env`` logs those at DEBUG level. HTTP(S) uses
+    ``/vsicurl/``.
     """
     protocol, _, rest = url.partition("://")
     if not rest:
         return url, {}
     if protocol in ("abfs", "abfss", "az"):
-        options = {}
-        for gdal_key, env_key in (
-            ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING"),
-            ("AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCOUNT_NAME"),
-            ("AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_ACCOUNT_KEY"),
-            ("AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_SAS_TOKEN"),
-        ):
-            if os.environ.get(env_key):
-                options[gdal_key] = os.environ[env_key]
+        for gdal_name, ours in _GDAL_ENV_NAMES.items():
+            if os.environ.get(ours) and not os.environ.get(gdal_name):
+                os.environ[gdal_name] = os.environ[ours]
         container, _, blob = rest.partition("/")
         # abfs://container@account.dfs.core.windows.net/blob names the account inline.
-        return f"/vsiaz/{container.split('@', 1)[0]}/{blob}", options
+        return f"/vsiaz/{container.split('@', 1)[0]}/{blob}", dict(_REMOTE_OPTIONS)
     if protocol in ("http", "https"):
-        return f"/vsicurl/{url}", {}
+        return f"/vsicurl/{url}", dict(_REMOTE_OPTIONS)
     if protocol == "file":
         return rest, {}
     raise RasterError(f"cannot read rasters from {protocol}:// URLs ({url})")
+
+
+def gdal_call(url: str, what: str, call: Callable[[], T]) -> T:
+    """Run a GDAL open or read of ``url``, telling storage trouble from bad content.
+
+    A failure on remote storage is storage trouble when GDAL's own message says so (a curl
+    error, HTTP 408/429/5xx) or, since GDAL often reports a refused connection like a
+    missing or corrupt file, when a direct check finds the storage unreachable. Storage
+    trouble is :class:`~landuse.storage.StorageUnavailable`, retried with back-off here
+    (and by the orchestrator after that); anything else is the file's fault, a
+    :class:`RasterError` at once.
+    """
+
+    def once() -> T:
+        try:
+            return call()
+        except (RasterioIOError, CPLE_BaseError, OSError) as err:
+            if "://" in url and not url.startswith("file://"):
+                if _network_failure(err):
+                    raise storage.StorageUnavailable(f"{what}: {err}") from err
+                storage.check_reachable(url)  # raises StorageUnavailable while it is down
+            raise RasterError(f"{what}: {err}") from err
+
+    return storage.with_retries(what, once)
+
+
+# How GDAL words failures of the network rather than of the file (curl errors, HTTP status
+# codes that mean "not now"; code 0 is "no response").
+_NETWORK_FAILURE = re.compile(
+    r"CURL error|HTTP response code(?: on \S+)?:? (?:0|408|429|5\d\d)\b"
+    r"|Connection (?:refused|reset)"
+    r"|timed out",
+    re.IGNORECASE,
+)
+
+
+def _network_failure(err: BaseException) -> bool:
+    seen: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in seen:
+        seen.append(current)
+        if _NETWORK_FAILURE.search(str(current)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 @contextmanager
@@ -54,10 +125,7 @@ def open_raster(url: str) -> Iterator[rasterio.DatasetReader]:
     """
     path, options = gdal_location(url)
     with rasterio.Env(**options):
-        try:
-            src = rasterio.open(path)
-        except (RasterioIOError, OSError) as err:
-            raise RasterError(f"cannot open raster {url}: {err}") from err
+        src = gdal_call(url, f"cannot open raster {url}", lambda: rasterio.open(path))
         try:
             if src.crs is None:
                 raise RasterError(f"raster {url} has no CRS: it cannot be placed on the ground")
@@ -67,8 +135,7 @@ def open_raster(url: str) -> Iterator[rasterio.DatasetReader]:
 
 
 def read_checked(src: rasterio.DatasetReader, url: str, **kwargs: object) -> np.ndarray:
-    """``src.read(**kwargs)`` with corrupt or truncated data reported as a RasterError."""
-    try:
-        return np.asarray(src.read(**kwargs))
-    except RasterioIOError as err:
-        raise RasterError(f"raster {url} is corrupt or truncated: {err}") from err
+    """``src.read(**kwargs)`` with corrupt or truncated data reported as a RasterError, and
+    reads that fail because storage is unavailable retried (see :func:`gdal_call`)."""
+    return gdal_call(url, f"raster {url} is corrupt or truncated",
+                     lambda: np.asarray(src.read(**kwargs)))

@@ -5,27 +5,116 @@ credentials from the usual ``AZURE_STORAGE_*`` environment variables (a connecti
 or account name plus key / SAS token). Writes are atomic: a local file is written to a
 temporary name and renamed; a blob is uploaded in one request, so readers see the old
 object or the new one, never half of one.
+
+Failures are told apart by what happened, not by exception class: storage that cannot be
+reached, times out or throttles (HTTP 408/429/5xx, refused or reset connections) is
+*unavailable* (:func:`is_transient`); reads retry it with bounded exponential back-off and
+jitter (tenacity) and then raise :class:`StorageUnavailable`, which an orchestrator should
+retry later. A missing object is a :class:`StorageError`; bad content is the reader's
+``ValueError``; neither heals on retry.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import shutil
 import tempfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+import tenacity
 from fsspec.implementations.local import LocalFileSystem
 
+log = logging.getLogger(__name__)
 _SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+T = TypeVar("T")
 
 
 class StorageError(RuntimeError):
     """A storage location is unreachable, missing or not usable; the message names it."""
+
+
+class StorageUnavailable(StorageError):
+    """Storage could not be reached, timed out or throttled the request: trying again later
+    may succeed (the library already retried with back-off)."""
+
+
+# HTTP statuses that say "not now" rather than "no": timeout, throttling, server trouble.
+TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from) says storage was unreachable, timed
+    out or throttled, as opposed to a missing object or bad content."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageUnavailable):
+            return True
+        if isinstance(current, ConnectionError | TimeoutError):  # refused, reset, timed out
+            return True
+        status = getattr(current, "status_code", None) or getattr(current, "status", None)
+        if isinstance(status, int) and status in TRANSIENT_HTTP:
+            return True
+        if type(current).__name__ in _TRANSIENT_NAMES | {"ConnectionError"}:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+# By name, so that this module needs neither azure-core nor aiohttp to be importable:
+# azure-core's errors for a request that could not be sent or whose response never came,
+# and aiohttp's connection errors (adlfs runs on it).
+_TRANSIENT_NAMES = frozenset({
+    "ServiceRequestError", "ServiceResponseError", "ServiceRequestTimeoutError",
+    "ServiceResponseTimeoutError", "ClientConnectionError", "ClientConnectorError",
+    "ServerDisconnectedError", "ClientOSError", "ServerTimeoutError", "FSTimeoutError",
+    "ConnectTimeout", "ReadTimeout",  # requests' (its ConnectionError is caught by name too)
+})
+
+
+def retry_policy() -> tenacity.Retrying:
+    """Bounded exponential back-off with jitter for transient storage errors.
+
+    ``LANDUSE_STORAGE_RETRIES`` attempts in all (default 6), waits of 1, 2, 4, ... s plus up
+    to 1 s of jitter (so that many workers do not come back at once), each capped at
+    ``LANDUSE_STORAGE_RETRY_MAX_WAIT_S`` (default 30 s): about half a minute of outage is
+    ridden out inside a task before it fails and the orchestrator's retries take over.
+    """
+    attempts = int(os.environ.get("LANDUSE_STORAGE_RETRIES", "6"))
+    max_wait = float(os.environ.get("LANDUSE_STORAGE_RETRY_MAX_WAIT_S", "30"))
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        wait=tenacity.wait_exponential_jitter(initial=min(1.0, max_wait), max=max_wait,
+                                              jitter=min(1.0, max_wait)),
+        stop=tenacity.stop_after_attempt(max(1, attempts)),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    err = state.outcome.exception() if state.outcome else None
+    log.warning("storage unavailable (attempt %d), retrying in %.1f s: %s",
+                state.attempt_number, state.upcoming_sleep, err)
+
+
+def with_retries(what: str, call: Callable[[], T]) -> T:
+    """``call()`` retried on transient storage errors; when they outlast the retries, a
+    :class:`StorageUnavailable` naming ``what``. Other errors pass through at once."""
+    try:
+        return retry_policy()(call)
+    except Exception as err:
+        if is_transient(err) and not isinstance(err, StorageUnavailable):
+            raise StorageUnavailable(f"{what}: storage unavailable ({err})") from err
+        raise
 
 
 def storage_options(url: str) -> dict[str, Any]:
@@ -44,6 +133,45 @@ def storage_options(url: str) -> dict[str, Any]:
         if os.environ.get(env):
             options[key] = os.environ[env]
     return options
+
+
+def check_reachable(url: str) -> None:
+    """Raise :class:`StorageUnavailable` when the store behind a remote ``url`` cannot be
+    reached or throttles right now; return when it answers, whether or not the object
+    exists. One request, no retries and short timeouts: this decides what a failure was.
+    """
+    protocol, _, rest = url.partition("://")
+    try:
+        if protocol in ("abfs", "abfss", "az"):
+            _blob_client(rest).get_blob_properties()
+        elif protocol in ("http", "https"):
+            import requests
+
+            response = requests.head(url, timeout=(5, 10), allow_redirects=True)
+            if response.status_code in TRANSIENT_HTTP:
+                raise StorageUnavailable(f"{url} answered HTTP {response.status_code}")
+    except Exception as err:
+        if is_transient(err):
+            raise StorageUnavailable(f"cannot reach {url}: {err}") from err
+        # Any other answer (403, 404, ...) came from a store that is up.
+
+
+def _blob_client(location: str) -> Any:
+    """A synchronous Azure blob client for ``container[@account...]/blob`` that neither
+    retries nor waits long, with credentials from the environment."""
+    from azure.storage.blob import BlobClient
+
+    container, _, blob = location.partition("/")
+    container, _, host = container.partition("@")
+    quick: dict[str, Any] = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 10}
+    conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    if conn:
+        return BlobClient.from_connection_string(conn, container, blob, **quick)
+    account = host.split(".", 1)[0] or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME", "")
+    credential = (os.environ.get("AZURE_STORAGE_ACCOUNT_KEY")
+                  or os.environ.get("AZURE_STORAGE_SAS_TOKEN") or None)
+    return BlobClient(f"https://{account}.blob.core.windows.net", container, blob,
+                      credential=credential, **quick)
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -85,16 +213,27 @@ def exists(url: str) -> bool:
     """Whether an object or folder exists at ``url``."""
     fs, path = filesystem(url)
     try:
-        return bool(fs.exists(path))
+        return with_retries(f"cannot reach {url}", lambda: bool(fs.exists(path)))
+    except StorageUnavailable:
+        raise
     except Exception as err:  # network errors come in many types; name the URL
         raise StorageError(f"cannot reach {url}: {err}") from err
 
 
 def read_bytes(url: str) -> bytes:
-    """Read a whole object."""
+    """Read a whole object (retried while storage is unavailable)."""
     fs, path = filesystem(url)
     try:
-        return bytes(fs.cat_file(path))
+        return with_retries(f"cannot read {url}", lambda: bytes(fs.cat_file(path)))
+    except FileNotFoundError as err:
+        raise StorageError(f"{url} does not exist") from err
+
+
+def size(url: str) -> int:
+    """Size of an object in bytes (retried while storage is unavailable)."""
+    fs, path = filesystem(url)
+    try:
+        return int(with_retries(f"cannot reach {url}", lambda: fs.size(path)))
     except FileNotFoundError as err:
         raise StorageError(f"{url} does not exist") from err
 
@@ -119,10 +258,11 @@ def write_bytes(url: str, data: bytes) -> None:
                 os.unlink(tmp)
             raise
     else:
-        try:
+        try:  # the Azure SDK retries a failed upload itself; a second loop would only wait
             fs.pipe_file(path, data)
         except Exception as err:  # the SDK's errors name the host, not the object
-            raise StorageError(f"cannot write {url}: {err}") from err
+            kind = StorageUnavailable if is_transient(err) else StorageError
+            raise kind(f"cannot write {url}: {err}") from err
 
 
 def remove_temporaries(url: str) -> int:
@@ -199,9 +339,11 @@ def glob(pattern: str) -> list[str]:
     """URLs matching a glob pattern, sorted, with the protocol of ``pattern`` kept."""
     fs, path = filesystem(pattern)
     try:
-        found = sorted(fs.glob(path))
+        found = sorted(with_retries(f"cannot list {pattern}", lambda: fs.glob(path)))
     except FileNotFoundError:
         return []
+    except StorageUnavailable:
+        raise
     except Exception as err:
         raise StorageError(f"cannot list {pattern}: {err}") from err
     if isinstance(fs, LocalFileSystem):

@@ -8,12 +8,15 @@ reprojected once per scene onto a label grid aligned with the tiles.
 
 A county-year is committed by its manifest: tiles are written first, the manifest last and
 atomically, and both are deterministic, so a failed run leaves no manifest and a rerun
-writes the same bytes.
+writes the same bytes. The manifest records the inputs it was made from (scenes and their
+sizes, NLCD source, county, tiling config); a county-year whose committed manifest records
+the same inputs is finished, whatever the orchestrator remembers, and is not tiled again.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 from collections.abc import Iterable
@@ -100,6 +103,11 @@ class TilingConfig(BaseModel):
 
 
 _LOOKUP = labels.category_lookup()
+
+# Bump when the same inputs would give other tiles or manifest rows (a new resampling, a new
+# column): manifests of an older version are then tiled again.
+TILING_VERSION = 1
+INPUTS_KEY = b"landuse.tiling.inputs"
 
 
 @dataclass(frozen=True)
@@ -349,14 +357,55 @@ class CountyYear:
     scenes: tuple[str, ...]
 
 
+def tiling_inputs(
+    county: County,
+    year: int,
+    scenes: list[NaipScene],
+    config: TilingConfig,
+    nlcd_url: str | None,
+) -> dict[str, Any]:
+    """What a county-year's tiles are made from, as recorded in its manifest.
+
+    A scene is named by URL and size: a re-released or repaired scene of the same name has
+    another size in practice, and a size costs one metadata request, not a read.
+    """
+    return {
+        "version": TILING_VERSION,
+        "county": county.name,
+        "bbox": list(county.bbox),
+        "year": year,
+        "config": config.model_dump(mode="json"),
+        "nlcd": nlcd_url,
+        "scenes": [{"url": s.url, "bytes": storage.size(s.url)} for s in scenes],
+    }
+
+
+def committed_manifest(url: str, inputs: dict[str, Any]) -> pa.Table | None:
+    """The manifest at ``url`` when it was committed from exactly ``inputs``, else None."""
+    if not storage.exists(url):
+        return None
+    table = storage.read_parquet(url)
+    recorded = (table.schema.metadata or {}).get(INPUTS_KEY)
+    return table if recorded == _encode_inputs(inputs) else None
+
+
+def _encode_inputs(inputs: dict[str, Any]) -> bytes:
+    return json.dumps(inputs, sort_keys=True, default=str).encode()
+
+
 def build_county(
     county: County,
     years: Iterable[int],
     root: str,
     config: TilingConfig | None = None,
     nlcd: str | None = None,
+    overwrite: bool = False,
 ) -> list[CountyYear]:
     """Tile every requested year of a county and commit one manifest per year.
+
+    A year whose manifest is already committed from the same inputs is finished and is not
+    tiled again (a rerun after a crash between the commit and the orchestrator noticing it
+    redoes nothing), unless ``overwrite``.
 
     Args:
         county: the county (its NAIP root, bounding box and default NLCD source).
@@ -364,6 +413,7 @@ def build_county(
         root: storage root URL for outputs.
         config: tiling options.
         nlcd: NLCD source overriding the county's own ('' for none).
+        overwrite: tile again even when a manifest from the same inputs is committed.
 
     Raises:
         ValueError: the county has no NAIP scenes in any requested year.
@@ -386,34 +436,44 @@ def build_county(
         if not year_scenes:
             log.warning("county %s: no NAIP scenes for %d, skipped", county.name, year)
             continue
-        prefix = county_prefix(root, county.name, year)
-        for folder in (prefix, storage.join(prefix, "tiles")):  # a crashed attempt's debris
-            storage.remove_temporaries(folder)
-        seen: set[str] = set()
-        rows: list[dict[str, Any]] = []
-        for scene in year_scenes:
-            nlcd_url = source.for_year(year) if source else None
-            rows.extend(
-                tile_scene(
-                    scene, county, year, config, storage.join(prefix, "tiles"), nlcd_url, seen
-                )
-            )
-        rows.sort(key=lambda r: r["tile_id"])
-        table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+        nlcd_url = source.for_year(year) if source else None
         url = manifest_url(root, county.name, year)
-        storage.write_parquet(url, table)
-        trainable = sum(bool(r["trainable"]) for r in rows)
-        log.info(
-            "county %s %d: %d tiles, %d trainable -> %s",
-            county.name,
-            year,
-            len(rows),
-            trainable,
-            url,
-        )
+        inputs = tiling_inputs(county, year, year_scenes, config, nlcd_url)
+        table = None if overwrite else committed_manifest(url, inputs)
+        if table is not None:
+            log.info("county %s %d: already tiled from the same inputs (%s)", county.name,
+                     year, url)
+        else:
+            table = _tile_year(county, year, year_scenes, config, nlcd_url, root)
+            table = table.replace_schema_metadata({INPUTS_KEY: _encode_inputs(inputs)})
+            storage.write_parquet(url, table)
+        trainable = sum(bool(t) for t in table.column("trainable").to_pylist())
+        log.info("county %s %d: %d tiles, %d trainable -> %s", county.name, year,
+                 table.num_rows, trainable, url)
         results.append(
-            CountyYear(
-                county.name, year, url, len(rows), trainable, tuple(s.name for s in year_scenes)
-            )
+            CountyYear(county.name, year, url, table.num_rows, trainable,
+                       tuple(s.name for s in year_scenes))
         )
     return results
+
+
+def _tile_year(
+    county: County,
+    year: int,
+    scenes: list[NaipScene],
+    config: TilingConfig,
+    nlcd_url: str | None,
+    root: str,
+) -> pa.Table:
+    """Tile every scene of one county-year; the manifest table, sorted by tile id."""
+    prefix = county_prefix(root, county.name, year)
+    for folder in (prefix, storage.join(prefix, "tiles")):  # a crashed attempt's debris
+        storage.remove_temporaries(folder)
+    seen: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    for scene in scenes:
+        rows.extend(
+            tile_scene(scene, county, year, config, storage.join(prefix, "tiles"), nlcd_url, seen)
+        )
+    rows.sort(key=lambda r: r["tile_id"])
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -272,7 +273,7 @@ def test_blob_store_killed_mid_county_then_the_task_retry_completes(
     assert killed_ti["try_number"] >= 2  # failed with the store, passed on a retry
     assert all(t["try_number"] <= 3 for t in tile_tis)  # within retries=2
     # The failure named the object and the unreachable store (not a hang, not a bad-input fail).
-    assert "StorageError: cannot write abfs://" in text and f"127.0.0.1:{store.port}" in text
+    assert "StorageUnavailable: cannot write abfs://" in text and f"127.0.0.1:{store.port}" in text
 
     if still_waiting:  # the store as the retry found it: whole tiles, no manifest
         assert set(written) <= set(left)
@@ -303,5 +304,130 @@ def test_blob_store_killed_mid_county_then_the_task_retry_completes(
         "tries": {t["map_index"]: t["try_number"] for t in tile_tis},
         "attempt_failed_after_s": round(failed_after, 1), "restart_s": round(restart_s, 1),
         "outage_s": round(outage_s, 1), "run_s": round(total_s, 1), "up_for_retry": tries,
+    }
+    print("FIGURES " + json.dumps(figures))
+
+
+def _upload_tree(folder: Path, container: Any, prefix: str) -> list[str]:
+    names = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = f"{prefix}/{path.relative_to(folder).as_posix()}"
+        container.upload_blob(name, path.read_bytes(), overwrite=True)
+        names.append(name)
+    return names
+
+
+def _local_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.azurite
+@pytest.mark.timeout(300)
+def test_blob_store_killed_while_scenes_are_read_then_the_run_completes(
+    killable_azurite, synthetic, tmp_path, monkeypatch, assert_gone
+):
+    """The scenes and NLCD live on the store (read through GDAL's /vsiaz/ and adlfs), the
+    outputs on local disk. The store dies while the first county-year's scene is being
+    tiled and comes back a few seconds later: the library's retries ride the outage out
+    (Airflow's retries would take over if it lasted longer), nothing is failed as bad
+    input, and the outputs are byte-identical to a run on a healthy store."""
+    store = killable_azurite
+    name = f"scenes{time.monotonic_ns()}"
+    live = _container(store.connection_string, name)
+    live.create_container()
+    uploaded = _upload_tree(synthetic, live, "src")
+    _persisted(store.location)  # an unsaved index would forget the scenes at the kill
+    registry = f"abfs://{name}/src/counties.json"
+    root = tmp_path / "out"
+    conf = {"registry": registry, "counties": COUNTIES, "years": YEARS,
+            "storage_root": str(root)}
+
+    # The healthy run, in this process, to the same root: what the DAG run must leave.
+    with monkeypatch.context() as env:
+        env.setenv("AZURE_STORAGE_CONNECTION_STRING", store.connection_string)
+        chosen = counties.load_registry(registry)
+        manifests = [r.manifest_url for c in COUNTIES
+                     for r in build_county(chosen[c], YEARS, str(root), TilingConfig())]
+        splits.build_dataset(manifests, storage.join(str(root), "naip", "dataset"))
+    reference = _local_files(root)
+    shutil.rmtree(root)
+
+    home = tmp_path / "airflow"
+    home.mkdir()
+    env = _airflow_env(home, store.connection_string)
+    # Enough library retries (waits 1, 2, 2, 2, ... s plus jitter) to outlast the outage.
+    env.update(LANDUSE_STORAGE_RETRIES="12", LANDUSE_STORAGE_RETRY_MAX_WAIT_S="2")
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=120)
+    log = tmp_path / "dag-test.log"
+    started = time.monotonic()
+    with open(log, "wb") as out:
+        job = subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(PROJECT / "dags" / "naip_dataset.py"),
+             json.dumps(conf), str(RETRY_DELAY_S)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )
+    seen = [psutil.Process(job.pid)]
+    try:
+        # 1. Once the first county-year has some tiles on disk, freeze the reader, kill -9
+        # the store, and let the reader go on against a dead endpoint.
+        def part_read() -> list[Path] | None:
+            tiles = sorted(root.glob("naip/*/2010/tiles/*.png"))
+            return tiles if len(tiles) >= 4 else None
+
+        first = _wait("tiles on disk", part_read, 120, job, log, poll_s=0.02)
+        county_year = first[0].parents[1]
+        parent = psutil.Process(job.pid)
+        seen = [parent, *parent.children(recursive=True)]
+        os.kill(job.pid, signal.SIGSTOP)
+        store.kill()
+        killed_at = time.monotonic()
+        os.kill(job.pid, signal.SIGCONT)
+        committed_in_outage = (county_year / "manifest.parquet").exists()
+
+        # 2. The store comes back on the same port with the same data after a few seconds.
+        time.sleep(4)
+        restart_s = store.start()
+        outage_s = time.monotonic() - killed_at
+        assert job.wait(timeout=200) == 0, log.read_text()[-4000:]
+        total_s = time.monotonic() - started
+    finally:
+        if job.poll() is None:
+            os.kill(job.pid, signal.SIGCONT)
+            job.kill()
+            job.wait(timeout=10)
+    assert_gone(seen, "DAG run")
+
+    text = log.read_text()
+    result = json.loads(text.rsplit("RESULT ", 1)[1].splitlines()[0])
+    assert result["state"] == "success", text[-4000:]
+    assert {t["state"] for t in result["tis"]} == {"success"}
+    assert "AirflowFailException" not in text  # never taken for bad input
+    # The outage was met by reads of the scenes or their metadata, and retried.
+    retried = [line for line in text.splitlines() if "storage unavailable (attempt" in line]
+    assert retried, text[-4000:]
+    assert all(f"abfs://{name}/src/" in line for line in retried)
+    assert not committed_in_outage
+
+    # 3. Nothing lost, nothing doubled: the outputs are those of the healthy run.
+    after = _local_files(root)
+    assert sorted(after) == sorted(reference)
+    assert sorted(n for n in after if after[n] != reference[n]) == []
+    for manifest in root.glob("naip/*/*/manifest.parquet"):
+        table = pq.read_table(manifest).to_pandas()
+        assert table["tile_id"].is_unique
+        images = {Path(u).name for u in table["image_url"].dropna()}
+        assert images == {p.name for p in (manifest.parent / "tiles").iterdir()}
+
+    tile_tis = sorted((t for t in result["tis"] if t["task_id"] == "tile_county"),
+                      key=lambda t: t["map_index"])
+    figures = {
+        "scenes_and_nlcd_on_store": len(uploaded), "killed_during": str(
+            county_year.relative_to(root)), "tiles_at_kill": len(first),
+        "outage_s": round(outage_s, 1), "restart_s": round(restart_s, 1),
+        "library_retries": len(retried), "first_retry": retried[0][-200:],
+        "tries": {t["map_index"]: t["try_number"] for t in tile_tis},
+        "run_s": round(total_s, 1), "files": len(after),
     }
     print("FIGURES " + json.dumps(figures))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 
 import pyarrow as pa
@@ -235,3 +236,84 @@ def test_remove_temporaries_deletes_only_a_killed_writers_debris(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["tile.png"]
     assert storage.remove_temporaries(str(tmp_path / "missing")) == 0
     assert storage.remove_temporaries("abfs://container/prefix") == 0
+
+
+def _http_error(status: int) -> Exception:
+    from azure.core.exceptions import HttpResponseError
+
+    err = HttpResponseError(message=f"status {status}")
+    err.status_code = status
+    return err
+
+
+@pytest.mark.parametrize(
+    ("make", "transient"),
+    [
+        (lambda: ConnectionResetError("reset by peer"), True),
+        (lambda: TimeoutError("read timed out"), True),
+        (lambda: _http_error(429), True),
+        (lambda: _http_error(503), True),
+        (lambda: _http_error(403), False),
+        (lambda: _http_error(404), False),
+        (lambda: FileNotFoundError("gone"), False),
+        (lambda: ValueError("not a PNG"), False),
+    ],
+)
+def test_transient_errors_are_told_by_what_happened(make, transient):
+    from azure.core.exceptions import ServiceRequestError
+
+    err = make()
+    assert storage.is_transient(err) is transient
+    # Wrapped in a content-looking error, the cause still decides.
+    try:
+        try:
+            raise err
+        except Exception as inner:
+            raise ValueError("cannot decode tile") from inner
+    except ValueError as outer:
+        assert storage.is_transient(outer) is transient
+    assert storage.is_transient(ServiceRequestError("Cannot connect to host"))
+
+
+def test_transient_reads_are_retried_with_back_off(monkeypatch):
+    monkeypatch.setenv("LANDUSE_STORAGE_RETRIES", "4")
+    monkeypatch.setenv("LANDUSE_STORAGE_RETRY_MAX_WAIT_S", "0.01")
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise _http_error(503)
+        return "ok"
+
+    assert storage.with_retries("read x", flaky) == "ok" and len(calls) == 3
+
+    def throttled() -> None:
+        calls.append(1)
+        raise _http_error(429)
+
+    calls.clear()
+    with pytest.raises(storage.StorageUnavailable, match="read x: storage unavailable"):
+        storage.with_retries("read x", throttled)
+    assert len(calls) == 4  # bounded: every attempt, then up to the orchestrator
+
+    def missing() -> None:
+        calls.append(1)
+        raise FileNotFoundError("/nonexistent/x")
+
+    calls.clear()
+    with pytest.raises(FileNotFoundError):
+        storage.with_retries("read x", missing)
+    assert len(calls) == 1  # what cannot heal is not retried
+
+
+def test_reachability_check(azurite, monkeypatch):
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    storage.check_reachable("abfs://nocontainer/missing.tif")  # up, though nothing is there
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.replace(
+        azurite.split("BlobEndpoint=http://127.0.0.1:", 1)[1].split("/", 1)[0], str(port)))
+    with pytest.raises(storage.StorageUnavailable, match=r"missing\.tif"):
+        storage.check_reachable("abfs://nocontainer/missing.tif")

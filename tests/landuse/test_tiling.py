@@ -4,6 +4,7 @@ nothing. Checked against the synthetic counties' ground truth and the real sampl
 from __future__ import annotations
 
 import io
+import json
 import math
 import shutil
 
@@ -19,10 +20,11 @@ from rasterio.windows import Window
 
 from landuse import labels, storage
 from landuse.counties import County, load_registry
-from landuse.naip import parse_scene_name
+from landuse.naip import NaipCatalog, parse_scene_name
 from landuse.raster import RasterError
 from landuse.synthetic import _BASE
 from landuse.tiling import (
+    INPUTS_KEY,
     MANIFEST_SCHEMA,
     TileGrid,
     TilingConfig,
@@ -336,16 +338,67 @@ def test_nir_is_the_fourth_png_channel(registry, tmp_path):
     assert abs(png[..., 3].mean() - block[2].mean()) > 20  # NIR, not blue
 
 
+def _files(folder):
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
+
+
 def test_rerun_writes_identical_bytes(registry, tmp_path):
     county = registry["synthetic-county-2"]
-    [first] = build_county(county, [2016], str(tmp_path), CONFIG)
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    [second] = build_county(county, [2016], str(tmp_path), CONFIG)
-    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    [first] = build_county(county, [2016], str(tmp_path), CONFIG, overwrite=True)
+    before = {p: data for p, (_, data) in _files(tmp_path).items()}
+    [second] = build_county(county, [2016], str(tmp_path), CONFIG, overwrite=True)
+    after = {p: data for p, (_, data) in _files(tmp_path).items()}
     assert first == second
     assert after.keys() == before.keys()
     assert all(after[p] == before[p] for p in before)
     assert not [p for p in after if p.name.startswith(".tmp-")]
+
+
+def test_a_committed_county_year_is_finished_whatever_the_orchestrator_recorded(
+    registry, tmp_path
+):
+    """A crash between the manifest's commit and Airflow marking the task done: the retry
+    finds the manifest made from the same inputs and redoes nothing."""
+    county = registry["synthetic-county-2"]
+    [first] = build_county(county, [2016], str(tmp_path), CONFIG)
+    before = _files(tmp_path)
+    (tmp_path / "naip" / county.name / "2016" / "tiles" / ".tmp-crashed.png").write_bytes(b"x")
+    [again] = build_county(county, [2016], str(tmp_path), CONFIG)
+    assert again == first
+    after = _files(tmp_path)
+    del after[tmp_path / "naip" / county.name / "2016" / "tiles" / ".tmp-crashed.png"]
+    assert after == before  # same bytes and modification times: not tiled again
+    recorded = json.loads(pq.read_schema(first.manifest_url).metadata[INPUTS_KEY])
+    assert recorded["county"] == county.name and recorded["year"] == 2016
+    assert recorded["config"]["tile_px"] == CONFIG.tile_px
+    assert [s["url"] for s in recorded["scenes"]] == [
+        s.url for s in NaipCatalog(county.naip).scenes(years=[2016], bbox=county.bbox)]
+
+
+@pytest.mark.parametrize("change", ["config", "scene", "overwrite"])
+def test_other_inputs_tile_the_county_year_again(registry, synthetic, tmp_path, change):
+    county = registry["synthetic-county-2"]
+    naip = tmp_path / "naip-src"
+    shutil.copytree(synthetic / "naip", naip)
+    county = county.model_copy(update={"naip": str(naip)})
+    root = tmp_path / "out"
+    [first] = build_county(county, [2016], str(root), CONFIG)
+    manifest = root / "naip" / county.name / "2016" / "manifest.parquet"
+    stamp = manifest.stat().st_mtime_ns
+    config, overwrite = CONFIG, change == "overwrite"
+    if change == "config":
+        config = CONFIG.model_copy(update={"purity_threshold": 0.5})
+    if change == "scene":  # a re-released scene of the same name
+        [found] = NaipCatalog(str(naip)).scenes(years=[2016], bbox=county.bbox)
+        scene = found.url
+        with rasterio.open(scene) as src:
+            profile, pixels = src.profile, src.read()
+        with rasterio.open(scene, "w", **{**profile, "compress": "deflate"}) as dst:
+            dst.write(pixels)
+    [second] = build_county(county, [2016], str(root), config, overwrite=overwrite)
+    assert manifest.stat().st_mtime_ns != stamp
+    if change == "config":
+        assert second.trainable >= first.trainable
 
 
 def test_overlapping_scenes_of_one_year_give_each_tile_once(registry, synthetic, tmp_path):

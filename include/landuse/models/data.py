@@ -43,6 +43,8 @@ def load_tiles(urls: list[str], spec: PreprocessSpec) -> np.ndarray:
     for i, url in enumerate(urls):
         try:
             out[i] = decode(storage.read_bytes(url), spec, url)
+        except storage.StorageUnavailable:
+            raise  # storage trouble, not a bad tile: retried, never reported as bad input
         except storage.StorageError as err:
             raise ImageError(f"{url}: {err}") from err
     return out

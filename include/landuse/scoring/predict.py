@@ -96,7 +96,12 @@ def check_tiles_fit(rows: pd.DataFrame, bundle_path: str, spec: PreprocessSpec,
 
 
 def score_frame(rows: pd.DataFrame, runner: Runner, batch_size: int = 32) -> pd.DataFrame:
-    """Score tiles (rows with ``image_url``) in batches; unreadable tiles become error rows."""
+    """Score tiles (rows with ``image_url``) in batches; unreadable tiles become error rows.
+
+    Raises:
+        StorageUnavailable: storage stayed unreachable through the retries: a tile that
+            could not be fetched is not a bad tile, so the whole batch fails to be retried.
+    """
     spec = runner.bundle.spec
     classes = list(spec.classes)
     model_id = runner.bundle.model_id
@@ -110,6 +115,8 @@ def score_frame(rows: pd.DataFrame, runner: Runner, batch_size: int = 32) -> pd.
                 tiles.append(decode(storage.read_bytes(row["image_url"]), spec.preprocessing,
                                     row["image_url"]))
                 good.append(row)
+            except storage.StorageUnavailable:
+                raise  # not the tile's fault: the task fails and is retried, no error row
             except (ImageError, storage.StorageError, OSError) as err:
                 out.append({**_base(row), "model_id": model_id, "error": str(err)})
         if not good:

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from landuse.raster import RasterError, gdal_location, read_checked
+from landuse.raster import RasterError, gdal_call, gdal_location, read_checked
 
 RGB = (1, 2, 3)
 
@@ -88,10 +88,8 @@ class ImageSource:
         if self._nodata is not None:
             valid = (bands != np.uint8(self._nodata)).any(axis=0)
         elif self._mask_band:
-            try:
-                valid = np.asarray(self._src.dataset_mask(window=window)) > 0
-            except RasterioIOError as err:
-                raise RasterError(f"image {self.url}: cannot read its mask: {err}") from err
+            valid = gdal_call(self.url, f"image {self.url}: cannot read its mask",
+                              lambda: np.asarray(self._src.dataset_mask(window=window)) > 0)
         return pixels, valid
 
 
@@ -104,12 +102,9 @@ def open_image(url: str) -> Iterator[ImageSource]:
     """
     path, options = gdal_location(url)
     with rasterio.Env(**options):
-        try:
-            with warnings.catch_warnings():  # a plain image is fine here
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                src = rasterio.open(path)
-        except (RasterioIOError, OSError) as err:
-            raise RasterError(f"cannot open image {url}: {err}") from err
+        with warnings.catch_warnings():  # a plain image is fine here
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = gdal_call(url, f"cannot open image {url}", lambda: rasterio.open(path))
         try:
             yield ImageSource(url, src)
         finally:
