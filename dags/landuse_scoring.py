@@ -6,18 +6,28 @@ by a setup task and down by its teardown, so it shrinks even when scoring fails.
 are mapped, two at a time; each county-year's predictions are committed atomically and
 emitted as an Asset (``landuse://predictions/{county}/{year}``) through the
 ``landuse_predictions`` alias.
+
+Where the cluster is comes from the connection named by ``cluster_conn_id``, never from
+the run's conf, so a run cannot send the connection's token to another host: for
+``standalone`` a Spark connection (host ``spark://127.0.0.1``, port, extra
+``master_web_url``), whose master the counties are then scored on; for ``hdinsight`` and
+``databricks`` the connection described in :mod:`landuse_airflow.triggers.cluster`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Param, dag, get_current_context, setup, task, teardown
 
 from landuse_airflow import params
 from landuse_airflow.assets import PREDICTIONS
 from landuse_airflow.errors import fail_fast_on_bad_input
+
+if TYPE_CHECKING:
+    from landuse.cluster import ClusterScaler
+    from landuse.cluster.standalone import StandaloneCluster
 
 
 @dag(
@@ -38,11 +48,9 @@ from landuse_airflow.errors import fail_fast_on_bad_input
                            title="Inference framework"),
         "batch_size": Param(32, type="integer", minimum=1, maximum=1024, title="Batch size"),
         "spark_master": Param("local[2]", type="string", title="Spark master",
-                              description="local[N], or spark://host:port of a cluster."),
-        "spark_master_web_url": Param("http://127.0.0.1:8081", type="string",
-                                      title="Standalone master web UI",
-                                      description="Where the standalone backend counts "
-                                      "workers (8080 is Airflow's API server here)."),
+                              description="local[N], or spark://host:port of a cluster sized "
+                              "elsewhere. The standalone backend scores on its "
+                              "connection's master instead."),
         "cluster_backend": Param("none", type="string",
                                  enum=["none", "standalone", "hdinsight", "databricks"],
                                  title="Cluster backend"),
@@ -50,8 +58,11 @@ from landuse_airflow.errors import fail_fast_on_bad_input
                                 title="Workers while scoring"),
         "idle_workers": Param(0, type="integer", minimum=0, title="Workers after scoring"),
         "cluster_conn_id": Param(None, type=["null", "string"], title="Cluster connection",
-                                 description="Airflow connection with the cloud cluster's "
-                                 "settings and credentials (HDInsight, Databricks)."),
+                                 description="Airflow connection with the cluster's address, "
+                                 "settings and credentials: a Spark connection (host, port, "
+                                 "extra master_web_url) for standalone; see "
+                                 "landuse_airflow.triggers.cluster for HDInsight and "
+                                 "Databricks."),
         "scale_timeout_s": Param(600, type="integer", minimum=1, title="Scaling timeout (s)"),
         "storage_root": params.storage_root(),
     },
@@ -66,6 +77,7 @@ def landuse_scoring() -> None:
         p = get_current_context()["params"]
         root, year = p["storage_root"], p["year"]
         with fail_fast_on_bad_input():
+            params.check_places(p)  # before anything is read or written
             bundle, model_id = resolve_model(p["model"], root)
             counties = p["counties"] or sorted(
                 url.rsplit("/", 3)[-3]
@@ -84,14 +96,23 @@ def landuse_scoring() -> None:
         """Ask for the target size. Waiting is a separate task, so that a cluster that never
         gets there fails the run *after* this setup succeeded, and the teardown still runs."""
         p = get_current_context()["params"]
-        if _local_standalone(p):  # a master on this machine: start it (reused when running)
+        with fail_fast_on_bad_input():
+            scaler = _scaler(p)
+            master = _spark_master(p, scaler)
+            if p["spark_master"].startswith("spark://") and p["spark_master"] != master:
+                raise ValueError(f"spark_master {p['spark_master']} is not the master of the "
+                                 f"cluster connection {p['cluster_conn_id']} ({master}); "
+                                 "leave spark_master at its default with the standalone backend")
+        local = _local_standalone(scaler)
+        if local is not None:  # a master on this machine: start it (reused when running)
             from urllib.parse import urlparse
 
             from landuse.cluster.standalone import start_master
 
-            start_master(port=urlparse(p["spark_master"]).port or 7077,
-                         webui_port=urlparse(p["spark_master_web_url"]).port or 8081)
-        _scaler(p).request(p["target_workers"])
+            start_master(local.work_dir, spark_home=local.spark_home,
+                         port=urlparse(local.master_url).port or 7077,
+                         webui_port=urlparse(local.master_web_url).port or 8081)
+        scaler.request(p["target_workers"])
 
     @task
     def wait_for_workers() -> None:
@@ -115,7 +136,7 @@ def landuse_scoring() -> None:
         p = context["params"]
         summary = score_and_publish(
             context, planned["county"], p["year"], planned["bundle"], root=p["storage_root"],
-            master=p["spark_master"], framework=p["framework"], batch_size=p["batch_size"])
+            master=_spark_master(p), framework=p["framework"], batch_size=p["batch_size"])
         return {**summary, "model_id": planned["model_id"]}
 
     @teardown
@@ -123,13 +144,15 @@ def landuse_scoring() -> None:
     def scale_down() -> None:
         """Shrink the cluster back, whatever happened to scoring."""
         p = get_current_context()["params"]
-        scaler = _scaler(p)
+        with fail_fast_on_bad_input():
+            scaler = _scaler(p)
         scaler.request(p["idle_workers"])
         scaler.wait(p["idle_workers"], timeout_s=p["scale_timeout_s"], poll_s=5)
-        if _local_standalone(p) and p["idle_workers"] == 0:
+        local = _local_standalone(scaler)
+        if local is not None and p["idle_workers"] == 0:
             from landuse.cluster.standalone import stop_master
 
-            stop_master()
+            stop_master(local.work_dir)
 
     planned = plan()
     up = scale_up()
@@ -145,23 +168,40 @@ def _manifest(root: str, county: str, year: int) -> str:
     return manifest_url(root, county, year)
 
 
-def _scaler(p: Any) -> Any:
-    """The cluster's scaler: settings and credentials from the connection (cloud backends),
-    the standalone master from the Spark master params."""
+def _scaler(p: Any) -> ClusterScaler:
+    """The cluster's scaler, its address, settings and credentials all from the connection
+    (never from the run's conf: a run could otherwise send the credentials elsewhere)."""
     from airflow.sdk import BaseHook
 
     from landuse_airflow.triggers.cluster import build_scaler
 
+    if p["cluster_backend"] == "standalone" and not p["cluster_conn_id"]:
+        raise ValueError("the standalone backend needs cluster_conn_id: a Spark connection "
+                         "whose host and port are the master (spark://127.0.0.1, 7077) and "
+                         "whose extra master_web_url is its web UI")
     conn = BaseHook.get_connection(p["cluster_conn_id"]) if p["cluster_conn_id"] else None
-    options = {}
-    if p["cluster_backend"] == "standalone":
-        options = {"master_url": p["spark_master"], "master_web_url": p["spark_master_web_url"]}
-    return build_scaler(p["cluster_backend"], options, conn)
+    return build_scaler(p["cluster_backend"], None, conn)
 
 
-def _local_standalone(p: Any) -> bool:
-    return bool(p["cluster_backend"] == "standalone"
-                and p["spark_master"].startswith("spark://127.0.0.1:"))
+def _spark_master(p: Any, scaler: ClusterScaler | None = None) -> str:
+    """Where counties are scored: the standalone connection's master, else ``spark_master``."""
+    if p["cluster_backend"] != "standalone":
+        return str(p["spark_master"])
+    from landuse.cluster.standalone import StandaloneCluster
+
+    scaler = scaler or _scaler(p)
+    assert isinstance(scaler, StandaloneCluster)
+    return scaler.master_url
+
+
+def _local_standalone(scaler: ClusterScaler) -> StandaloneCluster | None:
+    """The scaler when it is a standalone cluster whose master runs on this machine."""
+    from landuse.cluster.standalone import StandaloneCluster
+
+    if isinstance(scaler, StandaloneCluster) and scaler.master_url.startswith(
+            "spark://127.0.0.1:"):
+        return scaler
+    return None
 
 
 landuse_scoring()

@@ -92,25 +92,52 @@ def test_year_without_manifests_fails_before_scaling(airflow_db, root, bundle):
 
 def test_scores_on_a_standalone_cluster_grown_and_shrunk_by_setup_and_teardown(
         airflow_db, root, bundle, tmp_path, monkeypatch):
-    """A real master and two workers on loopback, started by the DAG and stopped after."""
+    """A real master and two workers on loopback, started by the DAG and stopped after.
+
+    The master's address comes from a Spark connection (never from the run's conf), and
+    the workers' state lives in the shared state folder ($LANDUSE_STATE_DIR)."""
     import json
     import urllib.request
 
     from landuse.cluster.standalone import free_port
 
-    monkeypatch.setenv("LANDUSE_SPARK_WORK_DIR", str(tmp_path / "spark"))
+    monkeypatch.delenv("LANDUSE_SPARK_WORK_DIR", raising=False)
+    monkeypatch.setenv("LANDUSE_STATE_DIR", str(tmp_path / "state"))
     port, web = free_port(), free_port()
     web_url = f"http://127.0.0.1:{web}"
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_SCORING_TEST", json.dumps({
+        "conn_type": "spark", "host": "spark://127.0.0.1", "port": port,
+        "extra": {"master_web_url": web_url}}))
     run = _run({"storage_root": str(root), "year": 2016, "model": str(bundle),
                 "counties": ["synthetic-county-1"], "cluster_backend": "standalone",
-                "spark_master": f"spark://127.0.0.1:{port}", "spark_master_web_url": web_url,
+                "cluster_conn_id": "spark_scoring_test",
                 "target_workers": 2, "idle_workers": 0, "scale_timeout_s": 120})
     assert run.state == "success"
+    state = tmp_path / "state" / "spark-standalone"
+    assert json.loads((state / "workers.json").read_text()) == []  # both started, both stopped
+    assert len(list((state / "logs").glob("worker-*.log"))) == 2
+    assert not (state / "master.json").exists()
     predictions = pd.read_parquet(
         root / "predictions" / "county=synthetic-county-1" / "year=2016" / "predictions.parquet")
     assert predictions["error"].isna().all() and predictions["tile_id"].is_unique
     with pytest.raises(OSError):  # the teardown stopped the workers and the master
         json.load(urllib.request.urlopen(f"{web_url}/json/", timeout=2))
+
+
+def test_standalone_master_comes_from_a_connection_not_the_conf(airflow_db, root, bundle):
+    """Without a cluster connection the run's conf cannot name a master: fail, no retry."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    run = _run({"storage_root": str(root), "year": 2016, "model": str(bundle),
+                "counties": ["synthetic-county-1"], "cluster_backend": "standalone",
+                "spark_master": "spark://127.0.0.1:7077", "target_workers": 1})
+    assert run.state == "failed"
+    with create_session() as session:
+        states = {ti.task_id: (ti.state, ti.try_number)
+                  for ti in session.query(TaskInstance).filter_by(run_id=run.run_id)}
+    assert states["scale_up"] == ("failed", 1)
+    assert states["score_county"][0] == "upstream_failed"
 
 
 def test_cluster_that_never_grows_fails_clearly_and_is_still_shrunk(

@@ -2,6 +2,8 @@
 
 The fake (``http.server`` on 127.0.0.1, in a thread) checks paths, the bearer token and the
 resize body, and moves a resized cluster RESIZING -> RUNNING after a few reads (or never).
+It records the ``Host`` header of every request, so a test can show where requests went;
+a second fake plays the host a templated option would redirect the token to.
 Credentials come from an ``AIRFLOW_CONN_*`` variable, as in production from a secrets
 backend; no metadata DB is needed (the folder's conftest sets a throw-away Airflow home).
 """
@@ -10,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +50,7 @@ class FakeDatabricks:
     pending: int = 0
     resizes: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)  # the Host header of every request
 
     def body(self) -> dict[str, Any]:
         if self.state == "RESIZING" and not self.stuck:
@@ -77,6 +82,7 @@ def _handler(fake: FakeDatabricks) -> type[BaseHTTPRequestHandler]:
             self._reply(code, {"error_code": "REFUSED", "message": why})
 
         def do_GET(self) -> None:
+            fake.hosts.append(self.headers.get("Host", ""))
             url = urlsplit(self.path)
             if url.path == "/json/":  # a Spark standalone master with no worker yet
                 return self._reply(200, {"status": "ALIVE", "workers": []})
@@ -89,6 +95,7 @@ def _handler(fake: FakeDatabricks) -> type[BaseHTTPRequestHandler]:
             self._reply(200, fake.body())
 
         def do_POST(self) -> None:
+            fake.hosts.append(self.headers.get("Host", ""))
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 return self._refuse(401, "bad token")
             if self.path != "/api/2.1/clusters/resize":
@@ -109,24 +116,44 @@ class Api:
     fake: FakeDatabricks
     url: str
 
+    @property
+    def netloc(self) -> str:
+        """``host:port``, as a request's Host header names this server."""
+        return urlsplit(self.url).netloc
 
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    """The fake API on a free loopback port, and a connection pointing at it."""
+
+@contextmanager
+def fake_api() -> Iterator[Api]:
+    """A fake Databricks API on a free loopback port, in a thread."""
     fake = FakeDatabricks()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(
-        {"conn_type": "generic", "host": url, "password": TOKEN,
-         "extra": {"cluster_id": CLUSTER_ID}}
-    ))
-    yield Api(fake, url)
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    try:
+        yield Api(fake, f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    """The fake API, and a connection pointing at it."""
+    with fake_api() as served:
+        monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(
+            {"conn_type": "generic", "host": served.url, "password": TOKEN,
+             "extra": {"cluster_id": CLUSTER_ID}}
+        ))
+        yield served
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[Api]:
+    """Another fake API: where a templated option would send the connection's token."""
+    with fake_api() as served:
+        yield served
 
 
 def operator(**kwargs: Any) -> ScaleClusterOperator:
@@ -239,16 +266,18 @@ def test_bad_parameters_fail_fast(api: Api) -> None:
 
 
 def test_on_kill_stops_the_standalone_workers_this_task_started(
-    api: Api, tmp_path: Path
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A killed scale-up: the workers it started go too. The master is the fake's /json/
     (no worker ever registers there), the workers are real JVM processes."""
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_KILL_TEST", json.dumps(
+        {"conn_type": "spark", "host": "spark://127.0.0.1", "port": free_port(),
+         "extra": {"master_web_url": api.url, "work_dir": str(tmp_path)}}
+    ))
     op = ScaleClusterOperator(
         task_id="grow_local", backend="standalone", target_workers=1, deferrable=False,
-        timeout_s=3, poll_s=0.2,
-        scaler_options={"master_url": f"spark://127.0.0.1:{free_port()}",
-                        "master_web_url": api.url, "work_dir": str(tmp_path),
-                        "memory_per_worker": "512m"},
+        timeout_s=3, poll_s=0.2, conn_id="spark_kill_test",
+        scaler_options={"memory_per_worker": "512m"},
     )
     op.on_kill()  # before execute: nothing built, nothing to stop
     assert "scaler" not in op.__dict__
@@ -299,6 +328,95 @@ def test_connection_fields_map_to_scaler_options(tmp_path: Path) -> None:
     options = connection_options("hdinsight", azure)
     assert callable(options.pop("token"))  # a service-principal credential, asked per call
     assert options == {"subscription_id": "sub", "resource_group": "rg", "cluster_name": "hdi"}
-    hdi = build_scaler("hdinsight", {"endpoint": "http://127.0.0.1:1"}, azure)
+    with pytest.raises(ValueError, match="must not set endpoint"):
+        build_scaler("hdinsight", {"endpoint": "http://127.0.0.1:1"}, azure)
+    sovereign = Connection(conn_id="hdi", conn_type="generic", login="client-id",
+                           password="client-secret-value",
+                           extra=json.dumps({"tenant_id": "tenant", "subscription_id": "sub",
+                                             "resource_group": "rg", "cluster_name": "hdi",
+                                             "endpoint": "http://127.0.0.1:1"}))
+    hdi = build_scaler("hdinsight", {"http_timeout_s": 5}, sovereign)
     assert isinstance(hdi, HDInsightCluster) and hdi.endpoint == "http://127.0.0.1:1"
+    assert hdi.http_timeout_s == 5
     assert "client-secret-value" not in repr(hdi) + hdi.name
+
+
+PLACES = [("databricks", "host"), ("databricks", "cluster_id"),
+          ("hdinsight", "endpoint"), ("hdinsight", "subscription_id"),
+          ("hdinsight", "resource_group"), ("hdinsight", "cluster_name"),
+          ("standalone", "master_url"), ("standalone", "master_web_url"),
+          ("standalone", "work_dir"), ("standalone", "spark_home")]
+
+
+@pytest.mark.parametrize(("backend", "option"), PLACES)
+def test_options_naming_a_place_are_refused(
+    api: Api, elsewhere: Api, backend: str, option: str
+) -> None:
+    """Where the cluster is comes from the connection only: at parse time, when the
+    trigger is built, and when the scaler is built (rendered options)."""
+    from landuse_airflow.triggers.cluster import build_scaler
+
+    message = f"must not set {option}: .* set it on the connection"
+    with pytest.raises(ValueError, match=message):
+        operator(backend=backend, scaler_options={option: elsewhere.url})
+    with pytest.raises(ValueError, match=message):
+        ClusterSizeTrigger(backend=backend, target_workers=1, deadline=time.time() + 5,
+                           timeout_s=5, poll_s=POLL_S, scaler_options={option: elsewhere.url},
+                           conn_id=CONN_ID)
+    with pytest.raises(ValueError, match=message):
+        build_scaler(backend, {option: elsewhere.url})
+    assert api.fake.hosts == [] and elsewhere.fake.hosts == []
+
+
+def test_a_templated_host_override_fails_the_task_before_any_request(
+    api: Api, elsewhere: Api
+) -> None:
+    """Options that only turn into a place once rendered (here: set after parsing) still
+    fail, without retries, and no request reaches either server."""
+    op = operator(scaler_options={"http_timeout_s": 5})
+    op.scaler_options = {"host": elsewhere.url}  # what a bad template could produce
+    with pytest.raises(AirflowFailException, match="must not set host"):
+        op.execute({})
+    assert api.fake.hosts == [] and elsewhere.fake.hosts == []
+    assert api.fake.resizes == [] and elsewhere.fake.resizes == []
+
+
+def test_requests_go_to_the_connections_host(api: Api, elsewhere: Api) -> None:
+    assert operator(deferrable=False, scaler_options={"http_timeout_s": 5}).execute({}) == 3
+    assert api.fake.resizes == [3]
+    assert api.fake.hosts and set(api.fake.hosts) == {api.netloc}
+    assert elsewhere.fake.hosts == []
+    assert api.fake.errors == []
+
+
+def test_no_secret_in_trigger_kwargs_xcom_or_logs(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection's secrets stay in the connection: the serialized trigger (stored in
+    the metadata DB) carries its id, and neither the return value (XCom) nor any log line
+    or event message holds a secret."""
+    secrets = [TOKEN, "client-secret-value"]
+    monkeypatch.setenv("AIRFLOW_CONN_LANDUSE_HDI", json.dumps(
+        {"conn_type": "generic", "login": "client-id", "password": secrets[1],
+         "extra": {"tenant_id": "tenant", "subscription_id": "sub", "resource_group": "rg",
+                   "cluster_name": "hdi", "endpoint": "http://127.0.0.1:1"}}
+    ))
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(TaskDeferred) as caught:
+        operator(scaler_options={"http_timeout_s": 5}).execute({})
+    classpath, kwargs = caught.value.trigger.serialize()
+    assert kwargs["conn_id"] == CONN_ID
+    assert kwargs["scaler_options"] == {"http_timeout_s": 5}
+    event = first_event(ClusterSizeTrigger(**kwargs))
+    assert event.payload["status"] == "ok"
+    returned = operator().execute_complete({}, event.payload)
+    assert returned == 3
+
+    hdi_trigger = ClusterSizeTrigger(backend="hdinsight", target_workers=2,
+                                     deadline=time.time() + 5, timeout_s=5, poll_s=POLL_S,
+                                     conn_id="landuse_hdi")
+    stored = json.dumps([classpath, kwargs, hdi_trigger.serialize(), event.payload, returned])
+    for secret in secrets:
+        assert secret not in stored
+        assert secret not in caplog.text
+    assert api.fake.errors == []

@@ -15,11 +15,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger(__name__)
+
+# Hosts a bearer token may reach over plain http: this machine (local fakes in tests).
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class ClusterError(RuntimeError):
@@ -228,6 +232,30 @@ class NoCluster(ClusterScaler):
 
     def satisfies(self, status: ClusterStatus, target: int) -> bool:
         return True
+
+
+def check_token_url(url: str, what: str) -> str:
+    """``url`` without a trailing slash, when a bearer token may be sent to it.
+
+    That is an ``https://`` URL with a host and nothing that could hide another host
+    (credentials, query, fragment); plain ``http://`` only to loopback.
+
+    Args:
+        url: the API's base URL.
+        what: what the URL is, for the error message ("Databricks host").
+
+    Raises:
+        ValueError: the URL does not qualify (the message shows its scheme and host only).
+    """
+    parts = urlsplit(url)
+    shown = f"{parts.scheme}://{parts.hostname or ''}"  # never echo user:password@
+    if not parts.hostname or any(c in url for c in "@?#"):
+        raise ValueError(f"{what} must be a plain https://host URL (no credentials, query or "
+                         f"fragment), got {shown}...")
+    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in _LOOPBACK):
+        raise ValueError(f"{what} must be an https:// URL (a bearer token goes there; plain "
+                         f"http only to loopback), got {shown}")
+    return url.rstrip("/")
 
 
 def http_json(

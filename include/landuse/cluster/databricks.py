@@ -11,7 +11,8 @@ fixed-size one (Databricks' behaviour), which is what a pipeline that sizes its 
 cluster wants.
 
 Authentication is a bearer token (a personal access token or an OAuth token), from the
-caller or ``$DATABRICKS_TOKEN``; the host likewise from ``$DATABRICKS_HOST``.
+caller or ``$DATABRICKS_TOKEN``; the host likewise from ``$DATABRICKS_HOST``. The token is
+only sent over https (plain http only to loopback, for local fakes).
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from landuse.cluster.base import ClusterError, ClusterScaler, ClusterStatus, check_target, http_json
+from landuse.cluster.base import (
+    ClusterError,
+    ClusterScaler,
+    ClusterStatus,
+    check_target,
+    check_token_url,
+    http_json,
+)
 
 API = "/api/2.1/clusters"
 # States in which Databricks accepts a resize (RESIZING: a new target replaces the old one).
@@ -31,7 +39,8 @@ class DatabricksCluster(ClusterScaler):
 
     Args:
         cluster_id: the cluster's id (``0123-456789-abcdefgh``).
-        host: workspace URL; default ``$DATABRICKS_HOST``. ``https://`` is added when missing.
+        host: workspace URL; default ``$DATABRICKS_HOST``. ``https://`` is added when missing;
+            ``http://`` is refused except to loopback.
         token: bearer token or a callable returning one (for short-lived OAuth tokens);
             default ``$DATABRICKS_TOKEN``.
         http_timeout_s: timeout of each API call.
@@ -53,7 +62,7 @@ class DatabricksCluster(ClusterScaler):
             raise ValueError("Databricks cluster_id missing")
         if "://" not in host:
             host = f"https://{host}"
-        self.host = host.rstrip("/")
+        self.host = check_token_url(host, "Databricks host")
         self.cluster_id = cluster_id
         token = token or os.environ.get("DATABRICKS_TOKEN")
         if not token:

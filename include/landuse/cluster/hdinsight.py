@@ -18,15 +18,26 @@ scope: a callable returning one (see :func:`azure_token_provider`), or a fixed s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
-from landuse.cluster.base import ClusterError, ClusterScaler, ClusterStatus, check_target, http_json
+from landuse.cluster.base import (
+    ClusterError,
+    ClusterScaler,
+    ClusterStatus,
+    check_target,
+    check_token_url,
+    http_json,
+)
 
 API_VERSION = "2021-06-01"
 ENDPOINT = "https://management.azure.com"
 SCOPE = "https://management.azure.com/.default"
 WORKER_ROLE = "workernode"
+# ARM names (a subscription GUID, resource group and cluster names): one path segment each,
+# so no value can move a request (and its token) to another resource path.
+_ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._()-]*")
 
 
 def azure_token_provider(
@@ -63,7 +74,8 @@ class HDInsightCluster(ClusterScaler):
         cluster_name: the cluster's name.
         token: bearer token or a callable returning one; default
             :func:`azure_token_provider` with ``DefaultAzureCredential``.
-        endpoint: Resource Manager endpoint (sovereign clouds, or a local fake in tests).
+        endpoint: Resource Manager endpoint (sovereign clouds, or a local fake in tests);
+            https, or plain http to loopback only.
         api_version: ``api-version`` of the Microsoft.HDInsight provider.
         http_timeout_s: timeout of each API call.
     """
@@ -85,10 +97,16 @@ class HDInsightCluster(ClusterScaler):
                                   ("cluster_name", cluster_name)) if not v]
         if missing:
             raise ValueError(f"HDInsight cluster needs {', '.join(missing)}")
+        bad = [k for k, v in (("subscription_id", subscription_id),
+                              ("resource_group", resource_group),
+                              ("cluster_name", cluster_name)) if not _ARM_NAME.fullmatch(v)]
+        if bad:
+            raise ValueError(f"HDInsight {', '.join(bad)} may hold only letters, digits and "
+                             "._()- (one URL path segment)")
         self.subscription_id = subscription_id
         self.resource_group = resource_group
         self.cluster_name = cluster_name
-        self.endpoint = endpoint.rstrip("/")
+        self.endpoint = check_token_url(endpoint, "Azure Resource Manager endpoint")
         self.api_version = api_version
         self.http_timeout_s = http_timeout_s
         self._token = token if token is not None else azure_token_provider()

@@ -5,9 +5,20 @@ installation (by default the pip ``pyspark`` package, which ships ``bin/spark-cl
 the jars). Each runs in its own session, so it outlives the process that started it: a
 scale-up task starts workers, and a later scale-down task (another process) stops them.
 What ties the two together is a state file in the work folder listing each started
-worker's pid and RPC port; the port also identifies the worker in the master's JSON
-(``{web_url}/json/``), which is where ALIVE workers are counted. A pid is only signalled
-after ``/proc`` confirms it is still that worker, so a recycled pid is never killed.
+worker's host name, pid and RPC port; the port also identifies the worker in the master's
+JSON (``{web_url}/json/``), which is where ALIVE workers are counted. A pid is only
+signalled after ``/proc`` confirms it is still that worker, so a recycled pid is never
+killed, and an entry whose process is gone or is now another program (after a reboot) is
+dropped. An entry from another host is kept but never signalled: a scale-down that would
+need it fails, saying to scale down on that host.
+
+The work folder (state files, lock, logs, worker folders) must be one that every task
+scaling the cluster reads, so it is not in ``/tmp`` (private to one machine, emptied on
+reboot while a stale state file would have to be found). It is, first match wins: the
+scaler's ``work_dir`` option (a connection extra in Airflow); ``$LANDUSE_SPARK_WORK_DIR``;
+``spark-standalone/`` in ``$LANDUSE_STATE_DIR``; ``state/spark-standalone/`` under the
+storage root (:func:`landuse.config.storage_root`) when that is a local folder; else
+``output/state/spark-standalone/`` in the project. See :func:`default_work_dir`.
 
 Everything listens on loopback: the daemons get ``--host 127.0.0.1`` and
 ``SPARK_LOCAL_IP=127.0.0.1`` (which their web UIs bind to), the worker UIs take free ports,
@@ -33,13 +44,13 @@ import re
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from landuse import config
 from landuse.cluster.base import ClusterError, ClusterScaler, ClusterStatus, check_target, http_json
 
 log = logging.getLogger(__name__)
@@ -57,14 +68,30 @@ _EXACT_PORTS = "-Dspark.port.maxRetries=0"
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def default_work_dir() -> Path:
-    """``$LANDUSE_SPARK_WORK_DIR``, else a per-user folder in the temp dir.
-
-    The folder holds pids, so a temp folder is right: it empties on reboot, with the
-    processes.
+def state_dir() -> Path:
+    """Folder for state that every task must see: ``$LANDUSE_STATE_DIR``, else ``state/``
+    under the storage root when that is a local folder, else ``output/state`` in the project.
     """
+    env = os.environ.get("LANDUSE_STATE_DIR")
+    if env:
+        return Path(env)
+    root = config.storage_root()
+    if root.startswith("file://"):
+        root = root.removeprefix("file://")
+    if "://" not in root:  # a cloud root (abfs://) cannot hold a lock file or logs
+        return Path(root) / "state"
+    return config.PROJECT_ROOT / "output" / "state"
+
+
+def default_work_dir() -> Path:
+    """``$LANDUSE_SPARK_WORK_DIR``, else ``spark-standalone/`` in :func:`state_dir`."""
     env = os.environ.get("LANDUSE_SPARK_WORK_DIR")
-    return Path(env) if env else Path(tempfile.gettempdir()) / f"landuse-spark-{os.getuid()}"
+    return Path(env) if env else state_dir() / "spark-standalone"
+
+
+def this_host() -> str:
+    """This machine's name, as state files record where a process was started."""
+    return socket.gethostname()
 
 
 def find_spark_home(spark_home: str | os.PathLike[str] | None = None) -> Path:
@@ -106,6 +133,8 @@ class SparkMaster:
         web_url: the web UI, whose ``/json/`` lists the workers.
         port: RPC port.
         log: the master's log file.
+        hostname: the machine it was started on (:func:`this_host`); only there can its
+            pid be checked and signalled.
     """
 
     pid: int
@@ -113,6 +142,7 @@ class SparkMaster:
     web_url: str
     port: int
     log: str
+    hostname: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +153,7 @@ class _Worker:
     port: int
     master_url: str
     log: str
+    hostname: str  # where it runs: its pid means nothing on another machine
 
 
 def _daemon_env(spark_home: Path, host: str, opts_var: str, opts: str) -> dict[str, str]:
@@ -233,11 +264,41 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _read_workers(work_dir: Path) -> list[_Worker]:
-    return [_Worker(**w) for w in _read_json(work_dir / WORKERS_FILE, [])]
+    # Entries written before hosts were recorded came from this machine (a /tmp folder).
+    return [_Worker(**{"hostname": this_host(), **w})
+            for w in _read_json(work_dir / WORKERS_FILE, [])]
 
 
 def _write_workers(work_dir: Path, workers: list[_Worker]) -> None:
     _write_json(work_dir / WORKERS_FILE, [asdict(w) for w in workers])
+
+
+def _split_by_host(workers: list[_Worker]) -> tuple[list[_Worker], list[_Worker]]:
+    """(entries of this host whose worker still runs, entries of other hosts).
+
+    Entries of this host whose process is gone, or whose pid now belongs to another
+    program (a reboot), are dropped; entries of other hosts cannot be checked from here.
+    """
+    here = this_host()
+    live = [w for w in workers if w.hostname == here and _is_daemon(w.pid, WORKER_CLASS, w.port)]
+    return live, [w for w in workers if w.hostname != here]
+
+
+def _elsewhere(workers: list[_Worker]) -> str:
+    """The workers, as an error message lists them (host, pid, port)."""
+    return ", ".join(f"{w.hostname} pid {w.pid} port {w.port}" for w in workers)
+
+
+def _check_master_here(folder: Path, known: dict[str, Any]) -> None:
+    """Refuse to treat a master recorded by another host as one of this host's processes."""
+    started_on = known.get("hostname") or this_host()
+    if started_on != this_host():
+        raise ClusterError(
+            f"the Spark master in {folder / MASTER_FILE} was started on host {started_on}, "
+            f"not on this host ({this_host()}): a process on another host cannot be checked "
+            f"or stopped from here; do it on {started_on} (or delete the file if that master "
+            "is gone)"
+        )
 
 
 def start_master(
@@ -267,6 +328,8 @@ def start_master(
     home = find_spark_home(spark_home)
     with _locked(folder):
         known = _read_json(folder / MASTER_FILE, None)
+        if known:
+            _check_master_here(folder, known)
         if known and _is_daemon(known["pid"], MASTER_CLASS, known["port"]):
             return SparkMaster(**known)  # idempotent: a retried setup task reuses it
         port = port or free_port(host)
@@ -285,7 +348,7 @@ def start_master(
         _CHILDREN[proc.pid] = proc
         master = SparkMaster(
             pid=proc.pid, url=f"spark://{host}:{port}", web_url=f"http://{host}:{webui_port}",
-            port=port, log=str(log_path),
+            port=port, log=str(log_path), hostname=this_host(),
         )
         _write_json(folder / MASTER_FILE, asdict(master))
     import requests
@@ -325,17 +388,29 @@ def stop_master(
 
     Returns:
         Whether a master was stopped.
+
+    Raises:
+        ClusterError: the master, or (with ``stop_workers``) a recorded worker, was started
+            on another host; nothing is stopped then.
     """
     folder = Path(work_dir) if work_dir else default_work_dir()
     if stop_workers:
         with _locked(folder):
-            for worker in reversed(_read_workers(folder)):
+            live, elsewhere = _split_by_host(_read_workers(folder))
+            if elsewhere:
+                raise ClusterError(
+                    f"{folder / WORKERS_FILE} lists worker(s) started on another host "
+                    f"({_elsewhere(elsewhere)}); this is {this_host()}, and a process on "
+                    "another host cannot be stopped from here: scale down there first"
+                )
+            for worker in reversed(live):
                 _terminate(worker.pid, WORKER_CLASS, worker.port, timeout_s)
             _write_workers(folder, [])
     with _locked(folder):
         known = _read_json(folder / MASTER_FILE, None)
         if not known:
             return False
+        _check_master_here(folder, known)
         running = _is_daemon(known["pid"], MASTER_CLASS, known["port"])
         _terminate(known["pid"], MASTER_CLASS, known["port"], timeout_s)
         (folder / MASTER_FILE).unlink(missing_ok=True)
@@ -426,10 +501,10 @@ class StandaloneCluster(ClusterScaler):
         return ClusterStatus(state=state, running=state == "ALIVE", workers=len(workers))
 
     def owned_workers(self) -> list[int]:
-        """Pids of running workers started through this work folder for this master."""
-        return [w.pid for w in _read_workers(self.work_dir)
-                if w.master_url == self.master_url
-                and _is_daemon(w.pid, WORKER_CLASS, w.port)]
+        """Pids of running workers started on this host through this work folder for this
+        master."""
+        live, _ = _split_by_host(_read_workers(self.work_dir))
+        return [w.pid for w in live if w.master_url == self.master_url]
 
     def request(self, target: int) -> None:
         """Start or stop local workers so that ``target`` will be registered.
@@ -440,12 +515,12 @@ class StandaloneCluster(ClusterScaler):
         Raises:
             ValueError: ``target`` exceeds ``max_workers``.
             ClusterError: the master is unreachable, or reaching ``target`` would mean
-                stopping workers not started here.
+                stopping workers not started here (through another folder, or on another
+                host).
         """
         check_target(target)
         with _locked(self.work_dir):
-            recorded = _read_workers(self.work_dir)
-            live = [w for w in recorded if _is_daemon(w.pid, WORKER_CLASS, w.port)]
+            live, elsewhere = _split_by_host(_read_workers(self.work_dir))
             mine = [w for w in live if w.master_url == self.master_url]
             _, registered = self._alive_workers()
             my_ports = {w.port for w in mine}
@@ -464,11 +539,19 @@ class StandaloneCluster(ClusterScaler):
                     mine.append(worker)
                     live.append(worker)
                     self._started_here.append(worker)
-                    _write_workers(self.work_dir, live)  # record each at once: a crash
-                    # part-way must not leave unrecorded workers behind
+                    # Record each at once: a crash part-way must not leave unrecorded workers.
+                    _write_workers(self.work_dir, elsewhere + live)
             elif target < have:
                 excess = have - target
                 if excess > len(mine):
+                    remote = [w for w in elsewhere if w.master_url == self.master_url]
+                    if remote:
+                        raise ClusterError(
+                            f"{self.name}: cannot go down to {target} workers from this host "
+                            f"({this_host()}): {len(remote)} worker(s) were started on another "
+                            f"host ({_elsewhere(remote)}), and a process on another host "
+                            "cannot be stopped from here; scale down on that host"
+                        )
                     raise ClusterError(
                         f"{self.name}: cannot go down to {target} workers: {len(foreign)} "
                         f"registered worker(s) were not started from {self.work_dir} and are "
@@ -477,9 +560,9 @@ class StandaloneCluster(ClusterScaler):
                 for worker in mine[-excess:][::-1]:  # newest first
                     _terminate(worker.pid, WORKER_CLASS, worker.port, self.stop_timeout_s)
                     live.remove(worker)
-                    _write_workers(self.work_dir, live)
+                    _write_workers(self.work_dir, elsewhere + live)
             else:
-                _write_workers(self.work_dir, live)  # drop entries of exited workers
+                _write_workers(self.work_dir, elsewhere + live)  # drop stale entries
 
     def _start_worker(self) -> _Worker:
         port = free_port(self.host)
@@ -500,7 +583,8 @@ class StandaloneCluster(ClusterScaler):
             )
         _CHILDREN[proc.pid] = proc
         log.info("started Spark worker pid %d on port %d for %s", proc.pid, port, self.master_url)
-        return _Worker(pid=proc.pid, port=port, master_url=self.master_url, log=str(log_path))
+        return _Worker(pid=proc.pid, port=port, master_url=self.master_url, log=str(log_path),
+                       hostname=this_host())
 
     def stop_started(self) -> int:
         """Stop the workers this object started (a killed scale-up task cleans up after itself).
@@ -515,17 +599,17 @@ class StandaloneCluster(ClusterScaler):
                 if _is_daemon(worker.pid, WORKER_CLASS, worker.port):
                     _terminate(worker.pid, WORKER_CLASS, worker.port, self.stop_timeout_s)
                     stopped += 1
-            gone = {w.pid for w in self._started_here}
-            _write_workers(self.work_dir, [w for w in recorded if w.pid not in gone])
+            _write_workers(self.work_dir, [w for w in recorded if w not in self._started_here])
             self._started_here.clear()
         return stopped
 
     def diagnostics(self) -> str:
         """Which started workers have exited, with the tail of their logs."""
         notes = []
+        here = this_host()
         for worker in _read_workers(self.work_dir):
-            if worker.master_url == self.master_url and not _is_daemon(
-                worker.pid, WORKER_CLASS, worker.port
+            if worker.master_url == self.master_url and worker.hostname == here and not (
+                _is_daemon(worker.pid, WORKER_CLASS, worker.port)
             ):
                 notes.append(f"worker on port {worker.port} exited: {_log_tail(worker.log)}")
         notes.append(f"worker logs in {self.work_dir / 'logs'}")

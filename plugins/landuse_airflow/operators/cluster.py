@@ -45,10 +45,12 @@ class ScaleClusterOperator(BaseOperator):
         timeout_s: how long the workers may take to register.
         poll_s: seconds between reads of the cluster's size.
         deferrable: wait in the triggerer (True) or in this task.
-        conn_id: Airflow connection with the cluster's settings and credentials (see
-            :mod:`landuse_airflow.triggers.cluster` for the fields each backend reads).
-        scaler_options: further scaler options (templated), winning over the connection's;
-            never credentials.
+        conn_id: Airflow connection with the cluster's endpoint, settings and credentials
+            (see :mod:`landuse_airflow.triggers.cluster` for the fields each backend reads).
+        scaler_options: further scaler settings (templated), winning over the connection's:
+            worker sizes, timeouts. Never credentials, and never where the cluster is (host,
+            endpoint, URLs, cluster ids, folders): those come from the connection only, so
+            a run's conf cannot send the connection's token elsewhere.
         **kwargs: BaseOperator arguments.
     """
 

@@ -18,7 +18,12 @@ a connection to scaler options serves the operator (:func:`build_scaler`):
   ``cores_per_worker``, ``memory_per_worker``, ``max_workers``;
 * ``none``: no connection.
 
-Explicit ``scaler_options`` win over the connection's, but may not carry secrets.
+Where requests go comes from the connection only. Explicit ``scaler_options`` (templated,
+so a DAG run's conf can reach them) win over the connection's for settings such as worker
+sizes and timeouts, but may carry neither secrets (:data:`SECRET_OPTIONS`) nor places
+(:data:`PLACE_OPTIONS`: hosts, endpoints, URLs, cluster and resource ids, and the
+standalone backend's folders and Spark installation); otherwise a run could send the
+connection's token to any host, or point locally started workers at a foreign master.
 """
 
 from __future__ import annotations
@@ -38,15 +43,25 @@ if TYPE_CHECKING:
 
 # Options that hold credentials: they must come from a connection, never from DAG code.
 SECRET_OPTIONS = frozenset({"token", "client_secret", "password"})
+# Options that say where requests go or what runs where: only a connection may set them.
+# Databricks: the workspace and the cluster the token acts on. HDInsight: the ARM endpoint
+# and the resource path. Standalone: the master the local workers join (it could run any
+# code on them), its web UI, the worker listen address, the state folder and spark-class.
+PLACE_OPTIONS = frozenset({
+    "host", "cluster_id",
+    "endpoint", "subscription_id", "resource_group", "cluster_name",
+    "master_url", "master_web_url", "work_dir", "spark_home",
+})
 _STANDALONE_EXTRAS = ("master_web_url", "work_dir", "spark_home", "cores_per_worker",
                       "memory_per_worker", "max_workers")
 
 
 def check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Copy explicit scaler options, refusing credentials (those belong in a connection).
+    """Copy explicit scaler options, refusing credentials and places (a connection's job).
 
     Raises:
-        ValueError: a secret option was given.
+        ValueError: a secret option, or one naming a host, endpoint, URL, cluster or folder,
+            was given; the message names it.
     """
     options = dict(options or {})
     secrets = sorted(SECRET_OPTIONS & set(options))
@@ -54,6 +69,13 @@ def check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(
             f"scaler_options must not hold credentials ({', '.join(secrets)}): they would be "
             "stored with the DAG and the trigger; put them in the Airflow connection"
+        )
+    places = sorted(PLACE_OPTIONS & set(options))
+    if places:
+        raise ValueError(
+            f"scaler_options must not set {', '.join(places)}: where the cluster is comes "
+            "from the Airflow connection only (a templated value could send the "
+            "connection's credentials elsewhere); set it on the connection"
         )
     return options
 
@@ -90,7 +112,12 @@ def connection_options(backend: str, conn: Connection | None) -> dict[str, Any]:
 def build_scaler(
     backend: str, options: Mapping[str, Any] | None = None, conn: Connection | None = None
 ) -> ClusterScaler:
-    """A scaler from the connection's settings overlaid with explicit ``options``."""
+    """A scaler from the connection's settings overlaid with explicit ``options``.
+
+    Raises:
+        ValueError: ``options`` hold a secret or a place (see :func:`check_options`), or
+            the backend refuses the settings.
+    """
     from landuse.cluster import make_scaler
 
     return make_scaler(backend, **{**connection_options(backend, conn), **check_options(options)})
@@ -106,8 +133,10 @@ class ClusterSizeTrigger(BaseTrigger):
             restarted on another triggerer keeps the task's original deadline.
         timeout_s: the wait's length, for the timeout message.
         poll_s: seconds between reads.
-        scaler_options: non-secret scaler options.
-        conn_id: Airflow connection with the cluster's settings and credentials.
+        scaler_options: scaler settings that are neither secrets nor places (see
+            :func:`check_options`).
+        conn_id: Airflow connection with the cluster's endpoint, settings and credentials;
+            the triggerer reads it, so no credential is stored with the trigger.
     """
 
     def __init__(

@@ -45,6 +45,7 @@ class FakeCluster:
     pending: int = 0
     seen: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    hosts: set[str] = field(default_factory=set)  # the Host headers requests arrived with
 
     def __post_init__(self) -> None:
         self.state = self.state or ("Running" if self.kind == "hdinsight" else "RUNNING")
@@ -117,6 +118,7 @@ def _handler(fake: FakeCluster) -> type[BaseHTTPRequestHandler]:
                     return self._refuse(415, "POST without a JSON content type")
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             fake.seen.append((self.command, url.path, body))
+            fake.hosts.add(self.headers.get("Host", ""))
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 return self._refuse(401, "bad or missing bearer token")
             if fake.kind == "hdinsight":
@@ -331,6 +333,43 @@ def test_databricks_settings_from_the_environment(
     with pytest.raises(ValueError, match="DATABRICKS_TOKEN"):
         make_scaler("databricks", cluster_id=CLUSTER_ID)
     assert fake.errors == []
+
+
+# --- Where the token goes ------------------------------------------------------------------
+
+
+def test_requests_go_to_the_configured_host_only(serve: Any) -> None:
+    for kind, build in (("hdinsight", hdinsight), ("databricks", databricks)):
+        fake = FakeCluster(kind, workers=1, target=1)
+        url = serve(fake)
+        build(url).scale(2, timeout_s=10, poll_s=POLL_S)
+        assert fake.hosts == {urlsplit(url).netloc}
+        assert fake.errors == []
+
+
+@pytest.mark.parametrize("url", [
+    "http://management.example.com",  # a token in clear text over the network
+    "ftp://127.0.0.1",
+    "https://user:hunter2@example.com",  # could hide the real host
+    "https://example.com?x=1",
+    "https://example.com#",
+    "https://",
+])
+def test_a_token_is_sent_to_https_or_loopback_only(url: str) -> None:
+    for build in (hdinsight, databricks):
+        with pytest.raises(ValueError, match="must be") as caught:
+            build(url)
+        assert "hunter2" not in str(caught.value)
+    assert databricks("http://localhost:1").host == "http://localhost:1"
+    assert databricks("adb-1.azuredatabricks.net/").host == "https://adb-1.azuredatabricks.net"
+
+
+@pytest.mark.parametrize("field_name", ["subscription_id", "resource_group", "cluster_name"])
+def test_hdinsight_names_cannot_change_the_resource_path(field_name: str) -> None:
+    names = {"subscription_id": SUB, "resource_group": RG, "cluster_name": NAME}
+    for bad in ("../other", "a/b", "x?api-version=1", "%2e%2e"):
+        with pytest.raises(ValueError, match=f"{field_name} may hold only"):
+            make_scaler("hdinsight", **{**names, field_name: bad}, token=TOKEN)
 
 
 def test_no_cluster_and_unknown_backends() -> None:

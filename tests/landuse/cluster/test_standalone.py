@@ -3,7 +3,9 @@
 One master serves the file (free ports, its own work folder). Workers are 1 core / 512m.
 The Spark job and one scale-down run in child processes, as they would in Airflow: the
 job as a task's driver, the scale-down as a later task that only has the work folder's
-state file to find the workers another process started.
+state file to find the workers another process started. Further tests cover where that
+state lives by default (a shared folder, not ``/tmp``), entries from another host or from
+before a reboot, and that every port the daemons open is on loopback.
 """
 
 from __future__ import annotations
@@ -19,19 +21,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 
+from landuse import config
 from landuse.cluster import ClusterError, ClusterTimeout, make_scaler
 from landuse.cluster.standalone import (
+    MASTER_CLASS,
     WORKER_CLASS,
     SparkMaster,
     StandaloneCluster,
     _is_daemon,
+    default_work_dir,
     find_spark_home,
     free_port,
     start_master,
     stop_master,
+    this_host,
 )
 
 WAIT_S = 60.0  # a worker JVM registers in ~5 s here; the bound only matters on failure
@@ -285,3 +292,128 @@ def test_a_worker_that_dies_is_named_in_the_timeout(
     assert "BindException" in message and "Service 'sparkWorker' failed" in message
     scaler.request(0)  # drops the dead worker from the state file
     assert json.loads((standalone.work_dir / "workers.json").read_text()) == []
+
+
+def test_state_defaults_to_a_shared_folder_not_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("LANDUSE_SPARK_WORK_DIR", "LANDUSE_STATE_DIR", "LANDUSE_STORAGE_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    assert default_work_dir() == config.PROJECT_ROOT / "output" / "state" / "spark-standalone"
+    monkeypatch.setenv("LANDUSE_STORAGE_ROOT", "abfs://landuse/out")  # no lock file there
+    assert default_work_dir() == config.PROJECT_ROOT / "output" / "state" / "spark-standalone"
+    monkeypatch.setenv("LANDUSE_STORAGE_ROOT", str(tmp_path / "shared"))
+    assert default_work_dir() == tmp_path / "shared" / "state" / "spark-standalone"
+    monkeypatch.setenv("LANDUSE_STATE_DIR", str(tmp_path / "state"))
+    assert default_work_dir() == tmp_path / "state" / "spark-standalone"
+    monkeypatch.setenv("LANDUSE_SPARK_WORK_DIR", str(tmp_path / "spark"))
+    assert default_work_dir() == tmp_path / "spark"
+
+
+def test_a_fresh_process_scales_down_through_the_shared_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scale up here with the default work folder; a new Python process (a teardown task,
+    nothing shared with this one but $LANDUSE_STATE_DIR) stops the worker and the master."""
+    monkeypatch.delenv("LANDUSE_SPARK_WORK_DIR", raising=False)
+    monkeypatch.setenv("LANDUSE_STATE_DIR", str(tmp_path / "state"))
+    folder = tmp_path / "state" / "spark-standalone"
+    master = start_master(port=free_port(), webui_port=free_port(), timeout_s=90)
+    try:
+        scaler = StandaloneCluster(master.url, master.web_url, memory_per_worker="512m")
+        assert scaler.work_dir == folder
+        scaler.scale(1, timeout_s=WAIT_S, poll_s=POLL_S)
+        (worker,) = json.loads((folder / "workers.json").read_text())
+        assert worker["hostname"] == this_host()
+        assert json.loads((folder / "master.json").read_text())["hostname"] == this_host()
+
+        down = subprocess.run(
+            [sys.executable, "-c",
+             "import sys; from landuse.cluster import make_scaler; "
+             "from landuse.cluster.standalone import stop_master; "
+             "make_scaler('standalone', master_url=sys.argv[1], master_web_url=sys.argv[2])"
+             ".scale(0, 60, 0.3); print(stop_master())",
+             master.url, master.web_url],
+            capture_output=True, text=True, timeout=120, env=os.environ.copy(),
+        )
+        assert down.returncode == 0, down.stderr[-3000:]
+        assert down.stdout.split() == ["True"]  # the master was running, and was stopped
+        assert not _is_daemon(worker["pid"], WORKER_CLASS, worker["port"])
+        assert not _is_daemon(master.pid, MASTER_CLASS, master.port)
+        assert json.loads((folder / "workers.json").read_text()) == []
+        assert not (folder / "master.json").exists()
+    finally:
+        stop_master()  # a no-op when the child process did its job
+
+
+def _on_another_host(work_dir: Path, host: str) -> list[dict[str, Any]]:
+    """Rewrite the state file as if its workers had been started on ``host``."""
+    state = json.loads((work_dir / "workers.json").read_text())
+    (work_dir / "workers.json").write_text(json.dumps([{**w, "hostname": host} for w in state]))
+    return state
+
+
+def test_a_worker_started_on_another_host_is_not_stopped_from_here(
+    standalone: Standalone, cleanup: list
+) -> None:
+    scaler = standalone.scaler()
+    cleanup.append(scaler)
+    scaler.scale(1, timeout_s=WAIT_S, poll_s=POLL_S)
+    (worker,) = _on_another_host(standalone.work_dir, "other-host")
+
+    later = standalone.scaler()  # a teardown task on this host
+    assert later.owned_workers() == []  # a pid from another machine means nothing here
+    with pytest.raises(ClusterError) as caught:
+        later.request(0)
+    message = str(caught.value)
+    assert f"other-host pid {worker['pid']} port {worker['port']}" in message
+    assert "cannot be stopped from here; scale down on that host" in message
+    with pytest.raises(ClusterError, match="started on another host"):
+        stop_master(standalone.work_dir)
+    assert _is_daemon(worker["pid"], WORKER_CLASS, worker["port"])  # untouched
+    assert _is_daemon(standalone.master.pid, MASTER_CLASS, standalone.master.port)
+    assert len(standalone.alive_workers()) == 1
+
+    _on_another_host(standalone.work_dir, this_host())  # back "on that host": it can
+    later.scale(0, timeout_s=WAIT_S, poll_s=POLL_S)
+    assert json.loads((standalone.work_dir / "workers.json").read_text()) == []
+
+
+def test_stale_entries_after_a_reboot_are_dropped(standalone: Standalone) -> None:
+    """Pids that are gone, or now belong to another program, are not workers any more."""
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    url = standalone.master.url
+    stale = [
+        {"pid": exited.pid, "port": free_port(), "master_url": url, "log": "x",
+         "hostname": this_host()},
+        {"pid": os.getpid(), "port": free_port(), "master_url": url, "log": "x",
+         "hostname": this_host()},  # a reused pid: this very test process
+        {"pid": exited.pid, "port": free_port(), "master_url": url, "log": "x"},  # old format
+    ]
+    (standalone.work_dir / "workers.json").write_text(json.dumps(stale))
+    scaler = standalone.scaler()
+    assert scaler.owned_workers() == []
+    scaler.request(0)
+    assert json.loads((standalone.work_dir / "workers.json").read_text()) == []
+
+
+def test_every_daemon_port_listens_on_loopback_only(
+    standalone: Standalone, cleanup: list
+) -> None:
+    """The master's and a worker's RPC and web UI ports (and anything else they open)."""
+    scaler = standalone.scaler()
+    cleanup.append(scaler)
+    scaler.scale(1, timeout_s=WAIT_S, poll_s=POLL_S)
+    daemons = [psutil.Process(standalone.master.pid),
+               *(psutil.Process(pid) for pid in scaler.owned_workers())]
+    processes = [p for d in daemons for p in (d, *d.children(recursive=True))]
+    listening = [(p.pid, c.laddr.ip, c.laddr.port) for p in processes
+                 for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    ports = {port for _, _, port in listening}
+    assert {standalone.master.port, int(standalone.master.web_url.rsplit(":", 1)[1])} <= ports
+    assert len(listening) >= 4, listening  # master RPC + UI, worker RPC + UI
+    # The JVM listens on IPv6 sockets: 127.0.0.1 shows as its IPv4-mapped form.
+    loopback = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+    assert [x for x in listening if x[1] not in loopback] == [], listening
+    scaler.scale(0, timeout_s=WAIT_S, poll_s=POLL_S)
