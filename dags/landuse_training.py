@@ -3,8 +3,13 @@
 Scheduled on the ``naip_dataset`` Asset (the split's URL comes from the triggering event),
 and manual with Params. Candidates (backbones × methods) run as mapped tasks in the ``gpu``
 pool, on the queue named by ``LANDUSE_GPU_QUEUE`` (default ``default``) so a GPU worker can
-take them; ``select_best`` promotes the best by validation accuracy and emits the
-``champion_model`` Asset. A failed candidate fails the run before any champion change.
+take them. Bundles are published under ``{storage_root}/models`` (a folder or ``abfs://``),
+so any worker can load them by URL. ``select_best`` takes the best candidate by validation
+accuracy as the challenger; it replaces the champion only when it beats it on this run's
+validation tiles (both evaluated in this run; ties keep the champion) or when the
+``force_promotion`` Param is set. The decision is returned, recorded in MLflow and under
+``{storage_root}/models/decisions/``; the ``champion_model`` Asset event is emitted only when
+the champion changed. A failed candidate fails the run before any champion change.
 """
 
 from __future__ import annotations
@@ -13,13 +18,17 @@ import os
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import AssetAlias, Param, dag, get_current_context, task
 
 from landuse_airflow import params
 from landuse_airflow.assets import CHAMPION_MODEL, NAIP_DATASET
 from landuse_airflow.errors import fail_fast_on_bad_input
 
 GPU_QUEUE = os.environ.get("LANDUSE_GPU_QUEUE", "default")
+# Airflow 3 emits an event for every Asset a successful task declares as an outlet; there is
+# no skipping one. An alias outlet emits only the events the task adds to it, so
+# select_best adds the champion_model event only when the champion changed.
+CHAMPION_CHANGES = AssetAlias("landuse_champion_changes")
 
 
 @dag(
@@ -49,6 +58,9 @@ GPU_QUEUE = os.environ.get("LANDUSE_GPU_QUEUE", "default")
         "weights": Param("imagenet", type="string", title="Backbone weights",
                          description="imagenet, a local weights file (ResNet-50 offline), "
                          "or random (tests only)."),
+        "force_promotion": Param(False, type="boolean", title="Force promotion",
+                                 description="Make this run's best candidate the champion even "
+                                 "if it does not beat the current one."),
         "storage_root": params.storage_root(),
     },
 )
@@ -68,6 +80,7 @@ def landuse_training() -> None:
         split_url = split_url or storage.join(p["storage_root"], "naip", "dataset",
                                               "split.parquet")
         with fail_fast_on_bad_input():
+            params.check_places({**p, "split_url": split_url})  # before any read or write
             if not storage.exists(split_url):
                 raise ValueError(f"split {split_url} does not exist: run naip_dataset first")
             candidates = plan_candidates(p["backbones"], p["methods"])
@@ -88,20 +101,25 @@ def landuse_training() -> None:
             return run_candidate(candidate, candidate["split_url"], folder, options=options,
                                  dataset_uri=NAIP_DATASET.uri)
 
-    @task(outlets=[CHAMPION_MODEL])
+    @task(outlets=[CHAMPION_CHANGES])
     def select_best(results: list[list[dict[str, Any]]]) -> dict[str, Any]:
-        """Promote the best candidate by validation accuracy."""
+        """Challenge the champion with the best candidate; returns the decision."""
         from landuse.models.tracking import champion_url, models_root, promote_best
 
         context = get_current_context()
-        root = models_root(context["params"]["storage_root"])
+        p = context["params"]
+        root = models_root(p["storage_root"])
         with fail_fast_on_bad_input():
-            champion = promote_best([r for rs in results for r in rs], root)
-        context["outlet_events"][CHAMPION_MODEL].extra = {
-            "bundle": champion["bundle"], "model_id": champion["model_id"],
-            "accuracy": champion["accuracy"], "champion_url": champion_url(root),
-        }
-        return champion
+            champion = promote_best([r for rs in results for r in rs], root,
+                                    force=p["force_promotion"])
+        decision: dict[str, Any] = champion["decision"]
+        if decision["changed"]:
+            context["outlet_events"][CHAMPION_CHANGES].add(CHAMPION_MODEL, extra={
+                "bundle": champion["bundle"], "model_id": champion["model_id"],
+                "accuracy": champion["accuracy"], "champion_url": champion_url(root),
+                "decision": decision["decision"],
+            })
+        return decision
 
     select_best(train_candidate.expand(candidate=plan()))
 

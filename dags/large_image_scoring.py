@@ -42,7 +42,7 @@ SAMPLE_SCENE = "sample/naip/m_4709963_se_14_1_20160816.tif"
                        description="GeoTIFF or image: a path (relative to the project) or an "
                        "abfs:// URL."),
         "model": Param("champion", type="string", minLength=1, title="Model",
-                       description="'champion', or a bundle folder."),
+                       description="'champion', or a bundle folder or URL."),
         "window_size": Param(32, type="integer", minimum=1, title="Window size (px)"),
         "stride": Param(16, type="integer", minimum=1, title="Stride (px)",
                         description="Step between windows, at most the window size."),
@@ -86,12 +86,13 @@ def large_image_scoring() -> None:
             image = p["image"]
             if "://" not in image and not os.path.isabs(image):
                 image = str(config.PROJECT_ROOT / image)
+            params.check_places({**p, "image": image})  # before anything is read or written
             bundle = p["model"]
             if bundle == "champion":
                 champion = read_champion(models_root(p["storage_root"]))
                 if champion is None:
                     raise ValueError(f"no champion under {models_root(p['storage_root'])}: "
-                                     "train first, or name a bundle folder")
+                                     "train first, or name a bundle")
                 bundle = champion["bundle"]
             classes = load_bundle(bundle).spec.classes
             unknown = [c for c in p["detect_classes"] if c not in classes]

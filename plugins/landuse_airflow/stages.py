@@ -13,7 +13,8 @@ from landuse_airflow.errors import fail_fast_on_bad_input
 
 
 def resolve_model(model: str, root: str) -> tuple[str, str]:
-    """The bundle folder and model id for ``champion`` or a bundle folder.
+    """The bundle (folder or URL) and model id for ``champion`` or a named bundle; the
+    champion's bundle is a URL under the storage root, which any worker can load.
 
     Raises:
         ValueError: no champion yet, or an invalid bundle.

@@ -1,4 +1,5 @@
-"""landuse_training with dag.test(): candidates tracked in MLflow, the best promoted."""
+"""landuse_training with dag.test(): candidates tracked in MLflow, the best challenging the
+champion, the champion_model Asset event only when the champion changed."""
 
 from __future__ import annotations
 
@@ -33,6 +34,19 @@ def _run(conf: dict):
     return dag.test(run_conf=conf)
 
 
+def _champion_events(run_id: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = session.query(AssetEvent).filter(AssetEvent.source_run_id == run_id).all()
+        return [e.extra for e in events if e.asset.uri == "landuse://models/champion"]
+
+
+def _decisions(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / "models" / "decisions").glob("*"))]
+
+
 def test_scheduled_on_the_dataset_asset(dagbag):
     dag = dagbag.dags["landuse_training"]
     assert [a.uri for a in dag.timetable.asset_condition.objects] == ["landuse://datasets/naip"]
@@ -58,6 +72,42 @@ def test_trains_tracks_and_promotes(airflow_db, dataset):
     tracked = client.get_run(champion["run_id"])
     assert tracked.data.metrics["accuracy"] == pytest.approx(champion["accuracy"])
     assert "confusion.png" in {a.path for a in client.list_artifacts(champion["run_id"])}
+    assert champion["bundle"].startswith(str(dataset / "models" / "candidates"))
+    assert champion["decision"]["decision"] == "first"
+    assert tracked.data.tags["champion_decision"] == "first"
+    [event] = _champion_events(run.run_id)
+    assert (event["model_id"], event["decision"]) == (champion["model_id"], "first")
+
+
+def test_champion_is_kept_unless_beaten_or_forced(airflow_db, dataset, monkeypatch):
+    from landuse.models import training
+
+    def perfect(bundle, split_url, input_size=None):  # a champion no challenger can beat
+        return {"accuracy": 1.0, "group_accuracy": 1.0}
+
+    # dag.test() runs the tasks in this process, so the champion's evaluation can be fixed.
+    monkeypatch.setattr(training, "evaluate_on_validation", perfect)
+    pointer = dataset / "models" / "champion.json"
+    if not pointer.exists():
+        assert _run({"storage_root": str(dataset), "methods": ["head"], "epochs": 1}
+                    ).state == "success"
+    before = pointer.read_bytes()
+
+    kept = _run({"storage_root": str(dataset), "methods": ["head"], "epochs": 1})
+    assert kept.state == "success"
+    assert pointer.read_bytes() == before
+    assert _champion_events(kept.run_id) == []
+    decision = _decisions(dataset)[-1]
+    assert (decision["decision"], decision["incumbent_accuracy"]) == ("kept", 1.0)
+    assert decision["incumbent_model_id"] == json.loads(before)["model_id"]
+
+    forced = _run({"storage_root": str(dataset), "methods": ["head"], "epochs": 1,
+                   "force_promotion": True})
+    assert forced.state == "success"
+    champion = json.loads(pointer.read_text())
+    assert champion["decision"]["decision"] == "forced" and champion["run_id"]
+    [event] = _champion_events(forced.run_id)
+    assert (event["model_id"], event["decision"]) == (champion["model_id"], "forced")
 
 
 def test_failed_candidate_changes_no_champion(airflow_db, dataset, tmp_path):

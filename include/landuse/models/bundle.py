@@ -9,6 +9,12 @@ A bundle is a folder::
 
 Bundles are written to a temporary sibling folder and renamed into place, so a failed
 training run leaves no bundle; loading validates everything a runner relies on.
+
+A bundle is published under the storage root (local or ``abfs://``) by
+:func:`publish_bundle`, which adds ``contents.json`` (the SHA-256 of every file) and writes
+it last: a bundle URL is whole once its ``contents.json`` exists. :func:`load_bundle` takes
+such a URL from any process: :func:`fetch_bundle` copies the bundle into a local cache keyed
+by its ``contents.json``, so repeated loads of the same bundle download nothing.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from landuse import storage
 from landuse.models.preprocessing import PreprocessSpec
 
 SCHEMA_VERSION = 1
 MODEL_FILES = {"onnx": "model.onnx", "keras": "model.keras", "tflite": "model.tflite"}
+CONTENTS = "contents.json"  # written last when a bundle is published: its commit marker
 
 
 class BundleError(ValueError):
@@ -122,15 +130,16 @@ def sha256_file(path: Path) -> str:
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Load and validate a bundle folder.
+    """Load and validate a bundle folder, or a published bundle's URL (fetched first).
 
     Checks the schema version, the fields, that every listed model file exists, and that
     the ONNX model's input and output agree with the preprocessing spec and class count.
 
     Raises:
         BundleError: naming the bundle and the field at fault.
+        storage.StorageError: a bundle URL's store cannot be reached.
     """
-    path = Path(path)
+    path = fetch_bundle(path)
     meta = path / "bundle.json"
     if not meta.is_file():
         raise BundleError(f"bundle {path}: bundle.json is missing")
@@ -225,3 +234,82 @@ def write_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_bundle(dest)
+
+
+def is_remote(url: str | Path) -> bool:
+    """Whether ``url`` names a bundle outside the local filesystem (e.g. ``abfs://``)."""
+    text = str(url)
+    return "://" in text and not text.startswith("file://")
+
+
+def bundle_cache() -> Path:
+    """Local folder of fetched bundles: ``LANDUSE_BUNDLE_CACHE``, else one in the temp dir."""
+    configured = os.environ.get("LANDUSE_BUNDLE_CACHE")
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "landuse-bundles"
+
+
+def publish_bundle(bundle: Bundle, url: str) -> str:
+    """Copy a local bundle folder to ``url`` (a folder or ``abfs://``) as one unit.
+
+    ``contents.json`` (SHA-256 of every file) goes last, so a reader that finds it finds a
+    whole bundle; a bundle already at ``url`` is replaced. Returns ``url``.
+    """
+    files = {p.name: p.read_bytes() for p in sorted(bundle.path.iterdir())
+             if p.is_file() and p.name != CONTENTS}
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    files[CONTENTS] = json.dumps({"files": digests}, indent=2, sort_keys=True).encode()
+    storage.write_folder(url, files, commit=CONTENTS)
+    return url
+
+
+def fetch_bundle(url: str | Path, cache: Path | None = None) -> Path:
+    """A local folder holding the bundle at ``url``; local paths are returned as they are.
+
+    A remote bundle is downloaded once into ``cache`` (default :func:`bundle_cache`) under a
+    name derived from its ``contents.json``; every file is checked against its SHA-256, and
+    the folder appears by rename only when complete, so concurrent fetches are safe.
+
+    Raises:
+        BundleError: no ``contents.json`` (not a published bundle, or still being written),
+            or a file that does not match it.
+        storage.StorageError: the store cannot be reached.
+    """
+    if not is_remote(url):
+        return Path(str(url).removeprefix("file://"))
+    url = str(url).rstrip("/")
+    marker = storage.join(url, CONTENTS)
+    if not storage.exists(marker):
+        raise BundleError(f"bundle {url}: {CONTENTS} is missing (not a published bundle, or "
+                          "still being written)")
+    raw = storage.read_bytes(marker)
+    try:
+        digests: dict[str, str] = json.loads(raw)["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise BundleError(f"bundle {url}: {CONTENTS} is not valid ({err})") from err
+    cache = cache or bundle_cache()
+    folder = cache / hashlib.sha256(raw).hexdigest()[:32]
+    if (folder / CONTENTS).is_file():
+        return folder
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=cache))
+    try:
+        for name, digest in sorted(digests.items()):
+            if "/" in name or name.startswith("."):  # one flat folder: nothing may escape it
+                raise BundleError(f"bundle {url}: {CONTENTS} names an unsafe file {name!r}")
+            data = storage.read_bytes(storage.join(url, name))
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise BundleError(f"bundle {url}: {name} does not match {CONTENTS} (is the "
+                                  "bundle being replaced? try again)")
+            (tmp / name).write_bytes(data)
+        (tmp / CONTENTS).write_bytes(raw)
+        os.chmod(tmp, 0o755)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process fetched the same bundle first: use its copy
+            if not (folder / CONTENTS).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

@@ -3,6 +3,11 @@
 Methods: ``head`` (frozen base, new head) and ``fine-tune`` (then the last blocks) train
 in Keras; ``logreg`` and ``random-forest`` featurize on Spark and fit Spark ML classifiers
 (the MMLSpark route), one Spark job per backbone for both.
+
+Candidates are trained into a local temporary folder and then published under the models
+root (``{storage_root}/models``, a folder or ``abfs://``), so any machine can load them by
+URL. :func:`evaluate_on_validation` scores any bundle on a split's validation tiles exactly
+as the trainers score their candidates, so an earlier champion can be compared with them.
 """
 
 from __future__ import annotations
@@ -10,11 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from landuse import storage
-from landuse.models.bundle import Lineage
+from landuse.models.bundle import Bundle, Lineage, publish_bundle
+
+EVAL_BATCH = 64  # tiles per ONNX call when scoring validation tiles, as the trainers do
 
 KERAS_METHODS = ("head", "fine-tune")
 SPARK_METHODS = ("logreg", "random-forest")
@@ -64,51 +72,102 @@ def run_candidate(
     dataset_uri: str | None = None,
     track: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train one candidate; returns ``{bundle, run_id, accuracy, name}`` per bundle written.
+    """Train one candidate; returns ``{bundle, run_id, accuracy, name, split_url}`` per
+    bundle, ``bundle`` being its URL under ``models_dir``.
 
     Args:
         candidate: from :func:`plan_candidates`.
         split_url: the dataset split (split.parquet).
-        models_dir: local folder that receives the bundles.
+        models_dir: folder or URL (e.g. ``abfs://``) the bundles are published under.
         options: TrainConfig fields (epochs, learning_rate, weights, ...).
         dataset_uri: the dataset Asset URI, recorded as lineage.
         track: log each bundle as an MLflow run.
     """
-    from landuse.models.keras_trainer import TrainConfig, train_keras
-
     options = dict(options or {})
     lineage = lineage_for(split_url, dataset_uri)
-    backbone, methods = candidate["backbone"], candidate["methods"]
-    results: list[tuple[Any, dict[str, list[float]]]] = []
-    if methods[0] in KERAS_METHODS:
-        config = TrainConfig(backbone=backbone, fine_tune=methods[0] == "fine-tune", **options)
-        name = f"{backbone}-{config.method}"
-        trained = train_keras(split_url, Path(models_dir) / name, config, name=name,
-                              lineage=lineage)
-        results.append((trained.bundle, trained.history))
-    else:
-        from landuse.models.featurize import featurize_and_classify
-        from landuse.spark import local_spark
-
-        spark = local_spark("landuse-featurize")
-        weights = options.get("weights", "imagenet")
-        for trained in featurize_and_classify(spark, split_url, Path(models_dir),
-                                              backbone=backbone, methods=tuple(methods),
-                                              weights=weights, lineage=lineage):
-            results.append((trained.bundle, {}))
     out = []
-    for bundle, history in results:
-        run_id = None
-        if track:
-            from landuse.models.tracking import log_candidate
+    with tempfile.TemporaryDirectory(prefix="landuse-train-") as work:
+        for bundle, history in _train(candidate, split_url, Path(work), options, lineage):
+            url = publish_bundle(bundle, storage.join(str(models_dir), bundle.path.name))
+            run_id = None
+            if track:
+                from landuse.models.tracking import log_candidate
 
-            run_id = log_candidate(bundle, history)
-        out.append({"bundle": str(bundle.path), "run_id": run_id, "name": bundle.spec.name,
-                    "accuracy": bundle.spec.metrics.get("accuracy")})
+                run_id = log_candidate(bundle, history, bundle_url=url)
+            out.append({"bundle": url, "run_id": run_id, "name": bundle.spec.name,
+                        "accuracy": bundle.spec.metrics.get("accuracy"),
+                        "split_url": split_url})
     return out
 
 
-def run_folder(models_root: str | Path, run_id: str) -> Path:
-    """A safe folder name for one training run's candidates."""
+def _train(candidate: dict[str, Any], split_url: str, work: Path, options: dict[str, Any],
+           lineage: Lineage) -> list[tuple[Bundle, dict[str, list[float]]]]:
+    """Train one candidate's bundles into the local folder ``work``."""
+    backbone, methods = candidate["backbone"], candidate["methods"]
+    if methods[0] in KERAS_METHODS:
+        from landuse.models.keras_trainer import TrainConfig, train_keras
+
+        config = TrainConfig(backbone=backbone, fine_tune=methods[0] == "fine-tune", **options)
+        name = f"{backbone}-{config.method}"
+        trained = train_keras(split_url, work / name, config, name=name, lineage=lineage)
+        return [(trained.bundle, trained.history)]
+    from landuse.models.featurize import featurize_and_classify
+    from landuse.spark import local_spark
+
+    spark = local_spark("landuse-featurize")
+    weights = options.get("weights", "imagenet")
+    return [(trained.bundle, {})
+            for trained in featurize_and_classify(spark, split_url, work, backbone=backbone,
+                                                  methods=tuple(methods), weights=weights,
+                                                  lineage=lineage)]
+
+
+def run_folder(models_root: str | Path, run_id: str) -> str:
+    """The URL under which one training run's candidates are published."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("._") or "run"
-    return Path(models_root) / "candidates" / safe
+    return storage.join(str(models_root), "candidates", safe)
+
+
+class UnfitModel(ValueError):
+    """A bundle cannot be evaluated on a split (other classes or input size)."""
+
+
+def evaluate_on_validation(bundle: Bundle, split_url: str,
+                           input_size: int | None = None) -> dict[str, Any]:
+    """Validation metrics of ``bundle`` on a split, computed as the trainers compute their
+    candidates': the split's validation tiles decoded with the bundle's own preprocessing,
+    scored by the ONNX runner in batches, reported by :func:`metrics.report`.
+
+    Args:
+        bundle: the model to evaluate.
+        split_url: the split whose validation rows are scored.
+        input_size: the input size the compared candidates were evaluated at; a bundle
+            of another size would see the tiles resampled differently.
+
+    Raises:
+        UnfitModel: a validation class the bundle does not know, another input size, or no
+            validation tiles.
+        ValueError: the split is unusable (see :func:`read_split`).
+    """
+    from landuse.models.data import load_tiles, read_split
+    from landuse.models.metrics import report
+    from landuse.models.runners import OnnxRunner
+
+    _, val, _ = read_split(split_url)
+    spec = bundle.spec
+    if val.empty:
+        raise UnfitModel(f"split {split_url} has no validation tiles")
+    unknown = sorted(set(val["label"]) - set(spec.classes))
+    if unknown:
+        raise UnfitModel(f"{bundle.model_id} has classes {list(spec.classes)}, but the split's "
+                         f"validation holds {unknown}")
+    if input_size is not None and spec.preprocessing.input_size != input_size:
+        raise UnfitModel(f"{bundle.model_id} takes {spec.preprocessing.input_size} px input, "
+                         f"the candidates {input_size} px")
+    runner = OnnxRunner(bundle)
+    urls = list(val["image_url"])
+    predicted: list[str] = []
+    for i in range(0, len(urls), EVAL_BATCH):
+        probs = runner.predict(load_tiles(urls[i : i + EVAL_BATCH], spec.preprocessing))
+        predicted += [spec.classes[j] for j in probs.argmax(axis=1)]
+    return report(list(val["label"]), predicted, spec.classes)

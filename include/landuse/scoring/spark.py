@@ -88,7 +88,8 @@ def score_on_spark(
     Args:
         spark: the session (``local[N]`` or a ``spark://`` cluster).
         source: a manifest, a glob of manifests, or a folder / glob of images.
-        bundle: local bundle folder (shipped to the workers by Spark).
+        bundle: bundle folder or URL (e.g. the champion's ``abfs://`` URL): fetched to the
+            driver's bundle cache, then shipped to the workers by Spark as an archive.
         out: storage root of the predictions (local or ``abfs://``).
         framework: runner to use on the workers (onnx, keras, tflite).
         batch_size: tiles per model call.

@@ -67,7 +67,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "windows", help="score one large image with a sliding window (dense map, detections)")
     parser.add_argument("--image", required=True, help="GeoTIFF or image (path or URL)")
     parser.add_argument("--out", required=True, help="output folder (path or URL)")
-    parser.add_argument("--bundle", default=None, help="bundle folder (default: the champion)")
+    parser.add_argument("--bundle", default=None,
+                        help="bundle folder or URL (default: the champion)")
     parser.add_argument("--root", default=None,
                         help="storage root holding the champion (default: LANDUSE_STORAGE_ROOT)")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="window side (px)")
