@@ -67,6 +67,7 @@ def change_detection() -> None:
         events = [e for evs in context["triggering_asset_events"].values() for e in evs
                   if str(e.asset.uri).startswith("landuse://predictions/")]
         with fail_fast_on_bad_input():
+            params.check_places(p)  # before anything is read or written
             if events:  # scheduled: one comparison per new county-year, where possible
                 wanted = sorted({(e.extra.get("storage_root") or p["storage_root"],
                                   e.extra["county"], int(e.extra["year"])) for e in events})

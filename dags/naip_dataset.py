@@ -66,6 +66,7 @@ def naip_dataset() -> None:
 
         p = get_current_context()["params"]
         with fail_fast_on_bad_input():
+            params.check_places(p)  # before anything is read or written
             _tiling_config(p)  # fail here, once, on bad tiling params
             chosen = counties.select(counties.load_registry(p["registry"]), p["counties"])
         return [c.name for c in chosen]

@@ -66,6 +66,7 @@ def naip_refresh() -> None:
         context = get_current_context()
         p = context["params"]
         with fail_fast_on_bad_input():
+            params.check_places(p)  # before anything is read or written
             chosen = counties.select(counties.load_registry(p["registry"]), p["counties"])
             if p["years"]:
                 jobs = [{"county": c.name, "year": y} for c in chosen for y in p["years"]]

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,10 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
+
+# Tests write under the system's temporary folder and into Azurite containers of their own:
+# allow both as run locations (landuse.places), here and in every process the tests start.
+os.environ.setdefault("LANDUSE_ALLOWED_ROOTS", f"{tempfile.gettempdir()},abfs://")
 
 logging.getLogger("azure").setLevel(logging.WARNING)
 logging.getLogger("py4j").setLevel(logging.WARNING)  # its shutdown message outlives pytest

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from airflow.sdk import Param
 
 from landuse import config
@@ -52,3 +55,25 @@ def years(default: list[int]) -> Param:
         title="NAIP years",
         description="NAIP vintages to process, e.g. [2010, 2016].",
     )
+
+
+# Params that name a location the run reads or writes, and values that name none.
+PLACE_PARAMS = ("storage_root", "registry", "nlcd", "split_url", "image", "model", "output")
+NOT_A_PLACE = (None, "", "champion")
+
+
+def check_places(p: Mapping[str, Any]) -> None:
+    """Check every location a run's params name against the deployment's allowed roots
+    and Spark masters (see :mod:`landuse.places`); call it first thing in a DAG's first
+    task, inside :func:`~landuse_airflow.errors.fail_fast_on_bad_input`.
+
+    Raises:
+        ValueError: a location outside the allowed roots, or a Spark master not allowed.
+    """
+    from landuse.places import check_location, check_spark_master
+
+    for key in PLACE_PARAMS:
+        if key in p and p[key] not in NOT_A_PLACE:
+            check_location(str(p[key]), key)
+    if p.get("spark_master") not in (None, "none"):
+        check_spark_master(str(p["spark_master"]))
