@@ -6,6 +6,7 @@ storage that cannot be reached is retried, then :class:`~landuse.storage.Storage
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -42,6 +43,29 @@ _GDAL_ENV_NAMES = {
     "AZURE_STORAGE_ACCOUNT": "AZURE_STORAGE_ACCOUNT_NAME",
     "AZURE_STORAGE_ACCESS_KEY": "AZURE_STORAGE_ACCOUNT_KEY",
 }
+
+
+# GDAL's debug output (CPL_DEBUG) prints signed request URLs, and rasterio passes it on to
+# Python logging: whatever else is logged, a SAS signature or account key never is.
+_SECRETS = re.compile(
+    r"((?:^|[?&\s])sig=|AccountKey=|SharedAccessSignature=|Authorization:\s*)[^&;\s'\"]+",
+    re.IGNORECASE,
+)
+
+
+class RedactSecrets(logging.Filter):
+    """Replace SAS signatures, account keys and authorization headers in log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SECRETS.sub(r"\1REDACTED", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+for _name in ("rasterio._env", "rasterio._err", "rasterio._io", "rasterio._base", "rasterio"):
+    logging.getLogger(_name).addFilter(RedactSecrets())
 
 
 def gdal_location(url: str) -> tuple[str, dict[str, str]]:

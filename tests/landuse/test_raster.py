@@ -182,3 +182,17 @@ def test_gdal_messages_that_mean_the_network(message, network):
     from landuse.raster import _network_failure
 
     assert _network_failure(RuntimeError(message)) is network
+
+
+def test_gdal_debug_lines_never_carry_a_signature_or_key(caplog):
+    """GDAL's CPL_DEBUG output names signed URLs; rasterio logs it through Python logging."""
+    sas = "sv=2024-08-04&ss=b&srt=co&sp=rl&se=2030-01-01&sig=c2VjcmV0JTJCc2lnbmF0dXJl"
+    with caplog.at_level(logging.DEBUG, logger="rasterio._env"):
+        logging.getLogger("rasterio._env").debug(
+            "GDAL: VSIAZ: GET https://acct.blob.core.windows.net/c/x.tif?%s", sas)
+        logging.getLogger("rasterio._env").debug(
+            "conn DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5c2VjcmV0;")
+    text = caplog.text
+    assert "c2VjcmV0JTJCc2lnbmF0dXJl" not in text and "a2V5c2VjcmV0" not in text
+    assert "sig=REDACTED" in text and "AccountKey=REDACTED" in text
+    assert "se=2030-01-01" in text  # the rest of the line stays useful

@@ -1,5 +1,8 @@
 """A real Airflow deployment on loopback: api-server, scheduler and dag-processor processes
-(not ``dag.test()``), with their own home and metadata DB, the project's DAGs and plugins.
+(not ``dag.test()``), and a triggerer on request, with their own home and metadata DB, the
+project's DAGs and plugins. Every port they open listens on 127.0.0.1: the API server, and
+the scheduler's and triggerer's log servers (on free ports of their own, so that stacks of
+concurrent test sessions do not collide; plugins/airflow_local_settings.py binds them).
 
 Every process runs in its own process group and is killed with it at teardown; their logs
 stay in the home folder for debugging.
@@ -71,13 +74,15 @@ class AirflowStack:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
 
-    def up(self, timeout: float = 180) -> None:
-        """Start the api-server, scheduler and dag-processor; wait for the API to answer.
+    def up(self, timeout: float = 180,
+           components: tuple[str, ...] = ("api-server", "scheduler", "dag-processor")) -> None:
+        """Start the components (by default the api-server, scheduler and dag-processor; add
+        ``"triggerer"`` for one); wait for the API to answer.
 
         SQLite has one writer at a time: prepare the DB with the CLI (backfills, variables)
         before calling this, not while the components write it.
         """
-        for name in ("api-server", "scheduler", "dag-processor"):
+        for name in components:
             if name not in self.processes:
                 self.start(name, name)
         deadline = time.monotonic() + timeout
@@ -132,7 +137,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
     ``up()`` starts the components on loopback. The DAGs' outputs go to ``{home}/output``
     (``LANDUSE_STORAGE_ROOT``), their registry is ``{home}/counties.json``."""
     home = tmp_path_factory.mktemp("airflow-stack")
-    port = _free_port()
+    port, worker_logs, trigger_logs = _free_port(), _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update({
         "AIRFLOW_HOME": str(home),
@@ -151,6 +156,12 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(16),
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        # Airflow 3.3.2 binds the log servers to every interface and has no option for it:
+        # plugins/airflow_local_settings.py reads this one (as scripts/env.sh sets it).
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_HOST": "127.0.0.1",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(worker_logs),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(trigger_logs),
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         "PYTHONPATH": str(PROJECT / "plugins"),
