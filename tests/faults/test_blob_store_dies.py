@@ -160,6 +160,17 @@ def _tile_tries(db: Path) -> list[tuple[int, str, int]]:
         return []
 
 
+def _start_dag_test(conf: dict[str, Any], env: dict[str, str],
+                    log: Path) -> subprocess.Popen[bytes]:
+    """``naip_dataset`` under ``dag.test()`` in a child process, its output in ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", RUNNER, str(PROJECT / "dags" / "naip_dataset.py"),
+             json.dumps(conf), str(RETRY_DELAY_S)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent,
+        )
+
+
 def _wait(what: str, check: Any, timeout_s: float, job: subprocess.Popen[bytes],
           log: Path, poll_s: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout_s
@@ -202,12 +213,7 @@ def test_blob_store_killed_mid_county_then_the_task_retry_completes(
 
     log = tmp_path / "dag-test.log"
     started = time.monotonic()
-    with open(log, "wb") as out:
-        job = subprocess.Popen(
-            [sys.executable, "-c", RUNNER, str(PROJECT / "dags" / "naip_dataset.py"),
-             json.dumps(conf), str(RETRY_DELAY_S)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
-        )
+    job = _start_dag_test(conf, env, log)
     seen = [psutil.Process(job.pid)]
     try:
         # 1. Wait for the first county-year to be part-written, then kill -9 the store.
@@ -362,12 +368,7 @@ def test_blob_store_killed_while_scenes_are_read_then_the_run_completes(
                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=120)
     log = tmp_path / "dag-test.log"
     started = time.monotonic()
-    with open(log, "wb") as out:
-        job = subprocess.Popen(
-            [sys.executable, "-c", RUNNER, str(PROJECT / "dags" / "naip_dataset.py"),
-             json.dumps(conf), str(RETRY_DELAY_S)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
-        )
+    job = _start_dag_test(conf, env, log)
     seen = [psutil.Process(job.pid)]
     try:
         # 1. Once the first county-year has some tiles on disk, freeze the reader, kill -9
