@@ -56,6 +56,9 @@ for c in champion["candidates"]:
 print(f"champion: {champion['model_id']} (6-class accuracy {champion['accuracy']:.3f}, "
       f"3-group {champion['group_accuracy']:.3f}; MLflow model 'landuse' version "
       f"{champion['version']})")
+decision = champion.get("decision", {})
+print(f"champion decision: {decision.get('decision')} ({decision.get('reason')}); history in "
+      f"{root / 'models' / 'decisions'}")
 print("\npredictions 2016 (Spark local[2], champion; 2010 scored too):")
 for path in sorted(root.glob("predictions/county=*/year=2016/predictions.parquet")):
     p = pd.read_parquet(path)
