@@ -4,11 +4,13 @@ A real deployment (api-server, scheduler with the LocalExecutor, dag-processor, 
 plus the Azurite emulator, all started by this test session: once the API answers, every
 component reports healthy and the scheduler's and triggerer's log servers accept
 connections, the listening TCP sockets of this process's descendants are listed, and any
-address other than 127.0.0.1 or ::1 fails the test with the process that holds it.
+address other than a loopback one (127.0.0.1, ::1, ::ffff:127.0.0.1) fails the test with
+the process that holds it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import time
@@ -18,8 +20,14 @@ import psutil
 import pytest
 import requests
 
-LOOPBACK = {"127.0.0.1", "::1"}
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def _loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1, or 127.0.0.1 as an IPv4-mapped IPv6 address (Java listens so)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def _accepts(port: int) -> bool:
@@ -113,6 +121,6 @@ def test_every_listening_socket_is_on_loopback(deployed, azurite: str):
         assert holders == {name}, f"{name}'s log server port {port} is held by {holders}"
 
     offending = sorted({f"{address}:{port} held by {_describe(proc, owners)}"
-                        for proc, address, port in listening if address not in LOOPBACK})
+                        for proc, address, port in listening if not _loopback(address)})
     assert not offending, "listening beyond loopback:\n" + "\n".join(offending)
     print(f"listening on loopback only: {sorted(by_port.items())} (pid {os.getpid()} tree)")
