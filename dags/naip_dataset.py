@@ -37,6 +37,13 @@ from landuse_airflow.errors import fail_fast_on_bad_input
             description="NLCD raster or folder of nlcd_YYYY*.tif overriding the registry's; "
             "empty string for no labels.",
         ),
+        "nlcd_crs": Param(
+            None,
+            type=["null", "string"],
+            title="NLCD CRS override",
+            description="The NLCD rasters' true CRS when their embedded one is wrong, e.g. "
+            "EPSG:5070 (NLCD's CONUS Albers).",
+        ),
         "tile_size_m": Param(
             224.0, type="number", minimum=10, maximum=10000, title="Tile size (m)"
         ),
@@ -68,6 +75,10 @@ def naip_dataset() -> None:
         with fail_fast_on_bad_input():
             params.check_places(p)  # before anything is read or written
             _tiling_config(p)  # fail here, once, on bad tiling params
+            if p["nlcd_crs"]:
+                from landuse.nlcd import parse_crs
+
+                parse_crs(p["nlcd_crs"])
             chosen = counties.select(counties.load_registry(p["registry"]), p["counties"])
         return [c.name for c in chosen]
 
@@ -83,7 +94,8 @@ def naip_dataset() -> None:
         with fail_fast_on_bad_input():
             registry = counties.load_registry(p["registry"])
             results = build_county(
-                registry[county], p["years"], p["storage_root"], _tiling_config(p), nlcd=p["nlcd"]
+                registry[county], p["years"], p["storage_root"], _tiling_config(p),
+                nlcd=p["nlcd"], nlcd_crs=p["nlcd_crs"],
             )
         return [asdict(r) for r in results]
 

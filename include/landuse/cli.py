@@ -57,7 +57,8 @@ def _tiles(args: argparse.Namespace) -> int:
     )
     manifests = []
     for county in chosen:
-        for result in build_county(county, args.years, args.root, config, nlcd=args.nlcd):
+        for result in build_county(county, args.years, args.root, config, nlcd=args.nlcd,
+                                   nlcd_crs=args.nlcd_crs):
             print(
                 f"{result.county} {result.year}: {result.tiles} tiles, {result.trainable} "
                 f"trainable -> {result.manifest_url}"
@@ -197,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--years", type=_years, required=True, help="NAIP years, e.g. 2010,2016")
     tiles.add_argument("--root", required=True, help="storage root for outputs (path or URL)")
     tiles.add_argument("--nlcd", default=None, help="NLCD source overriding the registry's")
+    tiles.add_argument("--nlcd-crs", default=None,
+                       help="the NLCD rasters' true CRS when the embedded one is wrong "
+                       "(e.g. EPSG:5070)")
     tiles.add_argument("--tile-size-m", type=float, default=224.0)
     tiles.add_argument("--tile-px", type=int, default=224)
     tiles.add_argument("--nir", action="store_true", help="add NIR as a 4th PNG channel")

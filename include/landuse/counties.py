@@ -28,6 +28,9 @@ class County(BaseModel):
     )
     naip: str = Field(description="NAIP catalogue root (folder or abfs:// URL)")
     nlcd: str | None = Field(None, description="NLCD raster or folder of nlcd_YYYY*.tif")
+    nlcd_crs: str | None = Field(
+        None, description="the NLCD rasters' true CRS when their embedded one is wrong"
+    )
     truth: str | None = Field(
         None, description="folder of planted-change truth rasters (synthetic counties)"
     )

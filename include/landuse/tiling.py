@@ -210,6 +210,7 @@ def tile_scene(
     tiles_url: str,
     nlcd_url: str | None,
     skip_ids: set[str] | None = None,
+    nlcd_crs: str | None = None,
 ) -> list[dict[str, Any]]:
     """Tile one scene: write a PNG per tile with imagery, return manifest rows.
 
@@ -237,9 +238,8 @@ def tile_scene(
         codes = None
         if nlcd_url:
             c = config.label_cells
-            codes = read_labels(
-                nlcd_url, src.crs, grid.label_transform(c), (grid.nrows * c, grid.ncols * c)
-            )
+            codes = read_labels(nlcd_url, src.crs, grid.label_transform(c),
+                                (grid.nrows * c, grid.ncols * c), nlcd_crs)
         indexes = [BAND_INDEX[b] for b in config.bands]
         nodata = src.nodata if src.nodata is not None else 0
         crs = src.crs.to_string()
@@ -363,6 +363,7 @@ def tiling_inputs(
     scenes: list[NaipScene],
     config: TilingConfig,
     nlcd_url: str | None,
+    nlcd_crs: str | None = None,
 ) -> dict[str, Any]:
     """What a county-year's tiles are made from, as recorded in its manifest.
 
@@ -376,6 +377,7 @@ def tiling_inputs(
         "year": year,
         "config": config.model_dump(mode="json"),
         "nlcd": nlcd_url,
+        **({"nlcd_crs": nlcd_crs} if nlcd_crs else {}),  # absent: earlier manifests still match
         "scenes": [{"url": s.url, "bytes": storage.size(s.url)} for s in scenes],
     }
 
@@ -400,6 +402,7 @@ def build_county(
     config: TilingConfig | None = None,
     nlcd: str | None = None,
     overwrite: bool = False,
+    nlcd_crs: str | None = None,
 ) -> list[CountyYear]:
     """Tile every requested year of a county and commit one manifest per year.
 
@@ -414,6 +417,8 @@ def build_county(
         config: tiling options.
         nlcd: NLCD source overriding the county's own ('' for none).
         overwrite: tile again even when a manifest from the same inputs is committed.
+        nlcd_crs: the NLCD rasters' true CRS, overriding their embedded one and the
+            county's ``nlcd_crs``.
 
     Raises:
         ValueError: the county has no NAIP scenes in any requested year.
@@ -423,7 +428,8 @@ def build_county(
     storage.safe_name(county.name)
     years = sorted(set(years))
     source_url = county.nlcd if nlcd is None else (nlcd or None)
-    source = NlcdSource.from_url(source_url) if source_url else None
+    source = (NlcdSource.from_url(source_url, nlcd_crs or county.nlcd_crs)
+              if source_url else None)
     catalog = NaipCatalog(county.naip)
     scenes = catalog.scenes(years=years, bbox=county.bbox, state=county.state)
     if not scenes:
@@ -438,13 +444,14 @@ def build_county(
             continue
         nlcd_url = source.for_year(year) if source else None
         url = manifest_url(root, county.name, year)
-        inputs = tiling_inputs(county, year, year_scenes, config, nlcd_url)
+        crs = source.crs if source else None
+        inputs = tiling_inputs(county, year, year_scenes, config, nlcd_url, crs)
         table = None if overwrite else committed_manifest(url, inputs)
         if table is not None:
             log.info("county %s %d: already tiled from the same inputs (%s)", county.name,
                      year, url)
         else:
-            table = _tile_year(county, year, year_scenes, config, nlcd_url, root)
+            table = _tile_year(county, year, year_scenes, config, nlcd_url, root, crs)
             table = table.replace_schema_metadata({INPUTS_KEY: _encode_inputs(inputs)})
             storage.write_parquet(url, table)
         trainable = sum(bool(t) for t in table.column("trainable").to_pylist())
@@ -464,6 +471,7 @@ def _tile_year(
     config: TilingConfig,
     nlcd_url: str | None,
     root: str,
+    nlcd_crs: str | None,
 ) -> pa.Table:
     """Tile every scene of one county-year; the manifest table, sorted by tile id."""
     prefix = county_prefix(root, county.name, year)
@@ -473,7 +481,8 @@ def _tile_year(
     rows: list[dict[str, Any]] = []
     for scene in scenes:
         rows.extend(
-            tile_scene(scene, county, year, config, storage.join(prefix, "tiles"), nlcd_url, seen)
+            tile_scene(scene, county, year, config, storage.join(prefix, "tiles"), nlcd_url, seen,
+                       nlcd_crs)
         )
     rows.sort(key=lambda r: r["tile_id"])
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform
 
-from landuse.nlcd import NlcdSource, read_labels
+from landuse import labels
+from landuse.nlcd import NlcdSource, describe, read_labels
 from landuse.raster import RasterError
 
 ALBERS = CRS.from_epsg(5070)
@@ -198,3 +200,74 @@ def test_source_from_a_folder_without_nlcd(tmp_path):
     (tmp_path / "landcover.tif").write_bytes(b"")
     with pytest.raises(ValueError, match=re.escape(str(tmp_path))):
         NlcdSource.from_url(str(tmp_path))
+
+
+# --- the real NLCD rasters shipped in sample/nlcd ------------------------------------------
+
+REAL = Path(__file__).resolve().parents[2] / "sample" / "nlcd"
+ZION = str(REAL / "nlcd_2011_zion_ut.tif")
+FREDERICK = str(REAL / "nlcd_2016_frederick_md.tif")
+LAND_COVER = {11, 12, 21, 22, 23, 24, 31, 41, 42, 43, 51, 52, 71, 72, 73, 74, 81, 82, 90, 95}
+
+
+def test_real_zion_raster_codes_nodata_and_colour_table():
+    info = describe(ZION)
+    assert info.crs == "EPSG:6367" and info.shape == (1359, 1073)
+    west, south, east, north = info.bounds_wgs84
+    assert -113.3 < west < east < -112.8 and 37.1 < south < north < 37.6  # Zion, Utah
+    assert info.nodata == 255
+    assert set(info.codes) <= LAND_COVER and {31, 42, 52} <= set(info.codes)
+    assert 255 not in info.codes
+    # The colour table is NLCD's own: deciduous forest green, cultivated crops brown.
+    red, green, blue, _ = info.colormap[42]
+    assert green > red and green > blue
+    assert set(info.codes) <= set(info.colormap)
+
+
+def test_real_zion_labels_on_a_utm_grid_have_no_data_as_zero():
+    info = describe(ZION)
+    west, _, _, north = info.bounds_wgs84
+    crs = CRS.from_epsg(26912)  # UTM 12N on NAD83: another datum than the raster's
+    x, y = _to(crs, west, north)
+    # A grid hanging over the raster's north-west corner: outside is no data (0).
+    tf = Affine(30.0, 0, x - 1500, 0, -30.0, y + 1500)
+    codes = read_labels(ZION, crs, tf, (200, 200))
+    inside = codes[codes > 0]
+    assert inside.size > 0 and (codes == 0).any()
+    assert set(np.unique(inside).tolist()) <= LAND_COVER
+    assert not np.isin(codes, [255, *labels.NLCD_NODATA - {0}]).any()
+
+
+def test_a_wrong_embedded_crs_is_refused_naming_the_file():
+    with pytest.raises(RasterError, match="probably wrong") as err:
+        describe(FREDERICK)
+    message = str(err.value)
+    assert FREDERICK in message and "nlcd_crs" in message and "EPSG:5070" in message
+    crs = CRS.from_epsg(32618)  # UTM 18N, over Frederick, Maryland
+    x, y = _to(crs, -77.41, 39.42)
+    with pytest.raises(RasterError, match=re.escape(FREDERICK)):
+        read_labels(FREDERICK, crs, Affine(10.0, 0, x, 0, -10.0, y), (50, 50))
+
+
+def test_nlcd_crs_overrides_the_embedded_one():
+    info = describe(FREDERICK, nlcd_crs="EPSG:5070")
+    west, south, east, north = info.bounds_wgs84
+    assert -77.6 < west < -77.5 and -77.3 < east < -77.2 and 39.3 < south < north < 39.6
+    assert set(info.codes) == LAND_COVER - {12, 51, 72, 73, 74}  # all 15 of the lower 48
+    # On the raster's own grid the override reads every cell exactly as it is stored.
+    with rasterio.open(FREDERICK) as src:
+        stored = src.read(1, window=((100, 200), (300, 400)))
+        tf = src.transform * Affine.translation(300, 100)
+    codes = read_labels(FREDERICK, ALBERS, tf, (100, 100), nlcd_crs="EPSG:5070")
+    assert np.array_equal(codes, stored.astype(np.uint16))
+    # And onto a UTM grid in the middle of Frederick: real classes, no gaps.
+    crs = CRS.from_epsg(32618)
+    x, y = _to(crs, -77.41, 39.42)
+    codes = read_labels(FREDERICK, crs, Affine(10.0, 0, x, 0, -10.0, y), (300, 300),
+                        nlcd_crs="EPSG:5070")
+    assert (codes > 0).all() and len(np.unique(codes)) >= 5
+
+
+def test_an_nlcd_crs_that_is_no_crs():
+    with pytest.raises(ValueError, match="nlcd_crs 'EPSG:99999999'"):
+        NlcdSource.from_url(FREDERICK, crs="EPSG:99999999")

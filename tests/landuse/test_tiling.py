@@ -15,6 +15,7 @@ import pytest
 import rasterio
 from affine import Affine
 from PIL import Image
+from rasterio.crs import CRS
 from rasterio.warp import transform
 from rasterio.windows import Window
 
@@ -603,3 +604,30 @@ def test_tile_scene_returns_rows_without_committing(registry, synthetic, tmp_pat
     assert len(seen) == 36
     assert not list(tmp_path.rglob("*.parquet"))
     assert len(list((tmp_path / "tiles").glob("*.png"))) == 35
+
+
+def test_nlcd_with_a_wrong_crs_is_refused_then_overridden(registry, synthetic, tmp_path):
+    """The synthetic NLCD rewritten with the kind of broken CRS real downloads carry (NLCD's
+    Albers without its origin): refused with the file named; nlcd_crs gives the labels of
+    the intact raster, and is recorded among the manifest's inputs."""
+    county = registry["synthetic-county-1"]
+    broken = tmp_path / "nlcd"
+    broken.mkdir()
+    wrong = CRS.from_proj4("+proj=aea +lat_0=0 +lon_0=0 +lat_1=29.5 +lat_2=45.5 +datum=WGS84")
+    for source in (synthetic / "nlcd").glob("nlcd_*.tif"):
+        with rasterio.open(source) as src:
+            profile, codes = src.profile, src.read()
+        with rasterio.open(broken / source.name, "w", **{**profile, "crs": wrong}) as dst:
+            dst.write(codes)
+    with pytest.raises(RasterError, match="probably wrong") as err:
+        build_county(county, [2016], str(tmp_path / "refused"), CONFIG, nlcd=str(broken))
+    assert str(broken) in str(err.value) and "nlcd_crs" in str(err.value)
+
+    [intact] = build_county(county, [2016], str(tmp_path / "intact"), CONFIG)
+    [fixed] = build_county(county, [2016], str(tmp_path / "fixed"), CONFIG, nlcd=str(broken),
+                           nlcd_crs="EPSG:5070")
+    a = pd.read_parquet(intact.manifest_url)[["tile_id", "label", "purity", "trainable"]]
+    b = pd.read_parquet(fixed.manifest_url)[["tile_id", "label", "purity", "trainable"]]
+    pd.testing.assert_frame_equal(a, b)
+    recorded = json.loads(pq.read_schema(fixed.manifest_url).metadata[INPUTS_KEY])
+    assert recorded["nlcd_crs"] == "EPSG:5070"
