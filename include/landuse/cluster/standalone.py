@@ -40,6 +40,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -117,10 +118,38 @@ def find_spark_home(spark_home: str | os.PathLike[str] | None = None) -> Path:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now (the OS picks it)."""
-    with socket.socket() as s:
+    """A TCP port free on ``host`` now, below the kernel's ephemeral range when it can be.
+
+    Daemons are started with exact ports (``spark.port.maxRetries=0``) a moment after the
+    port is chosen. A port from the ephemeral range (the one the OS hands out for port 0)
+    can be taken in that moment by any outgoing connection on a busy machine, and the
+    daemon then dies with "Address already in use"; outgoing connections never take a port
+    below that range. Random choice keeps two concurrent callers apart.
+    """
+    low = _ephemeral_low()
+    for port in random.sample(range(_FIXED_PORTS_FROM, low), min(64, low - _FIXED_PORTS_FROM)):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # nothing free below the range: let the OS pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+# Lowest port chosen for daemons (well above the registered services' common ports).
+_FIXED_PORTS_FROM = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return max(_FIXED_PORTS_FROM, int(f.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -417,3 +418,15 @@ def test_every_daemon_port_listens_on_loopback_only(
     loopback = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
     assert [x for x in listening if x[1] not in loopback] == [], listening
     scaler.scale(0, timeout_s=WAIT_S, poll_s=POLL_S)
+
+
+def test_daemon_ports_are_chosen_below_the_ephemeral_range():
+    """An outgoing connection takes ports from the ephemeral range: a daemon's exact port
+    chosen there could be gone before the daemon binds it (seen once in a full test run)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(20000 <= p < low for p in ports) and len(ports) > 1
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free when chosen
