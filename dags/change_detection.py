@@ -1,9 +1,11 @@
 """change_detection: what changed in each county between two years, as maps and a report.
 
 Scheduled on the scoring predictions Assets (the ``landuse_predictions`` alias): each new
-county-year of predictions is compared with the county's latest earlier year (its NLCD
-labels where it has them, else its predictions); a county's first year has nothing to be
-compared with and is skipped. Manual runs name the counties and years. Each report
+county-year of predictions is compared with the county's latest earlier year: its
+predictions by the same model (so that model error largely cancels), else its NLCD labels,
+and every count comes with the number expected from model error alone (from the model's
+held-out test counties); a county's first year has nothing to be compared with and is
+skipped. Manual runs name the counties and years. Each report
 (``{root}/change/county={county}/{A}-{B}/``: COG and PNG maps, GeoJSON of changed tiles,
 side-by-side figure, report.md, summary.json) is published whole and emitted as an Asset
 through the ``landuse_change`` alias.
@@ -41,8 +43,9 @@ log = logging.getLogger(__name__)
                         title="Year B (predictions)"),
         "reference": Param("auto", type="string", enum=["auto", "labels", "predictions"],
                            title="Reference",
-                           description="Year A as NLCD labels or as predictions; auto: labels "
-                           "where the county has them."),
+                           description="Year A as predictions of the same model as year B, or "
+                           "as NLCD labels (then every model error counts as change); auto: "
+                           "same-model predictions where year A has them, else labels."),
         "threshold": Param(0.5, type="number", minimum=0, exclusiveMaximum=1,
                            title="Confidence threshold",
                            description="Predictions whose group probability is lower are "
@@ -118,7 +121,10 @@ def change_detection() -> None:
             "county": county, "year_a": year_a, "year_b": year_b, "url": result.url,
             "reference": s["reference"], "tiles": s["tiles"],
             "newly_developed": s["newly_developed"], "changed": s["changed"],
-            "accuracy": s["accuracy"].get(str(year_b), {}).get("accuracy"),
+            "expected_from_model_error": s["expected_from_model_error"].get(
+                "newly_developed", {}).get("expected"),
+            "test_accuracy": s["model"].get("accuracy"),  # on the model's held-out counties
+            "label_agreement": s["accuracy"].get(str(year_b), {}).get("accuracy"),
             "planted_recall": s.get("planted_change", {}).get("recall"),
             "planted_precision": s.get("planted_change", {}).get("precision"),
             "water_iou": s.get("embedding_change", {}).get("water", {}).get("iou"),

@@ -103,23 +103,33 @@ def landuse_training() -> None:
 
     @task(outlets=[CHAMPION_CHANGES])
     def select_best(results: list[list[dict[str, Any]]]) -> dict[str, Any]:
-        """Challenge the champion with the best candidate; returns the decision."""
-        from landuse.models.tracking import champion_url, models_root, promote_best
+        """Challenge the champion with the best candidate, then evaluate the champion on the
+        test counties; returns the decision and the test figures."""
+        from landuse.models.tracking import (
+            champion_url,
+            evaluate_on_test,
+            models_root,
+            promote_best,
+        )
 
         context = get_current_context()
         p = context["params"]
         root = models_root(p["storage_root"])
+        candidates = [r for rs in results for r in rs]
         with fail_fast_on_bad_input():
-            champion = promote_best([r for rs in results for r in rs], root,
-                                    force=p["force_promotion"])
+            champion = promote_best(candidates, root, force=p["force_promotion"])
+            # once chosen, the champion is measured on the counties nothing was chosen on
+            test = evaluate_on_test(champion, root, candidates[0]["split_url"])["metrics"] or {}
         decision: dict[str, Any] = champion["decision"]
         if decision["changed"]:
             context["outlet_events"][CHAMPION_CHANGES].add(CHAMPION_MODEL, extra={
                 "bundle": champion["bundle"], "model_id": champion["model_id"],
-                "accuracy": champion["accuracy"], "champion_url": champion_url(root),
-                "decision": decision["decision"],
+                "validation_accuracy": champion["accuracy"],
+                "test_accuracy": test.get("accuracy"), "test_counties": test.get("counties"),
+                "champion_url": champion_url(root), "decision": decision["decision"],
             })
-        return decision
+        return {**decision, "test_accuracy": test.get("accuracy"),
+                "test_counties": test.get("counties")}
 
     select_best(train_candidate.expand(candidate=plan()))
 

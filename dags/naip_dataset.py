@@ -61,6 +61,15 @@ from landuse_airflow.errors import fail_fast_on_bad_input
             items={"type": "string"},
             title="Validation counties (empty: chosen by seed)",
         ),
+        "test_counties": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string"},
+            title="Test counties (null: chosen by seed; [] for none)",
+            description="Held out of training and model choice; every reported accuracy and "
+            "expected-error figure comes from them. Chosen when four or more counties have "
+            "trainable tiles.",
+        ),
         "seed": Param(0, type="integer", minimum=0, title="Split seed"),
         "storage_root": params.storage_root(),
     },
@@ -112,10 +121,11 @@ def naip_dataset() -> None:
                 manifests,
                 storage.join(p["storage_root"], "naip", "dataset"),
                 val_counties=p["val_counties"] or None,
+                test_counties=p["test_counties"],
                 tiles_per_class=p["tiles_per_class"],
                 seed=p["seed"],
             )
-        counts = {s: dataset.summary[s]["tiles"] for s in ("train", "validation")}
+        counts = {s: dataset.summary[s]["tiles"] for s in splits.PARTS}
         context["outlet_events"][NAIP_DATASET].extra = {
             "url": dataset.url,
             "summary_url": dataset.summary_url,

@@ -35,6 +35,7 @@ def _synth(args: argparse.Namespace) -> int:
         res_m=args.res_m,
         changes_per_county=args.changes,
         seed=args.seed,
+        layout=args.layout,
     )
     for county in made:
         print(
@@ -69,16 +70,17 @@ def _tiles(args: argparse.Namespace) -> int:
             manifests,
             storage.join(args.root, "naip", "dataset"),
             val_counties=args.val_counties,
+            test_counties=args.test_counties,
             tiles_per_class=args.tiles_per_class,
             seed=args.seed,
         )
-        print(json.dumps({k: dataset.summary[k] for k in ("train", "validation")}, indent=2))
+        print(json.dumps({k: dataset.summary[k] for k in splits.PARTS}, indent=2))
         print(f"dataset: {dataset.url}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from landuse.models.tracking import promote_best
+    from landuse.models.tracking import evaluate_on_test, promote_best
     from landuse.models.training import plan_candidates, run_candidate
 
     options = {"epochs": args.epochs, "learning_rate": args.learning_rate,
@@ -93,6 +95,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.promote:
         champion = promote_best(results, args.promote)
         print(f"champion: {champion['model_id']} ({champion['bundle']})")
+        m = evaluate_on_test(champion, args.promote, args.split)["metrics"]
+        print(f"champion on test counties {', '.join(m['counties'])}: accuracy "
+              f"{m['accuracy']:.3f}" if m else "no test counties in the split: no held-out "
+              "figure")
     return 0
 
 
@@ -189,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size-m", type=float, default=3136.0, help="scene side in metres")
     synth.add_argument("--res-m", type=float, default=2.0, help="ground sample distance")
     synth.add_argument("--changes", type=int, default=4, help="planted changes per later year")
+    synth.add_argument("--layout", default=None,
+                       help="a real NLCD raster whose land-cover patches become the parcels "
+                            "(e.g. sample/nlcd/nlcd_2016_frederick_md.tif)")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_synth)
 
@@ -208,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--max-nodata", type=float, default=0.01)
     tiles.add_argument("--split", action="store_true", help="also write the train/val split")
     tiles.add_argument("--val-counties", type=_names, default=None)
+    tiles.add_argument("--test-counties", type=_names, default=None,
+                       help="held out of training and model choice (default: chosen by seed "
+                            "when four or more counties have trainable tiles; '' for none)")
     tiles.add_argument("--tiles-per-class", type=int, default=None)
     tiles.add_argument("--seed", type=int, default=0)
     tiles.set_defaults(func=_tiles)

@@ -1,7 +1,9 @@
-"""Class-balanced training/validation splits that hold whole counties out.
+"""Class-balanced training, validation and test splits that hold whole counties out.
 
-As in the seed work, validation tiles come from other counties than training tiles, so a
-model is judged on ground it has never seen. Each split is balanced by undersampling every
+As in the seed work, validation tiles come from other counties than training tiles. Because
+validation also chooses the epochs and the champion, a third set of counties, *test*, is held
+out of both: training never reads it, and every accuracy, expected-error and planted-change
+figure the project reports is measured there. Each part is balanced by undersampling every
 class to the rarest class's count (capped at ``tiles_per_class``); the same seed gives the
 same split.
 """
@@ -31,17 +33,22 @@ class Dataset:
     summary: dict[str, Any]
 
 
-def choose_validation_counties(
-    counts: pd.Series, val_fraction: float, rng: np.random.Generator
-) -> list[str]:
-    """Counties (shuffled by ``rng``) taken for validation until they hold ``val_fraction``.
+PARTS = ("train", "validation", "test")
 
-    At least one county goes to each side.
+
+def choose_validation_counties(
+    counts: pd.Series, val_fraction: float, rng: np.random.Generator, keep: int = 1,
+    total: int | None = None,
+) -> list[str]:
+    """Counties (shuffled by ``rng``) held out until they hold ``val_fraction`` of ``total``
+    tiles (default: all of ``counts``).
+
+    At least one county is chosen, and at least ``keep`` are left for the other parts.
     """
     order = list(counts.index[rng.permutation(len(counts))])
-    total, held = counts.sum(), 0
+    total, held = total or counts.sum(), 0
     chosen: list[str] = []
-    for county in order[:-1]:
+    for county in order[: len(order) - keep]:
         if chosen and held / total >= val_fraction:
             break
         chosen.append(county)
@@ -66,25 +73,36 @@ def make_split(
     manifests: pd.DataFrame,
     *,
     val_counties: list[str] | None = None,
+    test_counties: list[str] | None = None,
     val_fraction: float = 0.25,
+    test_fraction: float = 0.2,
     tiles_per_class: int | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Select trainable tiles, hold counties out for validation, balance the classes.
+    """Select trainable tiles, hold counties out for validation and test, balance the classes.
+
+    Test counties are chosen first (from ``seed``, among the counties not named for
+    validation) when at least four counties have trainable tiles, so that two or more stay
+    for training; with fewer there is no test part unless ``test_counties`` names one, and
+    no held-out figure can be reported (reports say so).
 
     Args:
         manifests: concatenated tile manifests (any number of counties and years).
         val_counties: counties for validation; chosen from ``seed`` when not given.
+        test_counties: counties for test; chosen from ``seed`` when not given; ``[]`` for
+            none.
         val_fraction: share of trainable tiles to aim for in validation.
-        tiles_per_class: cap on tiles per class in each split.
+        test_fraction: share of trainable tiles to aim for in test (0: no test part).
+        tiles_per_class: cap on tiles per class in each part.
         seed: random seed for county choice and undersampling.
 
     Returns:
-        The selected rows with a ``split`` column ('train' or 'validation').
+        The selected rows with a ``split`` column ('train', 'validation' or 'test').
 
     Raises:
-        ValueError: fewer than two counties have trainable tiles, a named validation county
-            has none, or training would be left with fewer than two classes.
+        ValueError: fewer than two counties have trainable tiles, a named county has none or
+            is named for two parts, no county is left for training, or training would be
+            left with fewer than two classes.
     """
     rng = np.random.default_rng(seed)
     trainable = manifests[manifests["trainable"]]
@@ -94,29 +112,47 @@ def make_split(
             "a county-held-out split needs trainable tiles in at least two counties; found "
             f"{list(per_county.index) or 'none'} (check NLCD sources and the purity threshold)"
         )
-    if val_counties:
-        missing = sorted(set(val_counties) - set(per_county.index))
+    for part, named in (("validation", val_counties), ("test", test_counties)):
+        missing = sorted(set(named or []) - set(per_county.index))
         if missing:
-            raise ValueError(f"validation counties {missing} have no trainable tiles")
-        if set(val_counties) >= set(per_county.index):
-            raise ValueError("every county is in validation; leave at least one for training")
-        chosen = sorted(val_counties)
+            raise ValueError(f"{part} counties {missing} have no trainable tiles")
+    both = sorted(set(val_counties or []) & set(test_counties or []))
+    if both:
+        raise ValueError(f"counties {both} are named for both validation and test")
+    if set(val_counties or []) | set(test_counties or []) >= set(per_county.index):
+        raise ValueError("every county is held out; leave at least one for training")
+    if test_counties is not None:
+        test = sorted(test_counties)
+    elif test_fraction > 0 and len(per_county) - len(val_counties or []) >= (
+            3 if val_counties else 4):
+        pool = per_county.drop(val_counties or [])  # two counties stay for training
+        test = choose_validation_counties(pool, test_fraction, rng, keep=2 if val_counties else 3,
+                                          total=int(per_county.sum()))
     else:
-        chosen = choose_validation_counties(per_county, val_fraction, rng)
-    is_val = trainable["county"].isin(chosen)
-    train = _balance(trainable[~is_val], tiles_per_class, rng).assign(split="train")
-    val = _balance(trainable[is_val], tiles_per_class, rng).assign(split="validation")
-    if train["label"].nunique() < 2:
+        test = []
+    if val_counties:
+        val = sorted(val_counties)
+    else:
+        val = choose_validation_counties(per_county.drop(test), val_fraction, rng,
+                                         total=int(per_county.sum()))
+    part = trainable["county"].map(lambda c: "test" if c in test else
+                                   "validation" if c in val else "train")
+    parts = [_balance(trainable[part == name], tiles_per_class, rng).assign(split=name)
+             for name in PARTS]
+    if parts[0]["label"].nunique() < 2:
         raise ValueError(
-            f"training would hold {train['label'].nunique()} class(es): a classifier needs two"
+            f"training would hold {parts[0]['label'].nunique()} class(es): a classifier needs two"
         )
-    return pd.concat([train, val], ignore_index=True)
+    return pd.concat(parts, ignore_index=True)
 
 
 def summarize(split: pd.DataFrame, manifest_hashes: dict[str, str], seed: int) -> dict[str, Any]:
     """Counts per split and class, counties per split, and the lineage of the inputs."""
     summary: dict[str, Any] = {"seed": seed, "manifests": manifest_hashes}
-    for name in ("train", "validation"):
+    if "synthetic" in split:
+        summary["synthetic_training"] = bool(split.loc[split["split"] == "train",
+                                                       "synthetic"].all())
+    for name in PARTS:
         part = split[split["split"] == name]
         counts = part.groupby("label").size()
         summary[name] = {
@@ -133,7 +169,9 @@ def build_dataset(
     out_url: str,
     *,
     val_counties: list[str] | None = None,
+    test_counties: list[str] | None = None,
     val_fraction: float = 0.25,
+    test_fraction: float = 0.2,
     tiles_per_class: int | None = None,
     seed: int = 0,
 ) -> Dataset:
@@ -152,7 +190,9 @@ def build_dataset(
     split = make_split(
         pd.concat(frames, ignore_index=True),
         val_counties=val_counties,
+        test_counties=test_counties,
         val_fraction=val_fraction,
+        test_fraction=test_fraction,
         tiles_per_class=tiles_per_class,
         seed=seed,
     )

@@ -1,12 +1,14 @@
 """Synthetic counties: NAIP-like scenes and NLCD-coded labels with known ground truth.
 
-Each synthetic county is a patchwork of parcels (a Voronoi partition), each parcel one
-land-use class with its own texture: rooftops and streets for Developed, canopy blobs for
-Forest, crop rows for Cultivated, and so on; 4 bands (R, G, B, NIR) with NIR high over
-vegetation and low over water, like NAIP. The matching NLCD raster is written in CONUS
-Albers (EPSG:5070) at 30 m, another CRS and resolution than the UTM imagery, as in
-reality. A second year can plant known changes (parcels that become Developed), saved as
-ground truth for change detection.
+Each synthetic county is a patchwork of parcels, each parcel one land-use class with its
+own texture: rooftops and streets for Developed, canopy blobs for Forest, crop rows for
+Cultivated, and so on; 4 bands (R, G, B, NIR) with NIR high over vegetation and low over
+water, like NAIP. The parcels are a Voronoi partition with classes in set shares or, given
+a real NLCD raster as the *layout*, the connected patches of one window of it per county
+(real patch shapes, roads and class shares, water included). The matching NLCD raster is
+written in CONUS Albers (EPSG:5070) at 30 m, another CRS and resolution than the UTM
+imagery, as in reality. A second year can plant known changes (parcels that become
+Developed), saved as ground truth for change detection.
 
 Everything written here is named synthetic (file names, county names, GeoTIFF tags).
 """
@@ -108,6 +110,66 @@ def _parcels(rng: np.random.Generator, shape: tuple[int, int], spacing: int) -> 
     return ids
 
 
+def _voronoi_parcels(rng: np.random.Generator, shape: tuple[int, int], spacing: int,
+                     names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voronoi parcel ids, and per parcel a class index and an NLCD code, the classes in
+    their target shares (every class at least once) in random places."""
+    parcel_ids = _parcels(rng, shape, spacing)
+    n_parcels = int(parcel_ids.max()) + 1
+    weights = np.array([_WEIGHTS[n] for n in names])
+    quota = np.maximum(1, np.floor(weights / weights.sum() * n_parcels)).astype(int)
+    pool = np.repeat(np.arange(len(names)), quota)
+    extra = rng.choice(len(names), size=max(0, n_parcels - len(pool)), p=weights / weights.sum())
+    parcel_class = rng.permutation(np.concatenate([pool, extra]))[:n_parcels]
+    parcel_code = np.array(
+        [11 if names[c] == "Water"
+         else rng.choice([k for k, v in labels.NLCD_TO_CLASS.items() if v == names[c]])
+         for c in parcel_class],
+        dtype=np.uint8,
+    )
+    return parcel_ids, parcel_class, parcel_code
+
+
+def _class_name(code: int) -> str:
+    return "Water" if code == 11 else labels.NLCD_TO_CLASS[int(code)]
+
+
+def _layout_parcels(url: str, index: int, shape: tuple[int, int],
+                    cell_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Parcel ids on a ``shape`` grid of ``cell_m`` cells, and each parcel's NLCD code: the
+    connected patches of the ``index``-th window of a real NLCD raster (30 m cells)."""
+    from rasterio.windows import Window
+    from scipy import ndimage
+
+    from landuse.raster import open_raster, read_checked
+
+    side = math.ceil(max(shape) * cell_m / 30.0)  # NLCD cells under the county
+    with open_raster(url) as src:
+        per_row, rows = src.width // side, src.height // side
+        if index >= per_row * rows:
+            raise ValueError(
+                f"layout {url}: its {src.width}x{src.height} cells hold {per_row * rows} "
+                f"county windows of {side}x{side} cells; ask for fewer or smaller counties")
+        r, c = divmod(index, per_row)
+        codes = read_checked(src, url, indexes=1, window=Window(c * side, r * side, side, side))
+    known = np.isin(codes, [11, *labels.NLCD_TO_CLASS])
+    if not known.any():
+        raise ValueError(f"layout {url}: window {index} holds no land-cover code")
+    # ice, no-data and unknown cells take the nearest land-cover cell's code
+    _, (iy, ix) = ndimage.distance_transform_edt(~known, return_indices=True)
+    codes = codes[iy, ix]
+    pick = (np.arange(shape[0]) * cell_m / 30.0).astype(int)
+    fine = codes[np.ix_(pick, (np.arange(shape[1]) * cell_m / 30.0).astype(int))]
+    parcel_ids = np.zeros(shape, dtype=np.int32)
+    parcel_code: list[int] = []
+    for code in np.unique(fine):
+        patches, n = ndimage.label(fine == code)
+        inside = patches > 0
+        parcel_ids[inside] = patches[inside] - 1 + len(parcel_code)
+        parcel_code += [int(code)] * n
+    return parcel_ids, np.array(parcel_code, dtype=np.uint8)
+
+
 def _render(
     classes: np.ndarray, parcel_ids: np.ndarray, rng: np.random.Generator, res_m: float
 ) -> np.ndarray:
@@ -191,6 +253,7 @@ def make_synthetic(
     changes_per_county: int = 4,
     parcel_m: float = 600.0,
     seed: int = 0,
+    layout: str | None = None,
 ) -> list[SyntheticCounty]:
     """Write synthetic counties under ``out``: ``naip/``, ``nlcd/``, ``truth/``, counties.json.
 
@@ -201,8 +264,14 @@ def make_synthetic(
         size_m: scene side in metres (aligned to the 224 m tile grid).
         res_m: imagery ground sample distance in metres.
         changes_per_county: parcels that become Developed in each later year.
-        parcel_m: typical parcel size in metres.
+        parcel_m: typical parcel size in metres (Voronoi parcels).
         seed: random seed; the same seed writes the same files.
+        layout: a real NLCD raster whose land-cover patches become the parcels, one window
+            per county in reading order (only its codes are used, not its place or CRS).
+
+    Raises:
+        ValueError: bad years, or a layout too small for the counties asked for.
+        RasterError: the layout cannot be read.
     """
     if not years or sorted(years) != list(years) or len(set(years)) != len(years):
         raise ValueError(f"years must be increasing and distinct, got {years}")
@@ -226,31 +295,24 @@ def make_synthetic(
         bounds = (x0, y1 - side_px * res_m, x0 + side_px * res_m, y1)
         county = SyntheticCounty(name, tuple(transform_bounds(UTM, "EPSG:4326", *bounds)))
         coarse = (side_px // _PARCEL_PX, side_px // _PARCEL_PX)
-        parcel_ids = _parcels(rng, coarse, max(2, round(parcel_m / (res_m * _PARCEL_PX))))
-        n_parcels = int(parcel_ids.max()) + 1
-        # Classes in their target shares (every class at least once), in random places.
-        weights = np.array([_WEIGHTS[n] for n in names])
-        quota = np.maximum(1, np.floor(weights / weights.sum() * n_parcels)).astype(int)
-        pool = np.repeat(np.arange(len(names)), quota)
-        extra = rng.choice(
-            len(names), size=max(0, n_parcels - len(pool)), p=weights / weights.sum()
-        )
-        parcel_class = rng.permutation(np.concatenate([pool, extra]))[:n_parcels]
-        parcel_code = np.array(
-            [
-                11
-                if names[c] == "Water"
-                else rng.choice([k for k, v in labels.NLCD_TO_CLASS.items() if v == names[c]])
-                for c in parcel_class
-            ],
-            dtype=np.uint8,
-        )
+        if layout:
+            parcel_ids, parcel_code = _layout_parcels(layout, i, coarse, res_m * _PARCEL_PX)
+            parcel_class = np.array([names.index(_class_name(c)) for c in parcel_code])
+        else:
+            parcel_ids, parcel_class, parcel_code = _voronoi_parcels(
+                rng, coarse, max(2, round(parcel_m / (res_m * _PARCEL_PX))), names)
         coarse_tf = Affine(res_m * _PARCEL_PX, 0, x0, 0, -res_m * _PARCEL_PX, y1)
         quad, quarter = quad_name(lon, lat)
         first_classes = parcel_class.copy()
         for k, year in enumerate(years):
             if k > 0:
                 candidates = np.flatnonzero(np.isin(parcel_class, convertible))
+                if layout:  # real patches range from one cell to the whole county
+                    sizes = np.bincount(parcel_ids.ravel(), minlength=len(parcel_class))
+                    tile_cells = (224.0 / (res_m * _PARCEL_PX)) ** 2
+                    sized = candidates[(sizes[candidates] >= tile_cells)
+                                       & (sizes[candidates] <= 12 * tile_cells)]
+                    candidates = sized if len(sized) else candidates
                 pick = rng.choice(
                     candidates, size=min(changes_per_county, len(candidates)), replace=False
                 )

@@ -1,4 +1,4 @@
-"""Training/validation splits: whole counties held out, classes balanced, seeds, lineage."""
+"""Training/validation/test splits: whole counties held out, classes balanced, seeds, lineage."""
 
 from __future__ import annotations
 
@@ -42,16 +42,17 @@ def manifests() -> pd.DataFrame:
     )
 
 
-def _check_split(split: pd.DataFrame, manifests: pd.DataFrame) -> None:
-    assert set(split["split"]) == {"train", "validation"}
+def _check_split(split: pd.DataFrame, manifests: pd.DataFrame,
+                 parts: tuple[str, ...] = ("train", "validation", "test")) -> None:
+    assert set(split["split"]) == set(parts)
     assert split["tile_id"].is_unique
     source = manifests.set_index("tile_id")
     assert source.loc[split["tile_id"], "trainable"].all()
     assert (source.loc[split["tile_id"], "county"].to_numpy() == split["county"].to_numpy()).all()
-    train = set(split.loc[split["split"] == "train", "county"])
-    val = set(split.loc[split["split"] == "validation", "county"])
-    assert train and val and not train & val
-    for name in ("train", "validation"):
+    counties = [set(split.loc[split["split"] == name, "county"]) for name in parts]
+    assert all(counties)
+    assert sum(map(len, counties)) == len(set().union(*counties))  # no county in two parts
+    for name in parts:
         counts = split[split["split"] == name].groupby("label").size()
         assert counts.nunique() == 1, counts.to_dict()  # every class equally often
 
@@ -61,8 +62,37 @@ def test_counties_are_held_out_and_classes_balanced(manifests):
     _check_split(split, manifests)
 
 
+def test_test_counties_are_held_out_of_training_and_validation(manifests):
+    split = make_split(manifests, val_counties=["b"], test_counties=["d", "e"], seed=3)
+    _check_split(split, manifests)
+    assert sorted(set(split.loc[split["split"] == "test", "county"])) == ["d", "e"]
+    assert sorted(set(split.loc[split["split"] == "validation", "county"])) == ["b"]
+    # chosen by the seed when not named, among the counties not named for validation
+    chosen = {tuple(sorted(set(make_split(manifests, val_counties=["a"], seed=s)
+                               .query("split == 'test'")["county"]))) for s in range(8)}
+    assert len(chosen) > 1 and not any("a" in c for c in chosen)
+    # none asked for, or too few counties: no test part
+    _check_split(make_split(manifests, test_counties=[], seed=1), manifests,
+                 ("train", "validation"))
+    three = manifests[manifests["county"].isin(["a", "b", "c"])]  # two must stay to train
+    _check_split(make_split(three, seed=1), three, ("train", "validation"))
+    _check_split(make_split(three, test_counties=["c"], seed=1), three)
+    _check_split(make_split(manifests, test_fraction=0, seed=1), manifests,
+                 ("train", "validation"))
+
+
+def test_test_counties_that_do_not_fit(manifests):
+    with pytest.raises(ValueError, match=r"test counties \['nowhere'\] have no trainable"):
+        make_split(manifests, test_counties=["nowhere"])
+    with pytest.raises(ValueError, match=r"counties \['c'\] are named for both validation and "
+                                         r"test"):
+        make_split(manifests, val_counties=["a", "c"], test_counties=["c"])
+    with pytest.raises(ValueError, match="every county is held out"):
+        make_split(manifests, val_counties=list("abc"), test_counties=list("def"))
+
+
 def test_balance_undersamples_to_the_rarest_class(manifests):
-    split = make_split(manifests, val_counties=["b", "d"], seed=0)
+    split = make_split(manifests, val_counties=["b", "d"], test_counties=[], seed=0)
     train = split[split["split"] == "train"]
     val = split[split["split"] == "validation"]
     assert sorted(set(val["county"])) == ["b", "d"]
@@ -96,7 +126,8 @@ def test_val_fraction(manifests):
         split = make_split(manifests, val_fraction=fraction, seed=2)
         val = sorted(set(split.loc[split["split"] == "validation", "county"]))
         share = per_county[val].sum() / per_county.sum()
-        assert share >= fraction or len(val) == len(per_county) - 1
+        test = set(split.loc[split["split"] == "test", "county"])
+        assert share >= fraction or len(val) == len(per_county) - len(test) - 1
         assert share - per_county[val].max() / per_county.sum() < fraction  # no extra county
     many = make_split(manifests, val_fraction=0.99, seed=2)
     assert set(many.loc[many["split"] == "train", "county"]) != set()
@@ -106,7 +137,7 @@ def test_tiles_per_class_cap(manifests):
     split = make_split(manifests, tiles_per_class=3, val_counties=["a", "e"], seed=0)
     counts = split.groupby(["split", "label"]).size()
     assert set(counts) == {3}
-    assert len(counts) == 8  # four classes in each split
+    assert len(counts) in (11, 12)  # four classes in each part (three if f alone is test)
     large = make_split(manifests, tiles_per_class=1000, val_counties=["a", "e"], seed=0)
     assert large.groupby(["split", "label"]).size().max() < 1000
 
@@ -140,7 +171,7 @@ def test_unknown_validation_county(manifests):
 
 
 def test_every_county_in_validation(manifests):
-    with pytest.raises(ValueError, match="every county"):
+    with pytest.raises(ValueError, match="every county is held out"):
         make_split(manifests, val_counties=list("abcdef"))
 
 
@@ -156,19 +187,22 @@ def written(manifests, tmp_path):
 
 def test_build_dataset_writes_split_and_summary(written, manifests):
     urls, out = written
-    dataset = build_dataset(list(reversed(urls)), out, val_counties=["c"], seed=4)
+    dataset = build_dataset(list(reversed(urls)), out, val_counties=["c"], test_counties=["f"],
+                            seed=4)
     assert dataset.url == f"{out}/split.parquet"
     assert dataset.summary_url == f"{out}/summary.json"
     split = storage.read_parquet(dataset.url).to_pandas()
     _check_split(split, manifests)
     pd.testing.assert_frame_equal(
-        split, make_split(manifests, val_counties=["c"], seed=4), check_dtype=False
+        split, make_split(manifests, val_counties=["c"], test_counties=["f"], seed=4),
+        check_dtype=False
     )
     summary = json.loads(storage.read_bytes(dataset.summary_url))
     assert summary == dataset.summary
     assert summary["seed"] == 4
     assert summary["validation"]["counties"] == ["c"]
-    assert summary["train"]["counties"] == ["a", "b", "d", "e", "f"]
+    assert summary["train"]["counties"] == ["a", "b", "d", "e"]
+    assert summary["test"]["counties"] == ["f"]
     assert summary["train"]["tiles"] == int((split["split"] == "train").sum())
     # County c alone: Forest is its rarest class with 7 tiles.
     assert summary["validation"]["per_class"] == {

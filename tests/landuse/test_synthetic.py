@@ -4,6 +4,7 @@ changes recorded as truth."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,33 @@ def test_single_year_has_no_truth(tmp_path):
 def test_years_must_increase(tmp_path, years):
     with pytest.raises(ValueError, match="increasing"):
         make_synthetic(str(tmp_path), counties=1, years=years, size_m=224.0)
+
+
+FREDERICK = Path(__file__).resolve().parents[2] / "sample" / "nlcd" / "nlcd_2016_frederick_md.tif"
+
+
+def test_a_real_nlcd_layout_gives_its_patches_and_class_shares(tmp_path):
+    """Over the real Frederick NLCD, each county is one window of it: its codes, water and
+    roads included, in its proportions; planted changes still land in the truth."""
+    from rasterio.windows import Window
+
+    made = make_synthetic(str(tmp_path), counties=2, size_m=1344.0, res_m=4.0, seed=3,
+                          layout=str(FREDERICK))
+    assert all(c.changed_parcels > 0 for c in made)
+    with rasterio.open(tmp_path / "nlcd" / "nlcd_2010_synthetic.tif") as src:
+        painted = src.read(1)
+    painted = painted[painted > 0]
+    side = 1344 // 30 + 1  # the NLCD cells under one county
+    with rasterio.open(FREDERICK) as src:
+        real = np.concatenate([src.read(1, window=Window(i * side, 0, side, side)).ravel()
+                               for i in range(2)])
+    for code in (21, 22, 41, 81, 82):  # the layout's main classes, in its proportions
+        assert abs((painted == code).mean() - (real == code).mean()) < 0.05, code
+    assert set(np.unique(painted)) <= {11, *labels.NLCD_TO_CLASS}
+    assert len(np.unique(painted)) >= 6  # several codes per class, as real NLCD has
+
+
+def test_a_layout_too_small_for_the_counties_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"layout .*nlcd_2016_frederick_md.tif: its 725x694 "
+                                         r"cells hold \d+ county windows"):
+        make_synthetic(str(tmp_path), counties=40, size_m=3136.0, layout=str(FREDERICK))

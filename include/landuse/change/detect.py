@@ -1,8 +1,10 @@
 """Per-tile land-use change between a reference year and a predicted year.
 
-The reference is year A as NLCD labels (from year A's manifest) or as predictions; year B
-is always predictions. A tile is *newly developed* when it was Undeveloped or Cultivated in
-A and is Developed in B, as in the seed work. Predictions below a confidence threshold are
+The reference is year A as predictions of the same model (the default: model error then
+cancels where the model errs alike in both years) or as NLCD labels (from year A's
+manifest: every model error on year B counts as change); year B is always predictions.
+A tile is *newly developed* when it was Undeveloped or Cultivated in A and is Developed in
+B, as in the seed work. Predictions below a confidence threshold are
 *uncertain* and take part in no transition; an optional 3×3 plurality filter smooths the
 predicted groups first.
 """
@@ -158,16 +160,25 @@ def check_grids(county: str, a: pd.DataFrame, b: pd.DataFrame, year_a: int,
 
 
 def check_classes(model: YearMap, reference: YearMap) -> None:
-    """A model must predict the reference's classes, or the transitions mean nothing.
+    """Two models' maps compare only when they predict the same classes; NLCD labels hold
+    every class, so a model that knows fewer (a class absent from its training) still
+    compares with them (its missing classes are reported, see :func:`missing_classes`).
 
     Raises:
         ChangeInputError: naming both class lists.
     """
+    if reference.source == "labels":
+        return
     if set(model.classes) != set(reference.classes):
-        what = "labels" if reference.source == "labels" else f"model {reference.model_id}"
         raise ChangeInputError(
             f"model {model.model_id} predicts {list(model.classes)} but the {reference.year} "
-            f"{what} use {list(reference.classes)}: compare maps of the same classes")
+            f"model {reference.model_id} predicts {list(reference.classes)}: compare maps of "
+            "the same classes")
+
+
+def missing_classes(model: YearMap) -> list[str]:
+    """Land-use classes the model cannot predict (its training had no tile of them)."""
+    return [c for c in labels.CLASSES if c not in model.classes]
 
 
 def detect(
@@ -200,7 +211,7 @@ def detect(
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
     check_classes(year_b, reference)
     if year_a is not None and year_a is not reference:
-        check_classes(year_a, reference)
+        check_classes(year_b, year_a)
     tiles = geometry.set_index("tile_id")
     grids = layouts(tiles.reset_index())
     for prefix, ymap in (("ref", reference), ("a", year_a), ("b", year_b)):

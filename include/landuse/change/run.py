@@ -19,8 +19,9 @@ import pandas as pd
 from rasterio.windows import from_bounds
 
 from landuse import labels, storage
-from landuse.change import embedding, maps
+from landuse.change import embedding, expected, maps
 from landuse.change.detect import (
+    NEWLY_DEVELOPED_FROM,
     Change,
     ChangeInputError,
     Reference,
@@ -29,6 +30,7 @@ from landuse.change.detect import (
     count_table,
     detect,
     labels_map,
+    missing_classes,
     read_manifest,
     read_predictions,
     transition_matrix,
@@ -80,8 +82,9 @@ def run_change(
         county: county name.
         year_a: the earlier year (the reference).
         year_b: the later year (predictions).
-        reference: ``labels`` (NLCD labels of year A), ``predictions`` (of year A), or
-            ``auto``: labels where year A has them, else predictions.
+        reference: ``predictions`` (year A scored by the same model as year B),
+            ``labels`` (NLCD labels of year A: model error on year B counts as change), or
+            ``auto``: same-model predictions where year A has them, else labels.
         threshold: group probability below which a prediction is uncertain.
         smooth: 3×3 plurality smoothing of predicted groups.
         centre_weight: votes of the centre tile when smoothing.
@@ -101,10 +104,14 @@ def run_change(
     geometry = check_grids(county, manifest_a, manifest_b, year_a, year_b)
     pred_b = read_predictions(root, county, year_b)
     pred_a = _optional_predictions(root, county, year_a)
-    ref = _reference(reference, manifest_a, pred_a, county, year_a)
+    ref, why = _reference(reference, manifest_a, pred_a, pred_b, county, year_a)
     change = detect(county, ref, pred_b, geometry, year_a=pred_a, threshold=threshold,
                     smooth=smooth, centre_weight=centre_weight)
-    summary = _summary(change, manifest_a, manifest_b)
+    evaluation = _evaluation(root, pred_b.model_id)
+    summary = {**_caveat(evaluation, manifest_b), **_summary(change, manifest_a, manifest_b)}
+    summary["reference_choice"] = why
+    summary["model"] = _model_figures(evaluation, county)
+    summary["expected_from_model_error"] = _expected(change, evaluation)
     truth_url = (storage.join(truth, f"{county}_newly_developed_{year_a}_{year_b}.tif")
                  if truth else None)
     if truth_url and storage.exists(truth_url):
@@ -140,17 +147,94 @@ def _optional_predictions(root: str, county: str, year: int) -> YearMap | None:
 
 
 def _reference(reference: Reference, manifest_a: pd.DataFrame, pred_a: YearMap | None,
-               county: str, year_a: int) -> YearMap:
+               pred_b: YearMap, county: str, year_a: int) -> tuple[YearMap, str]:
+    """Year A's map to compare with, and why it was chosen."""
     if reference not in ("auto", "labels", "predictions"):
         raise ChangeInputError(f"reference must be auto, labels or predictions, got {reference}")
+    same_model = pred_a is not None and pred_a.model_id == pred_b.model_id
+    if reference == "predictions" or (reference == "auto" and same_model):
+        if pred_a is None:
+            raise ChangeInputError(f"county {county} has no predictions for {year_a}: score "
+                                   f"{year_a} with the model of year B ({pred_b.model_id}) "
+                                   "first (landuse_scoring), or compare with reference=labels")
+        if not same_model:
+            raise ChangeInputError(
+                f"county {county}: {year_a} was scored by {pred_a.model_id}, {pred_b.year} by "
+                f"{pred_b.model_id}; rescore {year_a} with {pred_b.model_id} (landuse_scoring) "
+                "so that one model's errors are compared with themselves, or compare with "
+                "reference=labels")
+        return pred_a, f"{year_a} predictions by the same model as {pred_b.year}"
     has_labels = manifest_a["label"].isin(labels.CLASSES).any()
-    if reference == "labels" or (reference == "auto" and has_labels):
-        return labels_map(manifest_a, county, year_a)
-    if pred_a is None:
-        raise ChangeInputError(
-            f"county {county} has no NLCD labels and no predictions for {year_a}: score "
-            f"{year_a} first (landuse_scoring) or tile it with NLCD")
-    return pred_a
+    if reference == "labels" or has_labels:
+        why = ("asked for" if reference == "labels" else
+               f"{year_a} has no predictions by {pred_b.model_id}")
+        return labels_map(manifest_a, county, year_a), (
+            f"{year_a} NLCD labels ({why}): every model error on {pred_b.year} counts as change")
+    raise ChangeInputError(
+        f"county {county} has no NLCD labels and no predictions by {pred_b.model_id} for "
+        f"{year_a}: score {year_a} with that model first (landuse_scoring) or tile it with NLCD")
+
+
+def _evaluation(root: str, model_id: str | None) -> dict[str, Any] | None:
+    """The model's held-out (test) evaluation, when training recorded one under the root."""
+    from landuse.models.tracking import models_root, read_evaluation
+
+    return read_evaluation(models_root(root), model_id) if model_id else None
+
+
+def _caveat(evaluation: dict[str, Any] | None, manifest_b: pd.DataFrame) -> dict[str, Any]:
+    """A first line for real counties when the model learned from synthetic imagery only."""
+    real = not bool(manifest_b["synthetic"].any()) if "synthetic" in manifest_b else True
+    if real and evaluation and evaluation.get("trained_on_synthetic"):
+        return {"caveat": (
+            f"Model {evaluation['model_id']} was trained on synthetic imagery only and has "
+            "never seen real land: its land-use classes and counts for this real county are "
+            "not validated. The label-free change (embedding distance) and the water maps "
+            "do not depend on it.")}
+    return {}
+
+
+def _model_figures(evaluation: dict[str, Any] | None, county: str) -> dict[str, Any]:
+    """The model's test figures and this county's part in its split."""
+    if not evaluation:
+        return {"note": "no held-out evaluation of this model was recorded (train it with "
+                        "landuse_training on a split with test counties)"}
+    out: dict[str, Any] = {"model_id": evaluation["model_id"],
+                           "split_url": evaluation["split_url"],
+                           "trained_on_synthetic": evaluation.get("trained_on_synthetic")}
+    m = evaluation.get("metrics")
+    if m:
+        out.update(split="test", test_counties=m["counties"], test_tiles=m["tiles"],
+                   accuracy=round(m["accuracy"], 4),
+                   group_accuracy=round(m.get("group_accuracy") or 0, 4))
+    else:
+        out["note"] = evaluation.get("note", "no test counties")
+    try:
+        split = storage.read_parquet(evaluation["split_url"]).to_pandas()
+    except storage.StorageError as err:
+        if isinstance(err, storage.StorageUnavailable):
+            raise
+        return out
+    parts = sorted(split.loc[split["county"] == county, "split"].unique())
+    out["county_part"] = parts[0] if len(parts) == 1 else ("none" if not parts else parts)
+    return out
+
+
+def _expected(change: Change, evaluation: dict[str, Any] | None) -> dict[str, Any]:
+    """Counts expected from model error alone, from the model's test confusion."""
+    m = (evaluation or {}).get("metrics") or {}
+    if "group_confusion" not in m:
+        return {"note": "unknown: no test confusion matrix recorded for this model"}
+    t = change.tiles
+    compared = t.loc[t["transition"].notna(), "ref_group"]
+    pairs = [(g, h) for g in labels.GROUPS for h in labels.GROUPS if g != h]
+    return {
+        "from": f"test counties {', '.join(m['counties'])} ({m['tiles']} tiles)",
+        "newly_developed": expected.expected_false(
+            compared, [(g, "Developed") for g in sorted(NEWLY_DEVELOPED_FROM)],
+            m["group_confusion"]),
+        "changed": expected.expected_false(compared, pairs, m["group_confusion"]),
+    }
 
 
 def _summary(change: Change, manifest_a: pd.DataFrame,
@@ -174,6 +258,7 @@ def _summary(change: Change, manifest_a: pd.DataFrame,
         "transitions": {k: {c: int(n) for c, n in v.items()}
                         for k, v in transition_matrix(change).to_dict("index").items()},
         "accuracy": {},
+        "missing_classes": missing_classes(change.year_b),
     }
     for ymap, manifest in ((change.year_b, manifest_b), (change.year_a, manifest_a)):
         if ymap is not None and ymap.source == "predictions":
@@ -216,14 +301,23 @@ def _embedding_change(change: Change, manifest_a: pd.DataFrame,
     n = int(both.sum())  # one backbone for both years: build it once
     features = embedding.embed([*t.loc[both, "image_url_a"], *t.loc[both, "image_url_b"]])
     features_a, features_b = features[:n], features[n:]
-    distance = embedding.change_distance(features_a, features_b)
-    z = embedding.robust_z(distance)
+    try:
+        distance, hot = embedding.change_hotspots(
+            features_a, features_b,
+            t.loc[both, ["minx", "miny", "maxx", "maxy"]].to_numpy(float),
+            list(t.loc[both, "crs"]))
+    except ValueError as err:  # no two tiles share an edge
+        return {"tiles": n, "note": f"no hotspots chosen: {err}"}
     t.loc[both, "embedding_distance"] = distance
-    t.loc[both, "embedding_z"] = z
-    t["hotspot"] = (t["embedding_z"] > embedding.HOTSPOT_Z).fillna(False).astype(bool)
-    result: dict[str, Any] = {"backbone": "squeezenet", "tiles": int(both.sum()),
-                              "hotspot_z": embedding.HOTSPOT_Z,
-                              "hotspots": int(t["hotspot"].sum())}
+    t.loc[both, "embedding_neighbourhood"] = hot.neighbourhood
+    t["hotspot"] = False
+    t.loc[both, "hotspot"] = hot.mask
+    result: dict[str, Any] = {"backbone": "squeezenet", "tiles": n,
+                              "hotspots": int(hot.mask.sum()),
+                              "share_flagged": round(hot.share, 4),
+                              "threshold": round(hot.threshold, 4),
+                              "lone_threshold": round(hot.lone_threshold, 4),
+                              "method": hot.method}
     try:
         water_a = water_shares(manifest_a).reindex(t["tile_id"]).to_numpy()
         water_b = water_shares(manifest_b).reindex(t["tile_id"]).to_numpy()
@@ -283,8 +377,9 @@ def _render(change: Change, summary: dict[str, Any]) -> dict[str, bytes]:
         panels, maps.GROUP_PALETTE, f"{change.county}: {ref_name} | predictions {a} | {b}")
     changed = change.tiles[change.tiles["changed"] | change.tiles.get("hotspot", False)]
     props = [c for c in ("ref_group", "a_group", "b_group", "b_class", "b_confidence",
-                         "newly_developed", "embedding_distance", "hotspot", "water_share_a",
-                         "water_share_b", *[f"b_p_{c}" for c in labels.CLASSES])
+                         "newly_developed", "embedding_distance", "embedding_neighbourhood",
+                         "hotspot", "water_share_a", "water_share_b",
+                         *[f"b_p_{c}" for c in labels.CLASSES])
              if c in changed]
     files["changes.geojson"] = json.dumps(maps.tiles_geojson(changed, props), indent=1).encode()
     buf = io.BytesIO()
@@ -296,18 +391,45 @@ def _render(change: Change, summary: dict[str, Any]) -> dict[str, bytes]:
 
 def _markdown(change: Change, s: dict[str, Any], files: list[str]) -> str:
     a, b = s["year_a"], s["year_b"]
-    lines = [
+    model = s["model"]
+    part = model.get("county_part")
+    where = {"test": "one of the model's test counties (held out)",
+             "train": "one of the model's training counties: not a held-out figure",
+             "validation": "the model's validation county, which chose it: not a held-out "
+                           "figure",
+             "none": "not in the model's split"}.get(str(part), f"in the split's {part} parts")
+    lines = [f"> **Caution:** {s['caveat']}", ""] if "caveat" in s else []
+    lines += [
         f"# Land-use change in {s['county']}, {a} to {b}",
         "",
-        f"Reference: {a} {s['reference']}; predictions {b} by `{s['model_b']}`"
+        f"Reference: {s['reference_choice']}. Predictions {b} by `{s['model_b']}`"
         + (f"; predictions {a} by `{s['model_a']}`" if s["model_a"] else "") + ".",
         f"Predictions with a group probability below {s['threshold']} are uncertain"
         + ("; predicted groups were smoothed (3×3 plurality)." if s["smoothed"] else "."),
         "",
-        f"**{s['newly_developed']} tiles newly developed** (Undeveloped or Cultivated in {a}, "
-        f"Developed in {b}) of {s['compared']} compared ({s['tiles']} tiles in both years, "
-        f"{s['uncertain']} uncertain).",
+        f"**{_with_error(s, 'newly_developed', 'tiles newly developed')}** (Undeveloped or "
+        f"Cultivated in {a}, Developed in {b}) of {s['compared']} compared ({s['tiles']} tiles "
+        f"in both years, {s['uncertain']} uncertain); "
+        f"{_with_error(s, 'changed', 'tiles changed group')}.",
         "",
+    ]
+    if "accuracy" in model:
+        lines += [f"Model `{model['model_id']}` on its held-out test counties "
+                  f"({', '.join(model['test_counties'])}, {model['test_tiles']} tiles): "
+                  f"accuracy {model['accuracy']:.3f} (classes), {model['group_accuracy']:.3f} "
+                  f"(groups). This county is {where}.", ""]
+    else:
+        lines += [f"Model: {model.get('note')}.", ""]
+    e = s["expected_from_model_error"]
+    if "newly_developed" in e:
+        lines += [f"Expected from model error alone: the model's group confusion on its test "
+                  f"counties ({e['from']}) applied to each compared tile's {a} group "
+                  f"({e['newly_developed']['interval']:.0%} intervals include the test set's "
+                  "size).", ""]
+    if s.get("missing_classes"):
+        lines += [f"The model cannot predict {', '.join(s['missing_classes'])} (none in its "
+                  "training): such land is mapped as another class.", ""]
+    lines += [
         "![reference | year A | year B](comparison.png)",
         "",
         "## Tiles per group",
@@ -319,22 +441,25 @@ def _markdown(change: Change, s: dict[str, Any], files: list[str]) -> str:
         _table(transition_matrix(change).rename_axis(f"{a} \\ {b}").reset_index()),
     ]
     if s["accuracy"]:
-        lines += ["", "## Accuracy against NLCD labels", "",
-                  "| year | tiles | 6-class | 3-group |", "| --- | --- | --- | --- |"]
+        lines += ["", "## Agreement with this county's NLCD labels", "",
+                  f"This county is {where}.", "",
+                  "| year | tiles | classes | groups |", "| --- | --- | --- | --- |"]
         lines += [f"| {y} | {r['tiles']} | {r['accuracy']:.3f} | {r['group_accuracy']:.3f} |"
                   for y, r in sorted(s["accuracy"].items())]
     if "planted_change" in s:
         p = s["planted_change"]
-        lines += ["", "## Planted change (synthetic truth)", "",
+        lines += ["", f"## Planted change (synthetic truth; this county is {where})", "",
                   f"Newly developed against the planted truth: precision {p['precision']:.3f}, "
                   f"recall {p['recall']:.3f}, IoU {p['iou']:.3f} ({p['both']} of "
                   f"{p['reference']} planted tiles found, {p['detected']} detected)."]
     e = s.get("embedding_change")
     if e and "hotspots" in e:
         lines += ["", "## Change without labels (embedding distance)", "",
-                  f"{e['hotspots']} of {e['tiles']} tiles are hotspots (robust z > "
-                  f"{e['hotspot_z']} of the {e['backbone']} feature distance, each vintage "
-                  "standardised)."]
+                  f"{e['hotspots']} of {e['tiles']} tiles ({e['share_flagged']:.1%}) are "
+                  f"hotspots: {e['method']}, on the {e['backbone']} feature distance (each "
+                  "vintage standardised). The bars come from this county's own imagery (how "
+                  "different neighbouring tiles look within one year), so a pair of years "
+                  "where little changed gets few hotspots."]
         w = e.get("water", {})
         if "precision" in w:
             lines += ["", f"Against water change from the imagery ({w['method']}; share "
@@ -346,6 +471,11 @@ def _markdown(change: Change, s: dict[str, Any], files: list[str]) -> str:
             lines += ["", w["note"]]
     lines += ["", "## Files", ""] + [f"- [{f}]({f})" for f in files]
     return "\n".join(lines) + "\n"
+
+
+def _with_error(s: dict[str, Any], key: str, what: str) -> str:
+    e = s["expected_from_model_error"].get(key)
+    return expected.describe(s[key], e, what) if e else f"{s[key]} {what}"
 
 
 def _table(frame: pd.DataFrame) -> str:

@@ -37,6 +37,16 @@ def read_split(url: str) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
     return train, val, classes
 
 
+def read_part(url: str, part: str) -> pd.DataFrame:
+    """The rows of one part of a split ('train', 'validation' or 'test'); may be empty.
+
+    The trainers read only train and validation (:func:`read_split`); the test part is read
+    here, once a model is chosen, so nothing about it can steer training or selection.
+    """
+    split = storage.read_parquet(url).to_pandas()
+    return split[split["split"] == part].reset_index(drop=True)
+
+
 def load_tiles(urls: list[str], spec: PreprocessSpec) -> np.ndarray:
     """Decode tiles into an (N, H, W, 3) uint8 array; a bad tile is an error naming its URL."""
     out = np.empty((len(urls), spec.input_size, spec.input_size, 3), dtype=np.uint8)

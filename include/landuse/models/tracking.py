@@ -13,6 +13,12 @@ version of the registered model ``landuse`` with the alias ``champion``, and the
 its bundle by URL. Every decision, kept or not, is written to
 ``{models_root}/decisions/`` and tagged on the challenger's MLflow run. Nothing changes
 until every candidate succeeded.
+
+Then the champion in force is evaluated once on the split's *test* counties, which neither
+training nor the choice saw: ``{models_root}/evaluations/{model_id}.json`` holds those
+metrics and confusion matrices (the figures reports quote, and the model-error rates that
+change reports derive their expected false change from) and whether the model was trained on
+synthetic imagery only.
 """
 
 from __future__ import annotations
@@ -179,6 +185,69 @@ def promote_best(candidates: list[dict[str, Any]], models_root: str, *,
     _record_decision(models_root, decision)
     log.info("champion decision %s: %s", decision["decision"], decision["reason"])
     return pointer
+
+
+def evaluation_url(models_root: str, model_id: str) -> str:
+    """Where a model's latest held-out (test) evaluation lives."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)
+    return storage.join(models_root, "evaluations", f"{safe}.json")
+
+
+def read_evaluation(models_root: str, model_id: str) -> dict[str, Any] | None:
+    """A model's latest test evaluation (see :func:`evaluate_on_test`), or None."""
+    url = evaluation_url(models_root, model_id)
+    return json.loads(storage.read_bytes(url)) if storage.exists(url) else None
+
+
+def evaluate_on_test(champion: dict[str, Any], models_root: str,
+                     split_url: str) -> dict[str, Any]:
+    """Evaluate the champion on the split's test counties and record it (atomically) with the
+    split it came from; returned as written. A split without test counties is recorded too,
+    with ``metrics`` None, so reports can say that no held-out figure exists.
+
+    Whether the model learned from synthetic imagery only is read from the summary of the
+    split it was trained on (kept from an earlier evaluation when that was another split).
+    """
+    from landuse.models.training import UnfitModel, evaluate_on_split
+
+    bundle = load_bundle(champion["bundle"])
+    summary_url = split_url.rsplit("/", 1)[0] + "/summary.json"
+    summary = json.loads(storage.read_bytes(summary_url)) if storage.exists(summary_url) else {}
+    digest = hashlib.sha256(storage.read_bytes(split_url)).hexdigest()
+    earlier = read_evaluation(models_root, bundle.model_id) or {}
+    synthetic = (summary.get("synthetic_training") if bundle.spec.lineage.split_sha256 == digest
+                 else earlier.get("trained_on_synthetic"))
+    record: dict[str, Any] = {
+        "model_id": bundle.model_id, "split_url": split_url, "split_sha256": digest,
+        "trained_on_synthetic": synthetic, "metrics": None,
+        "evaluated": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    try:
+        record["metrics"] = evaluate_on_split(bundle, split_url, "test")
+    except UnfitModel as err:
+        record["note"] = str(err)
+        log.warning("no held-out figure for %s: %s", bundle.model_id, err)
+    else:
+        m = record["metrics"]
+        log.info("champion %s on test counties %s: accuracy %.4f, group accuracy %.4f",
+                 bundle.model_id, m["counties"], m["accuracy"], m.get("group_accuracy") or 0)
+        if champion.get("run_id"):
+            _log_test_metrics(champion["run_id"], m)
+    storage.write_bytes(evaluation_url(models_root, bundle.model_id),
+                        json.dumps(record, indent=2).encode())
+    return record
+
+
+def _log_test_metrics(run_id: str, metrics: dict[str, Any]) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    _experiment(mlflow)
+    client = MlflowClient()
+    for key in ("accuracy", "group_accuracy"):
+        if metrics.get(key) is not None:
+            client.log_metric(run_id, f"test_{key}", float(metrics[key]))
+    client.set_tag(run_id, "test_counties", ",".join(metrics["counties"]))
 
 
 def _common_split(candidates: list[dict[str, Any]]) -> str | None:

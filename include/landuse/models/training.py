@@ -6,8 +6,9 @@ in Keras; ``logreg`` and ``random-forest`` featurize on Spark and fit Spark ML c
 
 Candidates are trained into a local temporary folder and then published under the models
 root (``{storage_root}/models``, a folder or ``abfs://``), so any machine can load them by
-URL. :func:`evaluate_on_validation` scores any bundle on a split's validation tiles exactly
-as the trainers score their candidates, so an earlier champion can be compared with them.
+URL. :func:`evaluate_on_split` scores any bundle on a split's validation tiles exactly as the
+trainers score their candidates, so an earlier champion can be compared with them, and the
+chosen champion on the test counties that neither training nor the choice saw.
 """
 
 from __future__ import annotations
@@ -134,40 +135,47 @@ class UnfitModel(ValueError):
 
 def evaluate_on_validation(bundle: Bundle, split_url: str,
                            input_size: int | None = None) -> dict[str, Any]:
-    """Validation metrics of ``bundle`` on a split, computed as the trainers compute their
-    candidates': the split's validation tiles decoded with the bundle's own preprocessing,
-    scored by the ONNX runner in batches, reported by :func:`metrics.report`.
+    """Validation metrics of ``bundle`` on a split (see :func:`evaluate_on_split`)."""
+    return evaluate_on_split(bundle, split_url, "validation", input_size)
+
+
+def evaluate_on_split(bundle: Bundle, split_url: str, part: str = "validation",
+                      input_size: int | None = None) -> dict[str, Any]:
+    """Metrics of ``bundle`` on one part of a split, computed as the trainers compute their
+    candidates': the part's tiles decoded with the bundle's own preprocessing, scored by the
+    ONNX runner in batches, reported by :func:`metrics.report`.
 
     Args:
         bundle: the model to evaluate.
-        split_url: the split whose validation rows are scored.
+        split_url: the split whose rows are scored.
+        part: ``validation`` (comparing models) or ``test`` (reporting the chosen one).
         input_size: the input size the compared candidates were evaluated at; a bundle
             of another size would see the tiles resampled differently.
 
     Raises:
-        UnfitModel: a validation class the bundle does not know, another input size, or no
-            validation tiles.
-        ValueError: the split is unusable (see :func:`read_split`).
+        UnfitModel: a class the bundle does not know, another input size, or no tiles in
+            that part.
     """
-    from landuse.models.data import load_tiles, read_split
+    from landuse.models.data import load_tiles, read_part
     from landuse.models.metrics import report
     from landuse.models.runners import OnnxRunner
 
-    _, val, _ = read_split(split_url)
+    rows = read_part(split_url, part)
     spec = bundle.spec
-    if val.empty:
-        raise UnfitModel(f"split {split_url} has no validation tiles")
-    unknown = sorted(set(val["label"]) - set(spec.classes))
+    if rows.empty:
+        raise UnfitModel(f"split {split_url} has no {part} tiles")
+    unknown = sorted(set(rows["label"]) - set(spec.classes))
     if unknown:
         raise UnfitModel(f"{bundle.model_id} has classes {list(spec.classes)}, but the split's "
-                         f"validation holds {unknown}")
+                         f"{part} part holds {unknown}")
     if input_size is not None and spec.preprocessing.input_size != input_size:
         raise UnfitModel(f"{bundle.model_id} takes {spec.preprocessing.input_size} px input, "
                          f"the candidates {input_size} px")
     runner = OnnxRunner(bundle)
-    urls = list(val["image_url"])
+    urls = list(rows["image_url"])
     predicted: list[str] = []
     for i in range(0, len(urls), EVAL_BATCH):
         probs = runner.predict(load_tiles(urls[i : i + EVAL_BATCH], spec.preprocessing))
         predicted += [spec.classes[j] for j in probs.argmax(axis=1)]
-    return report(list(val["label"]), predicted, spec.classes)
+    return {**report(list(rows["label"]), predicted, spec.classes), "split": part,
+            "counties": sorted(rows["county"].unique().tolist())}

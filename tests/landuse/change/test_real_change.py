@@ -42,9 +42,10 @@ def test_embedding_change_finds_water_change(stutsman):
     both = check_grids(COUNTY, a, b, 2010, 2016)
     assert len(both) >= 200
 
-    distance = embedding.change_distance(embedding.embed(list(both["image_url_a"])),
-                                         embedding.embed(list(both["image_url_b"])))
-    hotspot = embedding.robust_z(distance) > embedding.HOTSPOT_Z
+    _, hot = embedding.change_hotspots(
+        embedding.embed(list(both["image_url_a"])), embedding.embed(list(both["image_url_b"])),
+        both[["minx", "miny", "maxx", "maxy"]].to_numpy(float), list(both["crs"]))
+    hotspot = hot.mask  # the rule change reports use
 
     water_a = water_shares(a).reindex(both["tile_id"]).to_numpy()
     water_b = water_shares(b).reindex(both["tile_id"]).to_numpy()

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from PIL import Image
 from rasterio.crs import CRS
@@ -51,7 +52,7 @@ def _files(url):
 def test_planted_change_is_found_and_the_report_is_whole(tmp_path, change_root, change_kit):
     root = _root(tmp_path, change_root, change_kit)
     county = change_root.county
-    result = run_change(root, county.name, 2010, 2016, truth=county.truth)
+    result = run_change(root, county.name, 2010, 2016, reference="labels", truth=county.truth)
     assert result.url == change_url(root, county.name, 2010, 2016)
     assert result.url.endswith(f"change/county={county.name}/2010-2016")
     s = result.summary
@@ -63,6 +64,9 @@ def test_planted_change_is_found_and_the_report_is_whole(tmp_path, change_root, 
     assert planted["reference"] >= 3
     assert planted["recall"] >= 0.9 and planted["precision"] >= 0.6
     assert s["reference"] == "labels" and s["model_b"] == "labels@1"
+    assert "every model error on 2016 counts as change" in s["reference_choice"]
+    assert "caveat" not in s  # a synthetic county
+    assert "no held-out evaluation" in s["model"]["note"]
     assert s["tiles"] == len(change_root.manifests[2016]) == 36
     assert s["accuracy"]["2016"]["accuracy"] == 1.0
 
@@ -100,8 +104,8 @@ def test_planted_change_is_found_and_the_report_is_whole(tmp_path, change_root, 
         assert img.format == "PNG" and img.width > img.height
 
     report = storage.read_bytes(os.path.join(result.url, "report.md")).decode()
-    assert f"**{s['newly_developed']} tiles newly developed**" in report
-    assert "## Planted change (synthetic truth)" in report
+    assert f"**{s['newly_developed']} tiles newly developed** (" in report
+    assert "## Planted change (synthetic truth" in report
     assert "## Change without labels (embedding distance)" in report
     assert "- [change.tif](change.tif)" in report
 
@@ -129,7 +133,8 @@ def test_scored_with_a_model(tmp_path, change_root, change_kit, onnx_kit):
         storage.write_parquet(predictions_url(storage.join(root, "predictions"), name, year),
                               to_table(frame))
         scored[year] = frame.set_index("tile_id")
-    result = run_change(root, name, 2010, 2016, threshold=0.0, embeddings=False)
+    result = run_change(root, name, 2010, 2016, reference="labels", threshold=0.0,
+                        embeddings=False)
     s = result.summary
     assert s["model_b"] == s["model_a"] == runner.bundle.model_id
     assert set(s["accuracy"]) == {"2010", "2016"}
@@ -151,7 +156,7 @@ def test_scored_with_a_model(tmp_path, change_root, change_kit, onnx_kit):
 def test_rerun_replaces_the_report(tmp_path, change_root, change_kit):
     root = _root(tmp_path, change_root, change_kit)
     name = change_root.county.name
-    first = run_change(root, name, 2010, 2016, embeddings=False)
+    first = run_change(root, name, 2010, 2016, reference="labels", embeddings=False)
     assert "groups_2010.tif" in first.summary["files"]
     with open(os.path.join(first.url, "stale.txt"), "w") as f:
         f.write("from an older run")
@@ -197,14 +202,14 @@ def test_reference_from_predictions_and_another_folder(tmp_path, change_root, ch
         assert src.tags()["TIFFTAG_IMAGEDESCRIPTION"] == "2010 predictions groups"
 
 
-@pytest.mark.parametrize("problem", ["no 2016 predictions", "other classes", "shifted grid",
+@pytest.mark.parametrize("problem", ["no 2016 predictions", "other model", "shifted grid",
                                      "years"])
 def test_bad_input_writes_nothing(tmp_path, change_root, change_kit, problem):
     root = _root(tmp_path, change_root, change_kit)
     name = change_root.county.name
     if problem == "no 2016 predictions":
         os.remove(predictions_url(storage.join(root, "predictions"), name, 2016))
-    elif problem == "other classes":
+    elif problem == "other model":  # same-model comparison asked for, years by two models
         manifest = change_root.manifests[2016]
         change_kit.write_predictions(root, name, 2016, change_kit.predictions(
             manifest, ["Forest"] * len(manifest), county=name,
@@ -215,7 +220,7 @@ def test_bad_input_writes_nothing(tmp_path, change_root, change_kit, problem):
         change_kit.write_manifest(root, name, 2016, shifted)
     years = (2016, 2010) if problem == "years" else YEARS
     with pytest.raises(ChangeInputError):
-        run_change(root, name, *years, embeddings=False)
+        run_change(root, name, *years, reference="predictions", embeddings=False)
     assert not os.path.exists(os.path.join(root, "change"))
 
 
@@ -241,3 +246,70 @@ def test_pngs_use_the_map_palettes(tmp_path, change_root, change_kit):
         colours = {tuple(c) for c in np.asarray(img.convert("RGB")).reshape(-1, 3)}
     assert colours <= {rgb for _, rgb in maps.GROUP_PALETTE} | {labels.NO_DATA_COLOUR}
     assert (255, 0, 0) in colours  # some tiles are Developed
+
+
+def _evaluation(root: str, county: str, part: str, synthetic: bool) -> dict:
+    """A held-out evaluation of ``labels@1`` as training records it, on a split in which
+    ``county`` is in ``part``."""
+    from landuse.models.tracking import evaluation_url, models_root
+
+    split_url = storage.join(root, "naip", "dataset", "split.parquet")
+    storage.write_parquet(split_url, pa.Table.from_pandas(pd.DataFrame(
+        {"tile_id": ["t1", "t2"], "county": [county, "other"], "split": [part, "train"]})))
+    record = {"model_id": "labels@1", "split_url": split_url, "trained_on_synthetic": synthetic,
+              "metrics": {"accuracy": 0.8, "group_accuracy": 0.9, "tiles": 300,
+                          "counties": [county if part == "test" else "testcounty-9"],
+                          # rows truth, columns prediction: Developed, Cultivated, Undeveloped
+                          "group_confusion": [[90, 5, 5], [10, 80, 10], [20, 0, 80]]}}
+    storage.write_bytes(evaluation_url(models_root(root), "labels@1"),
+                        json.dumps(record).encode())
+    return record
+
+
+def test_same_model_by_default_with_the_count_expected_from_model_error(
+        tmp_path, change_root, change_kit):
+    root = _root(tmp_path, change_root, change_kit)
+    name = change_root.county.name
+    _evaluation(root, name, "test", synthetic=True)
+    s = run_change(root, name, 2010, 2016, truth=change_root.county.truth,
+                   embeddings=False).summary
+    assert s["reference"] == "predictions" and s["model_a"] == s["model_b"] == "labels@1"
+    assert s["reference_choice"] == "2010 predictions by the same model as 2016"
+    assert s["model"]["split"] == "test" and s["model"]["county_part"] == "test"
+    assert "caveat" not in s  # synthetic county: the synthetic-trained model may speak
+    # year A's groups: every compared tile's 2010 prediction, at the test error rates
+    t = pd.read_parquet(os.path.join(change_url(root, name, 2010, 2016), "tiles.parquet"))
+    compared = t.loc[t["transition"].notna(), "ref_group"].value_counts()
+    e = s["expected_from_model_error"]["newly_developed"]
+    assert e["expected"] == pytest.approx(
+        compared.get("Cultivated", 0) * 0.1 + compared.get("Undeveloped", 0) * 0.2, abs=0.05)
+    assert e["low"] <= e["expected"] <= e["high"]
+    changed = s["expected_from_model_error"]["changed"]
+    assert changed["expected"] == pytest.approx(
+        compared.get("Developed", 0) * 0.1 + compared.get("Cultivated", 0) * 0.2
+        + compared.get("Undeveloped", 0) * 0.2, abs=0.05)
+    report = storage.read_bytes(os.path.join(change_url(root, name, 2010, 2016),
+                                             "report.md")).decode()
+    assert (f"**{s['newly_developed']} tiles newly developed, about {e['expected']:g} of them "
+            f"expected from model error alone (95% interval {e['low']}-{e['high']})**") in report
+    assert f"on its held-out test counties ({name}, 300 tiles): accuracy 0.800" in report
+    assert "This county is one of the model's test counties (held out)." in report
+
+
+def test_a_real_county_scored_by_a_synthetic_trained_model_says_so_first(
+        tmp_path, change_root, change_kit):
+    root = _root(tmp_path, change_root, change_kit)
+    name = change_root.county.name
+    for year in YEARS:  # the same county, now real imagery
+        change_kit.write_manifest(root, name, year,
+                                  change_root.manifests[year].assign(synthetic=False))
+    _evaluation(root, name, "train", synthetic=True)
+    s = run_change(root, name, 2010, 2016, embeddings=False).summary
+    assert next(iter(s)) == "caveat"
+    assert "trained on synthetic imagery only" in s["caveat"]
+    report = storage.read_bytes(os.path.join(change_url(root, name, 2010, 2016),
+                                             "report.md")).decode()
+    assert report.splitlines()[0] == f"> **Caution:** {s['caveat']}"
+    assert "one of the model's training counties: not a held-out figure" in report
+    _evaluation(root, name, "train", synthetic=False)
+    assert "caveat" not in run_change(root, name, 2010, 2016, embeddings=False).summary

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 
 from landuse import storage
@@ -201,3 +203,41 @@ def test_decision_is_tracked_in_mlflow(onnx_kit, tiny_dataset, tmp_path, champio
     assert run.data.metrics["challenger_accuracy"] == pytest.approx(0.1)
     assert run.data.metrics["incumbent_accuracy"] == pytest.approx(incumbent_accuracy)
     assert not MlflowClient().search_registered_models()  # a kept champion registers nothing
+
+
+def test_the_champion_is_evaluated_once_on_the_test_counties(onnx_kit, tiny_dataset, tmp_path):
+    from landuse.models.tracking import evaluate_on_test, evaluation_url, read_evaluation
+
+    # a split whose test part is the validation county's tiles, from synthetic counties
+    split = tiny_dataset.split
+    held_out = split[split["split"] == "validation"].assign(split="test")
+    split_url = str(tmp_path / "dataset" / "split.parquet")
+    storage.write_parquet(split_url, pa.Table.from_pandas(
+        pd.concat([split, held_out], ignore_index=True), preserve_index=False))
+    storage.write_bytes(str(tmp_path / "dataset" / "summary.json"),
+                        json.dumps({"synthetic_training": True}).encode())
+    folder = _always(onnx_kit, tmp_path / "shrub", "Shrub")
+    meta = json.loads((folder / "bundle.json").read_text())
+    meta["lineage"]["split_sha256"] = _sha(split_url)
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    models = str(tmp_path / "models")
+
+    pointer = promote_best([{"bundle": str(folder), "run_id": None, "split_url": split_url}],
+                           models)
+    record = evaluate_on_test(pointer, models, split_url)
+    model_id = load_bundle(folder).model_id
+    assert read_evaluation(models, model_id) == record
+    assert record["split_url"] == split_url and record["trained_on_synthetic"] is True
+    m = record["metrics"]
+    assert m["split"] == "test" and m["counties"] == sorted(held_out["county"].unique())
+    assert m["tiles"] == len(held_out)
+    assert m["accuracy"] == pytest.approx(float((held_out["label"] == "Shrub").mean()))
+    assert len(m["group_confusion"]) == 3  # what change reports take error rates from
+    assert storage.exists(evaluation_url(models, model_id))
+
+    # the tiny split has no test counties: recorded as such, no figure made up
+    plain = _always(onnx_kit, tmp_path / "plain", "Shrub", classes=CLASSES)
+    pointer = promote_best([{"bundle": str(plain), "run_id": None,
+                             "split_url": tiny_dataset.url}], str(tmp_path / "models-2"))
+    record = evaluate_on_test(pointer, str(tmp_path / "models-2"), tiny_dataset.url)
+    assert record["metrics"] is None and "has no test tiles" in record["note"]
