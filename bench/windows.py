@@ -1,4 +1,4 @@
-"""Sliding-window throughput: vectorised against a naive per-window loop, and 1 vs 2 Spark workers.
+"""Sliding-window throughput: fully convolutional, per window (vectorised, naive); Spark 1 vs 2.
 
 Image: the bundled real NAIP scene (Stutsman County, ND, 2016; 5 m) resampled (bilinear) to
 NAIP's own 1 m pixel (``--pixel-m``): 4670 × 3615 px, 64,960 windows of 32 px every 16 px
@@ -7,10 +7,13 @@ NAIP's own 1 m pixel (``--pixel-m``): 4670 × 3615 px, 64,960 windows of 32 px e
 Models, each an ONNX bundle:
   linear      the window's mean colour -> linear -> softmax: next to no compute, so its row
               measures getting windows to a model (read, extract, preprocess, call);
-  small CNN   a CIFAR-style network on 32 × 32 input (three 3×3 convolutions of 16/32/64
-              channels with ReLU, two 2×2 max-pools, global average pool, dense, softmax;
-              random He weights: speed does not depend on them); the seed scored its 32 px
-              windows with a CIFAR ResNet, a network of this kind;
+  small CNN   a CIFAR-style network on 32 × 32 input (three unpadded 3×3 convolutions of
+              16/32/64 channels with ReLU, two 2×2 max-pools, global average pool, dense,
+              softmax; random He weights: speed does not depend on them); the seed scored
+              its 32 px windows with a CIFAR ResNet, a network of this kind. Unpadded, so
+              that it can be made fully convolutional exactly; the same network with padded
+              convolutions is refused (a window's zero border is its own), and the run
+              prints why;
   SqueezeNet  (``--squeezenet``) the shipped SqueezeNet v1.1 with a fresh six-class head,
               224 px input, so every 32 px window is resized; on the scene as shipped (5 m,
               2508 windows) to keep the run short.
@@ -22,18 +25,30 @@ on a shared machine):
               preprocessed once, every window a view (``sliding_window_view``), gathered and
               scored in batches of ``--batch-size`` (at most 5 windows of 224 px: see
               ``landuse.windows.extract.MAX_BATCH_PIXELS``);
+  fully convolutional  the same with ``route=fully-convolutional``
+              (:mod:`landuse.windows.fcn`): each band of window rows through the network made
+              fully convolutional, in one call (the model derived before timing);
   naive       a Python loop per window over the same image held in memory (read once,
               untimed): slice the window (resize it with Pillow when the model wants another
               size) and call the runner on it alone, as the seed did (one window per model
               call); timed on the first ``--naive-windows`` windows;
-  spark       :func:`landuse.windows.spark.score_strips_on_spark` with the small CNN on
+  spark       :func:`landuse.windows.spark.score_strips_on_spark`, fully convolutional,
+              with the small CNN on
               ``local[1]`` and ``local[2]`` (one inference thread per worker), timed after a
               warm-up job on the 5 m scene that starts the Python workers and loads the model;
               parallel efficiency = rate(2) / (2 × rate(1)). The slowest strip's time over
               the mean strip time says whether the strips were equal work.
 
+Also printed: the CPU (``lscpu`` model name and AVX / FMA flags); the FLOPs per window of
+each route (2 per multiply-add of Conv, MatMul and Gemm, plus one per element summed by an
+average pooling, from ONNX shape inference; the fully convolutional count includes the rows
+recomputed where bands meet); the machine's matrix-multiply rate (float32 1024³ on one
+thread, ONNX Runtime and numpy, best of 5, per wall-clock and per CPU second), and how close
+each route comes to it (FLOPs per window × windows/s ÷ the ONNX Runtime matmul rate, on
+both clocks).
+
 Run:  .venv/bin/python bench/windows.py [--pixel-m 1] [--squeezenet] [--no-spark]
-Ends with ``ratio=<vectorised/naive>`` for the small CNN.
+Ends with ``ratio=<fully convolutional/naive>`` for the small CNN.
 """
 
 from __future__ import annotations
@@ -42,6 +57,7 @@ import argparse
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +70,7 @@ sys.path.insert(0, str(PROJECT / "include"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's matmul on one thread, like ORT
 
 from landuse.labels import CLASSES  # noqa: E402
 from landuse.models.bundle import Bundle, BundleSpec, write_bundle  # noqa: E402
@@ -84,8 +101,9 @@ def make_image(dest: Path, pixel_m: float) -> Path:
     return dest
 
 
-def small_cnn_bundle(dest: Path) -> Bundle:
-    """A CIFAR-sized CNN (NHWC float input, pixels / 255) as an ONNX bundle."""
+def small_cnn_bundle(dest: Path, pad: int = 0) -> Bundle:
+    """A CIFAR-sized CNN (NHWC float input, pixels / 255) as an ONNX bundle; unpadded
+    convolutions unless ``pad``."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -103,7 +121,7 @@ def small_cnn_bundle(dest: Path) -> Bundle:
     x = "x0"
     for i, name in enumerate(("c1", "c2", "c3")):
         nodes += [helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_y"],
-                                   kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                                   kernel_shape=[3, 3], pads=[pad] * 4),
                   helper.make_node("Relu", [f"{name}_y"], [f"{name}_r"])]
         x = f"{name}_r"
         if i < 2:
@@ -162,14 +180,17 @@ def squeezenet_bundle(dest: Path) -> Bundle:
     return build_bundle("squeezenet", "imagenet", dest)
 
 
-def vectorised(image: str, bundle: Bundle, batch_size: int) -> tuple[float, float, int]:
-    """Windows per second and per CPU second of score_in_process (one thread), and the
-    window count."""
+def vectorised(image: str, bundle: Bundle, batch_size: int,
+               route: str = "per-window") -> tuple[float, float, int]:
+    """Windows per second and per CPU second of score_in_process (one thread) by ``route``,
+    and the window count."""
+    from landuse.windows.fcn import choose_route
     from landuse.windows.job import image_grid, score_in_process
 
     grid, _, _ = image_grid(image, SIZE, STRIDE)
+    plan = choose_route(bundle, SIZE, STRIDE, requested=route)  # derived before timing
     wall, cpu = time.perf_counter(), time.process_time()
-    score_in_process(image, bundle, grid, batch_size=batch_size, threads=1)
+    score_in_process(image, bundle, grid, batch_size=batch_size, threads=1, route=plan)
     return (grid.count / (time.perf_counter() - wall),
             grid.count / (time.process_time() - cpu), grid.count)
 
@@ -206,21 +227,24 @@ def spark_rate(image: str, bundle: Bundle, workers: int, batch_size: int,
     shipped), the slowest strip over the mean strip time of the best run, and the warm-up
     job's seconds."""
     from landuse.spark import local_spark
+    from landuse.windows.fcn import choose_route
     from landuse.windows.job import image_grid
     from landuse.windows.spark import score_strips_on_spark
 
     spark = local_spark(f"bench-windows-{workers}", master=f"local[{workers}]")
     grid, _, _ = image_grid(image, SIZE, STRIDE)
     small, _, _ = image_grid(str(SCENE), SIZE, STRIDE)
+    route = choose_route(bundle, SIZE, STRIDE, requested="fully-convolutional")
     try:
         started = time.perf_counter()  # starts the Python workers, loads the model in each
-        score_strips_on_spark(spark, str(SCENE), bundle, small, batch_size=batch_size)
+        score_strips_on_spark(spark, str(SCENE), bundle, small, batch_size=batch_size,
+                              route=route)
         warm = time.perf_counter() - started
         best, spread = 0.0, 0.0
         for _ in range(repeats):
             started = time.perf_counter()
             _, seconds, _ = score_strips_on_spark(spark, image, bundle, grid,
-                                                  batch_size=batch_size)
+                                                  batch_size=batch_size, route=route)
             rate = grid.count / (time.perf_counter() - started)
             if rate > best:
                 best, spread = rate, max(seconds) / (sum(seconds) / len(seconds))
@@ -229,22 +253,154 @@ def spark_rate(image: str, bundle: Bundle, workers: int, batch_size: int,
     return best, spread, warm
 
 
+def cpu_info() -> str:
+    """``lscpu``'s model name and the AVX / FMA flags."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "lscpu unavailable"
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    flags = sorted(f for f in fields.get("Flags", "").split() if f.startswith(("avx", "fma")))
+    return (f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} "
+            f"CPU(s); {' '.join(flags) or 'no AVX'}")
+
+
+def matmul_rates(n: int = 1024, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of a float32 n × n × n matrix product on one thread, ONNX Runtime and numpy,
+    per second of wall-clock time and per second of this process's CPU time (best of
+    ``repeats``): keys ``ort``, ``ort_cpu``, ``numpy``, ``numpy_cpu``."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    rates = {}
+    for name, call in (("ort", lambda: session.run(None, {"a": a, "b": b})),
+                       ("numpy", lambda: a @ b)):
+        call()
+        wall, cpu = [], []
+        for _ in range(repeats):
+            w, c = time.perf_counter(), time.process_time()
+            call()
+            wall.append(time.perf_counter() - w)
+            cpu.append(time.process_time() - c)
+        rates[name] = 2 * n**3 / min(wall) / 1e9
+        rates[f"{name}_cpu"] = 2 * n**3 / max(min(cpu), 1e-9) / 1e9
+    return rates
+
+
+def model_flops(model, shape: list[int]) -> float:
+    """FLOPs of one call of an ONNX model on an input of ``shape``: 2 per multiply-add of
+    Conv, MatMul and Gemm, 1 per element an average pooling sums (shape inference)."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for dim, value in zip(dims, shape, strict=True):
+        dim.Clear()
+        dim.dim_value = value
+    del model.graph.value_info[:]
+    inferred = shape_inference.infer_shapes(model, strict_mode=True)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.input, *inferred.graph.value_info,
+                        *inferred.graph.output]}
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    total = 0.0
+    for node in inferred.graph.node:
+        out = shapes.get(node.output[0], [])
+        if node.op_type == "Conv":
+            w = shapes[node.input[1]]
+            total += 2 * np.prod(out, dtype=float) * np.prod(w[1:], dtype=float)
+        elif node.op_type in ("MatMul", "Gemm"):
+            a, b = shapes[node.input[0]], consts.get(node.input[1])
+            inner = a[-1] if b is None else b.shape[0 if node.op_type == "MatMul" else 1]
+            if node.op_type == "Gemm" and b is not None:
+                attrs = {x.name: x.i for x in node.attribute}
+                inner = b.shape[1 if attrs.get("transB", 0) else 0]
+            total += 2 * np.prod(out, dtype=float) * inner
+        elif node.op_type == "AveragePool":
+            kernel = next(list(x.ints) for x in node.attribute if x.name == "kernel_shape")
+            total += np.prod(out, dtype=float) * np.prod(kernel, dtype=float)
+        elif node.op_type in ("GlobalAveragePool", "ReduceMean"):
+            total += np.prod(shapes[node.input[0]], dtype=float)
+    return total
+
+
+def route_flops(bundle: Bundle, image_width: int) -> tuple[float, float | None]:
+    """FLOPs per window: per window (one window per call), and fully convolutional (one
+    band of window rows across the image, recomputed seam rows included); None when the
+    network cannot be converted."""
+    import onnx
+
+    from landuse.windows.fcn import FcnScorer, NotConvertible, load_fcn
+
+    side = bundle.spec.preprocessing.input_size  # the windows are resized to it
+    per_window = model_flops(onnx.load(str(bundle.file("onnx"))), [1, side, side, 3])
+    try:
+        fcn = onnx.load_from_string(load_fcn(bundle, SIZE, STRIDE))
+    except NotConvertible:
+        return per_window, None
+    scorer = FcnScorer(bundle, SIZE, STRIDE)
+    cols = (image_width - SIZE) // STRIDE + 1
+    width = (cols - 1) * STRIDE + SIZE
+    rows = scorer.band_rows(width)
+    height = (rows - 1) * STRIDE + SIZE
+    return per_window, model_flops(fcn, [1, height, width, 3]) / (rows * cols)
+
+
 def compare(name: str, image: str, bundle: Bundle, args: argparse.Namespace,
-            naive_windows: int) -> tuple[float, float]:
-    """Vectorised and naive windows/s of one bundle on one image (best of the repeats,
-    alternated so a busy spell cannot favour one side); prints wall-clock and CPU rates."""
-    vec = slow = vec_cpu = slow_cpu = 0.0
+            naive_windows: int, width: int, matmul: dict[str, float]
+            ) -> tuple[float, float, float]:
+    """Fully convolutional, vectorised and naive windows/s of one bundle on one image (best
+    of the repeats, alternated so a busy spell cannot favour one route); prints wall-clock
+    and CPU rates, FLOPs per window and the share of the matmul rate. Returns the three
+    wall-clock rates (fully convolutional 0 when the network cannot be converted)."""
+    from landuse.windows.fcn import choose_route
+
+    convertible = choose_route(bundle, SIZE, STRIDE).fully_convolutional
+    wall = {"fcn": 0.0, "vec": 0.0, "naive": 0.0}
+    cpu = dict(wall)
     count = 0
     for _ in range(args.repeats):
-        rate, cpu, count = vectorised(image, bundle, args.batch_size)
-        vec, vec_cpu = max(vec, rate), max(vec_cpu, cpu)
-        rate, cpu = naive(image, bundle, naive_windows)
-        slow, slow_cpu = max(slow, rate), max(slow_cpu, cpu)
-    print(f"{name:<21} {vec:10.1f} {slow:10.1f} {vec / slow:6.2f}   {vec_cpu:10.1f} "
-          f"{slow_cpu:10.1f} {vec_cpu / slow_cpu:6.2f}   "
-          f"({bundle.spec.preprocessing.input_size} px input; naive on "
-          f"{min(naive_windows, count)} of {count} windows)")
-    return vec, slow
+        if convertible:
+            rate, per_cpu, count = vectorised(image, bundle, args.batch_size,
+                                              "fully-convolutional")
+            wall["fcn"], cpu["fcn"] = max(wall["fcn"], rate), max(cpu["fcn"], per_cpu)
+        rate, per_cpu, count = vectorised(image, bundle, args.batch_size)
+        wall["vec"], cpu["vec"] = max(wall["vec"], rate), max(cpu["vec"], per_cpu)
+        rate, per_cpu = naive(image, bundle, naive_windows)
+        wall["naive"], cpu["naive"] = max(wall["naive"], rate), max(cpu["naive"], per_cpu)
+    flops_window, flops_fcn = route_flops(bundle, width)
+    size = bundle.spec.preprocessing.input_size
+    print(f"{name}  ({size} px input; naive on {min(naive_windows, count)} of {count} "
+          "windows)")
+    for key, label, flops in (("fcn", "fully convolutional", flops_fcn),
+                              ("vec", "vectorised per window", flops_window),
+                              ("naive", "naive per window", flops_window)):
+        if flops is None:
+            print(f"  {label:<22} {'not convertible':>10}")
+            continue
+        print(f"  {label:<22} {wall[key]:10.1f} {cpu[key]:10.1f} {flops / 1e6:10.3f} "
+              f"{flops * wall[key] / 1e9:9.2f} {flops * wall[key] / 1e9 / matmul['ort']:9.1%} "
+              f"{flops * cpu[key] / 1e9:9.2f} {flops * cpu[key] / 1e9 / matmul['ort_cpu']:9.1%}")
+    if convertible:
+        print(f"  fully convolutional / vectorised {wall['fcn'] / wall['vec']:.2f}x wall, "
+              f"{cpu['fcn'] / cpu['vec']:.2f}x CPU; / naive {wall['fcn'] / wall['naive']:.2f}x"
+              f" wall, {cpu['fcn'] / cpu['naive']:.2f}x CPU")
+    print(f"  vectorised / naive {wall['vec'] / wall['naive']:.2f}x wall, "
+          f"{cpu['vec'] / cpu['naive']:.2f}x CPU")
+    return wall["fcn"], wall["vec"], wall["naive"]
 
 
 def main() -> None:
@@ -265,33 +421,42 @@ def main() -> None:
     try:
         import rasterio
 
+        from landuse.windows.fcn import choose_route
+
+        print(f"cpu: {cpu_info()}")
+        rates = matmul_rates()
+        print(f"matmul float32 1024³, one thread: ONNX Runtime {rates['ort']:.1f} GFLOP/s "
+              f"({rates['ort_cpu']:.1f} per CPU s), numpy {rates['numpy']:.1f} GFLOP/s "
+              f"({rates['numpy_cpu']:.1f} per CPU s)")
         image = str(make_image(work / "scene.tif", args.pixel_m))
         with rasterio.open(image) as src:
             shape = (src.width, src.height)
         cnn = small_cnn_bundle(work / "small-cnn")
+        padded = choose_route(small_cnn_bundle(work / "small-cnn-padded", pad=1), SIZE, STRIDE)
         print(f"image: real NAIP scene (2016) resampled to {args.pixel_m:g} m, "
               f"{shape[0]} × {shape[1]} px; windows of {SIZE} px every {STRIDE} px; "
               f"batch {args.batch_size}; 1 ONNX Runtime thread")
-        print(f"{'':<21} {'windows/s':>28}   {'windows per CPU second':>29}")
-        print(f"{'model':<21} {'vectorised':>10} {'naive':>10} {'ratio':>6}   "
-              f"{'vectorised':>10} {'naive':>10} {'ratio':>6}")
+        print(f"small CNN with padded convolutions: {padded.name} ({padded.reason})")
+        print(f"  {'route':<22} {'windows/s':>10} {'per CPU s':>10} {'MFLOP/win':>10} "
+              f"{'GFLOP/s':>9} {'of matmul':>9} {'per CPU s':>9} {'of matmul':>9}")
         compare("linear (mean colour)", image, linear_bundle(work / "linear"), args,
-                args.naive_windows * 5)
-        vec, slow = compare("small CNN", image, cnn, args, args.naive_windows)
+                args.naive_windows * 5, shape[0], rates)
+        fcn, _, slow = compare("small CNN", image, cnn, args, args.naive_windows, shape[0],
+                               rates)
         if args.squeezenet:
             compare("SqueezeNet v1.1", str(SCENE), squeezenet_bundle(work / "squeezenet"),
-                    args, 300)
+                    args, 300, shape[0], rates)
         if not args.no_spark:
             one, spread1, warm1 = spark_rate(image, cnn, 1, args.batch_size, args.repeats)
             two, spread2, warm2 = spark_rate(image, cnn, 2, args.batch_size, args.repeats)
-            print(f"spark local[1], small CNN  {one:9.1f} windows/s  (strips slowest/mean "
-                  f"{spread1:.2f}; warm-up job {warm1:.1f} s)")
-            print(f"spark local[2], small CNN  {two:9.1f} windows/s  (strips slowest/mean "
-                  f"{spread2:.2f}; warm-up job {warm2:.1f} s)")
+            print(f"spark local[1], small CNN, fully convolutional {one:9.1f} windows/s  "
+                  f"(strips slowest/mean {spread1:.2f}; warm-up job {warm1:.1f} s)")
+            print(f"spark local[2], small CNN, fully convolutional {two:9.1f} windows/s  "
+                  f"(strips slowest/mean {spread2:.2f}; warm-up job {warm2:.1f} s)")
             print(f"speed-up 1 -> 2 workers    {two / one:9.2f}x   parallel efficiency "
                   f"{two / (2 * one):.2f}  (the seed: {SEED_MINUTES[0] / SEED_MINUTES[1]:.1f}x "
                   f"on 12 nodes, efficiency {SEED_MINUTES[0] / SEED_MINUTES[1] / 12:.2f})")
-        print(f"ratio={vec / slow:.3f}")
+        print(f"ratio={fcn / slow:.3f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

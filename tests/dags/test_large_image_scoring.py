@@ -84,6 +84,7 @@ def test_scores_a_large_image_on_spark_into_a_georeferenced_map(airflow_db, imag
     summary = json.loads((out / "summary.json").read_text())
     assert summary["windows"] == summary["scored"] == 9 * 11
     assert summary["spark_master"] == "local[2]" and summary["strips"] == 2
+    assert summary["route"] == "fully-convolutional"
     assert set(summary["detections_per_class"]) <= {"Developed", "Forest", "Cultivated"}
     with rasterio.open(images / "scene.tif") as src, \
             rasterio.open(out / "probabilities.tif") as probs:
@@ -122,3 +123,4 @@ def test_png_in_process_without_geojson(airflow_db, images, bundle, tmp_path):
     summary = json.loads((tmp_path / "windows" / "scene" / "summary.json").read_text())
     assert not summary["georeferenced"] and "detections.geojson" not in summary["outputs"]
     assert summary["grid"] == [7, 9] and summary["strips"] == 1
+    assert summary["route"] == "per-window"  # 40 px windows, 32 px model: resized

@@ -43,6 +43,8 @@ def test_scores_in_process_and_returns_the_summary(scene, onnx_bundle, tmp_path)
     assert summary["strips"] == 1 and summary["spark_master"] is None
     assert summary["georeferenced"] and summary["crs"] == "EPSG:26914"
     assert summary["model_id"].startswith("hand-built@")
+    # 32 px windows of a 32 px mean-colour model: scored fully convolutionally.
+    assert summary["route"] == "fully-convolutional"
     for url in summary["outputs"].values():
         assert Path(url).is_file()
     json.dumps(summary)  # XCom-serialisable
@@ -57,6 +59,8 @@ def test_templated_strings_are_typed(scene, onnx_bundle, tmp_path):
              detect_classes="Developed, Forest")
     summary = op.execute(context={})
     assert (summary["window_size"], summary["stride"]) == (24, 8)
+    # 24 px windows are resized for the 32 px model: window by window, and the summary says why.
+    assert summary["route"] == "per-window" and "32 px input" in summary["route_reason"]
     assert "detections.geojson" not in summary["outputs"]
     assert set(summary["detections_per_class"]) <= {"Developed", "Forest"}
 
@@ -66,6 +70,7 @@ def test_scores_on_spark(scene, onnx_bundle, tmp_path):
              detect_classes=["Developed", "Forest"])
     summary = op.execute(context={})  # the session stays up for later tests to reuse
     assert summary["spark_master"] == "local[2]" and summary["strips"] == 2
+    assert summary["route"] == "fully-convolutional"
     assert set(summary["detections_per_class"]) <= {"Developed", "Forest"}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from landuse.windows.fcn import ROUTES
 from landuse.windows.grid import DEFAULT_SIZE, DEFAULT_STRIDE
 from landuse.windows.nms import DEFAULT_IOU, DEFAULT_THRESHOLD
 
@@ -44,13 +45,14 @@ def _windows(args: argparse.Namespace) -> int:
         args.image, bundle, args.out, size=args.size, stride=args.stride,
         threshold=args.threshold, iou_threshold=args.iou, detect_classes=args.detect,
         merge=args.merge, geojson=geojson, spark=spark, framework=args.framework,
-        batch_size=args.batch_size, threads=args.threads,
+        batch_size=args.batch_size, threads=args.threads, route=args.route,
     )
     rows, cols = summary["grid"]
     print(f"{summary['windows']} windows ({rows} × {cols}, {args.size} px every "
           f"{args.stride} px), {summary['scored']} scored in {summary['strips']} strips, "
           f"{summary['scoring_seconds']:.1f} s ({summary['windows_per_second']} windows/s, "
           f"{args.master})")
+    print(f"route: {summary['route']} ({summary['route_reason']})")
     print(f"classes: {summary['class_shares']}")
     print(f"detections: {summary['detections']} after NMS ({summary['windows_merged']} windows "
           f"merged) {summary['detections_per_class']}")
@@ -85,6 +87,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--geojson", choices=["auto", "yes", "no"], default="auto",
                         help="GeoJSON detections (auto: when the image is georeferenced)")
     parser.add_argument("--framework", default="onnx", choices=["onnx", "keras", "tflite"])
+    parser.add_argument("--route", default="auto", choices=list(ROUTES),
+                        help="fully-convolutional (one network call per band of window rows)"
+                             ", per-window, or auto: the first when the network allows it")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="inference threads per worker")
     parser.add_argument("--master", default="local[2]",

@@ -21,6 +21,7 @@ import numpy as np
 from landuse import storage
 from landuse.models.bundle import Bundle, load_bundle
 from landuse.windows.extract import DEFAULT_BATCH, DEFAULT_MIN_VALID, score_strip
+from landuse.windows.fcn import FcnScorer, Route, choose_route
 from landuse.windows.grid import (
     DEFAULT_SIZE,
     DEFAULT_STRIDE,
@@ -77,20 +78,30 @@ def score_in_process(
     threads: int = 1,
     min_valid: float = DEFAULT_MIN_VALID,
     max_strip_windows: int = MAX_STRIP_WINDOWS,
+    route: Route | None = None,
 ) -> WindowScores:
-    """Score every window in this process, strip by strip (bounded memory)."""
+    """Score every window in this process, strip by strip (bounded memory): through the
+    fully convolutional model when ``route`` says so, else window by window (batched)."""
     from landuse.models.runners import open_runner
 
     started = time.perf_counter()
-    options = {"threads": threads} if framework in ("onnx", "tflite") else {}
-    runner = open_runner(bundle, framework, **options)
+    fcn: FcnScorer | None = None
+    if route is not None and route.fully_convolutional:
+        fcn = FcnScorer(bundle, grid.size, grid.stride, threads=threads)
+    else:
+        options = {"threads": threads} if framework in ("onnx", "tflite") else {}
+        runner = open_runner(bundle, framework, **options)
     out = np.empty((grid.count, len(bundle.spec.classes)), dtype=np.float32)
     seconds = []
     with open_image(image) as source:
         for strip in plan_strips(grid, 1, max_windows=max_strip_windows):
             t = time.perf_counter()
-            out[strip.start:strip.stop] = score_strip(source, grid, strip, runner,
-                                                      batch_size=batch_size, min_valid=min_valid)
+            if fcn is not None:
+                probs = fcn.score_strip(source, grid, strip, min_valid=min_valid)
+            else:
+                probs = score_strip(source, grid, strip, runner, batch_size=batch_size,
+                                    min_valid=min_valid)
+            out[strip.start:strip.stop] = probs
             seconds.append(time.perf_counter() - t)
     return WindowScores(grid, out.reshape(grid.rows, grid.cols, -1), bundle.spec.classes,
                         seconds, time.perf_counter() - started)
@@ -108,18 +119,21 @@ def score_image(
     min_valid: float = DEFAULT_MIN_VALID,
     max_strip_windows: int = MAX_STRIP_WINDOWS,
     slots: int | None = None,
+    route: Route | None = None,
 ) -> WindowScores:
-    """Score every window, on Spark when a session is given, else in this process."""
+    """Score every window, on Spark when a session is given, else in this process; through
+    the fully convolutional model when ``route`` says so (None: per window)."""
     if spark is None:
         return score_in_process(image, bundle, grid, framework=framework,
                                 batch_size=batch_size, threads=threads, min_valid=min_valid,
-                                max_strip_windows=max_strip_windows)
+                                max_strip_windows=max_strip_windows, route=route)
     from landuse.windows.spark import score_strips_on_spark
 
     started = time.perf_counter()
     probs, seconds, _ = score_strips_on_spark(
         spark, image, bundle, grid, framework=framework, batch_size=batch_size,
-        threads=threads, min_valid=min_valid, slots=slots, max_strip_windows=max_strip_windows)
+        threads=threads, min_valid=min_valid, slots=slots, max_strip_windows=max_strip_windows,
+        route=route)
     return WindowScores(grid, probs.reshape(grid.rows, grid.cols, -1), bundle.spec.classes,
                         seconds, time.perf_counter() - started)
 
@@ -142,6 +156,7 @@ def run_windows(
     threads: int = 1,
     min_valid: float = DEFAULT_MIN_VALID,
     max_strip_windows: int = MAX_STRIP_WINDOWS,
+    route: str = "auto",
 ) -> dict[str, Any]:
     """Score ``image`` with a sliding window and write the dense map and detections.
 
@@ -163,12 +178,16 @@ def run_windows(
         threads: inference threads (per Spark Python worker, or in this process).
         min_valid: windows with a smaller share of valid pixels are not scored.
         max_strip_windows: most windows in one strip (one Spark task).
+        route: ``auto`` (the fully convolutional model when the network allows it, see
+            :mod:`landuse.windows.fcn`, else per window), ``fully-convolutional`` (an error
+            when it cannot) or ``per-window``. The summary says which was used and why.
 
     Returns:
         The summary also written to ``{out}/summary.json``.
 
     Raises:
-        WindowError: bad window, stride, thresholds or classes; GeoJSON without a CRS.
+        WindowError: bad window, stride, thresholds, classes or route; GeoJSON without a
+            CRS; ``fully-convolutional`` asked for a network that cannot take it.
         RasterError: the image cannot be read.
         BundleError: the bundle is invalid.
     """
@@ -188,12 +207,14 @@ def run_windows(
     if geojson:
         require_crs(image, crs)
     write_geojson = crs is not None if geojson is None else geojson
-    log.info("scoring %d windows (%d × %d, %d px every %d px) of %s with %s%s", grid.count,
-             grid.rows, grid.cols, size, stride, image, loaded.model_id,
-             f" on {spark.sparkContext.master}" if spark is not None else " in process")
+    plan = choose_route(loaded, size, stride, framework=framework, requested=route)
+    log.info("scoring %d windows (%d × %d, %d px every %d px) of %s with %s%s, %s (%s)",
+             grid.count, grid.rows, grid.cols, size, stride, image, loaded.model_id,
+             f" on {spark.sparkContext.master}" if spark is not None else " in process",
+             plan.name, plan.reason)
     scores = score_image(image, loaded, grid, spark=spark, framework=framework,
                          batch_size=batch_size, threads=threads, min_valid=min_valid,
-                         max_strip_windows=max_strip_windows)
+                         max_strip_windows=max_strip_windows, route=plan)
     detections = detect(scores.probabilities, grid, classes, threshold=threshold,
                         iou_threshold=iou_threshold, detect_classes=detect_classes, merge=merge)
     urls = write_outputs(out, scores.probabilities, grid, classes, detections, crs=crs,
@@ -212,6 +233,7 @@ def run_windows(
         "scoring_seconds": round(scores.seconds, 3),
         "windows_per_second": round(grid.count / scores.seconds, 1) if scores.seconds else None,
         "spark_master": spark.sparkContext.master if spark is not None else None,
+        "route": plan.name, "route_reason": plan.reason,
         "georeferenced": crs is not None, "crs": crs.to_string() if crs is not None else None,
         "class_shares": shares, "threshold": threshold, "iou_threshold": iou_threshold,
         "detections": len(detections),

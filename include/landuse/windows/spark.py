@@ -22,6 +22,7 @@ import numpy as np
 
 from landuse.models.bundle import Bundle
 from landuse.windows.extract import DEFAULT_BATCH, DEFAULT_MIN_VALID
+from landuse.windows.fcn import Route
 from landuse.windows.grid import MAX_STRIP_WINDOWS, Strip, WindowGrid, plan_strips
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ def score_strips_on_spark(
     min_valid: float = DEFAULT_MIN_VALID,
     slots: int | None = None,
     max_strip_windows: int = MAX_STRIP_WINDOWS,
+    route: Route | None = None,
 ) -> tuple[np.ndarray, list[float], list[Strip]]:
     """Score every window of ``image`` on Spark, one task per strip.
 
@@ -67,6 +69,8 @@ def score_strips_on_spark(
         min_valid: windows with less valid data are not scored (NaN).
         slots: parallel task slots to plan equal strips for (default: :func:`task_slots`).
         max_strip_windows: most windows one task holds.
+        route: fully convolutional (see :mod:`landuse.windows.fcn`) or, when None or
+            ``per-window``, each window through the bundle's runner.
 
     Returns:
         The (count, classes) probabilities in grid order, each strip's scoring seconds, and
@@ -76,23 +80,31 @@ def score_strips_on_spark(
 
     from landuse.scoring.spark import ship_bundle, worker_runner
     from landuse.windows.extract import score_strip
+    from landuse.windows.fcn import worker_scorer
     from landuse.windows.source import open_image
 
     sc = spark.sparkContext
     strips = plan_strips(grid, slots or task_slots(sc), max_windows=max_strip_windows)
-    name = ship_bundle(sc, bundle)
+    name = ship_bundle(sc, bundle)  # carries the fully convolutional model once derived
     url = image if "://" in image else os.path.abspath(image)
+    fcn = route is not None and route.fully_convolutional
 
     def score_partition(items: Iterable[Strip]) -> Iterator[tuple[int, int, np.ndarray, float]]:
         todo = list(items)
         if not todo:
             return
-        runner = worker_runner(SparkFiles.get(name), framework, threads)
+        if fcn:
+            scorer = worker_scorer(SparkFiles.get(name), grid.size, grid.stride, threads)
+        else:
+            runner = worker_runner(SparkFiles.get(name), framework, threads)
         with open_image(url) as source:
             for item in todo:
                 started = time.perf_counter()
-                probs = score_strip(source, grid, item, runner, batch_size=batch_size,
-                                    min_valid=min_valid)
+                if fcn:
+                    probs = scorer.score_strip(source, grid, item, min_valid=min_valid)
+                else:
+                    probs = score_strip(source, grid, item, runner, batch_size=batch_size,
+                                        min_valid=min_valid)
                 yield item.index, item.start, probs, time.perf_counter() - started
 
     sc.addJobTag(JOB_TAG)  # so that cancel() (an operator's on_kill) can find the job

@@ -1,0 +1,617 @@
+"""Fully convolutional sliding windows: the work overlapping windows share is done once.
+
+With 32 px windows every 16 px each pixel lies in four windows, and scoring every window on
+its own repeats the convolutions four times over. A network that is a convolutional trunk,
+a global pooling and a dense head gives exactly the same per-window output when its trunk
+runs once over a whole band of window rows (OverFeat), provided that
+
+* the trunk has no padding (a window's zero border would otherwise differ from the
+  neighbouring pixels the band supplies, and nothing could be shared exactly);
+* the window stride is a multiple of every trunk tensor's stride, so each window's feature
+  map is a crop of the band's;
+* the window needs no resizing (window size = the model's input size).
+
+Then the global pooling becomes a pooling of the window's feature-map size with the window
+stride in feature cells, and the head runs on every pooled cell: a ``MatMul`` over the
+channel axis of the channel-last pooled map, which is a 1 × 1 convolution (``Gemm`` and
+1 × 1 ``Conv`` heads are rewritten so; ``Flatten`` / ``Reshape`` / ``Squeeze`` become
+identities). The result is an ONNX model with dynamic input height and width whose output
+is the window grid, (N, rows, cols, classes). :func:`derive_fcn` builds it from a bundle's
+``model.onnx`` (graph surgery; no framework needed, so imported ONNX models qualify too)
+and checks it against the per-window model on random input before it is used.
+:func:`choose_route` keeps it in the bundle folder (``windows-fcn-{size}-{stride}.onnx``,
+tagged with the SHA-256 of the ``model.onnx`` it came from) or says why the per-window
+path must be used instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from landuse.models.preprocessing import to_tensor
+from landuse.windows.extract import DEFAULT_MIN_VALID, valid_fraction, window_view
+from landuse.windows.grid import Strip, WindowError, WindowGrid
+
+if TYPE_CHECKING:
+    from landuse.models.bundle import Bundle
+    from landuse.windows.source import ImageSource
+
+log = logging.getLogger(__name__)
+
+FULLY_CONVOLUTIONAL = "fully-convolutional"
+PER_WINDOW = "per-window"
+ROUTES = ("auto", FULLY_CONVOLUTIONAL, PER_WINDOW)
+PARITY_TOLERANCE = 1e-4
+SOURCE_TAG = "landuse:fcn_source_onnx_sha256"
+# Input pixels per model call (2 Mpx: 27 window rows of a 1 m NAIP scene). Bands of window
+# rows bound the trunk's activations (about 130 MB for the bench's small CNN; a whole
+# 16,384-window strip at once would double that), the rows recomputed where bands meet
+# (window - stride px per band) stay under 4 %; on the bench's CPU, bands of 256 kpx and
+# 1 Mpx ran at 40,000 and 37,000 windows per CPU second, 2 and 4 Mpx at 45,000.
+MAX_FCN_PIXELS = 1 << 21
+
+_UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip", "Elu", "Selu", "Celu",
+          "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp",
+          "Log", "Sqrt", "Neg", "Abs", "Reciprocal", "Identity", "Cast", "Dropout"}
+_BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"}
+_FLATTEN = {"Flatten", "Reshape", "Squeeze"}
+
+
+class NotConvertible(ValueError):
+    """The network cannot be made fully convolutional exactly; the message says why."""
+
+
+def fcn_file_name(size: int, stride: int) -> str:
+    """Name of the fully convolutional model for one window layout, inside a bundle."""
+    return f"windows-fcn-{size}-{stride}.onnx"
+
+
+@dataclass(frozen=True)
+class _Spatial:
+    layout: str  # "NCHW" or "NHWC"
+    step: int  # image pixels per cell
+    cells: int  # feature-map side for one window
+
+
+@dataclass(frozen=True)
+class _Pooled:
+    """One feature vector per window on the last axis: (N, rows, cols, features)."""
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """Shapes and other values computed on the side (dead once the head is rewritten)."""
+
+
+_POOLED, _META = _Pooled(), _Meta()
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+class _Converter:
+    """One pass over the graph in its (topological) order, tracking each tensor's kind."""
+
+    def __init__(self, model: Any, input_name: str, output_name: str, layout: str,
+                 size: int, stride: int) -> None:
+        from onnx import numpy_helper
+
+        self.model, self.size, self.stride = model, size, stride
+        self.output_name = output_name
+        self.consts: dict[str, np.ndarray] = {
+            t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.state: dict[str, Any] = {input_name: _Spatial(layout, 1, size)}
+        self.nodes: list[Any] = []
+        self.new_inits: list[Any] = []
+
+    def fail(self, node: Any, why: str) -> NotConvertible:
+        return NotConvertible(f"{node.op_type} node {node.name or node.output[0]!r}: {why}")
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        name = f"fcn_{name}"
+        self.new_inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        self.consts[name] = value
+        return name
+
+    def emit(self, op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> None:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, outputs, **attrs))
+
+    def run(self) -> None:
+        from onnx import numpy_helper
+
+        for node in self.model.graph.node:
+            if node.op_type == "Constant":
+                value = _attrs(node).get("value")
+                if value is not None:
+                    self.consts[node.output[0]] = numpy_helper.to_array(value)
+                self.nodes.append(node)
+                continue
+            kinds = [self.state[i] for i in node.input if i in self.state]
+            if not kinds:  # constants and shapes only
+                for out in node.output:
+                    self.state[out] = _META
+                self.nodes.append(node)
+            elif any(isinstance(k, _Spatial) for k in kinds):
+                self.spatial(node, kinds)
+            elif node.op_type == "Shape" or all(k is _META for k in kinds):
+                self.state[node.output[0]] = _META
+                self.nodes.append(node)
+            else:
+                self.pooled(node, kinds)
+
+    # -- the trunk ---------------------------------------------------------------------
+    def spatial(self, node: Any, kinds: list[Any]) -> None:
+        op, attrs, x = node.op_type, _attrs(node), kinds[0]
+        if op == "Shape":
+            self.state[node.output[0]] = _META
+            self.nodes.append(node)
+            return
+        if any(not isinstance(k, _Spatial) for k in kinds) and op not in _BINARY:
+            raise self.fail(node, "mixes window features with other tensors")
+        if op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"):
+            self.pool(node, x, attrs)
+            return
+        out = x
+        if op == "Transpose":
+            perm = list(attrs.get("perm", []))
+            if x.layout == "NHWC" and perm == [0, 3, 1, 2]:
+                out = _Spatial("NCHW", x.step, x.cells)
+            elif x.layout == "NCHW" and perm == [0, 2, 3, 1]:
+                out = _Spatial("NHWC", x.step, x.cells)
+            else:
+                raise self.fail(node, f"permutation {perm} of a {x.layout} tensor")
+        elif op in ("Conv", "MaxPool", "AveragePool"):
+            out = self.window_op(node, x, attrs)
+        elif op in _UNARY or op in ("BatchNormalization", "LRN"):
+            if op in ("BatchNormalization", "LRN", "PRelu") and x.layout != "NCHW":
+                raise self.fail(node, "on a channel-last tensor")
+            if op == "PRelu" and node.input[1] in self.consts:
+                self.check_broadcast(node, x, self.consts[node.input[1]])
+        elif op in _BINARY:
+            out = self.binary(node, kinds)
+        elif op == "Concat":
+            axis = int(attrs.get("axis", 1)) % 4
+            if axis != (1 if x.layout == "NCHW" else 3) or len(set(kinds)) != 1:
+                raise self.fail(node, "concatenates along a spatial axis or unequal maps")
+        elif op in ("Pad", "Resize", "Upsample"):
+            raise self.fail(node, "pads or resizes the window")
+        else:
+            raise self.fail(node, "an operation on feature maps that cannot be shared")
+        self.state[node.output[0]] = out
+        if op == "Dropout":
+            self.emit("Identity", [node.input[0]], [node.output[0]])
+        else:
+            self.nodes.append(node)
+
+    def window_op(self, node: Any, x: _Spatial, attrs: dict[str, Any]) -> _Spatial:
+        op = node.op_type
+        if x.layout != "NCHW":
+            raise self.fail(node, "on a channel-last tensor")
+        pads = list(attrs.get("pads", []))
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+        if any(pads) or auto_pad not in ("NOTSET", "VALID"):
+            raise self.fail(node, f"zero padding (pads {pads}, auto_pad {auto_pad}): a "
+                            "window's padded border differs from its neighbours' pixels")
+        if attrs.get("ceil_mode", 0):
+            raise self.fail(node, "ceil_mode rounds up at the window's edge")
+        if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
+            raise self.fail(node, "returns indices")
+        kernel = list(attrs.get("kernel_shape", []))
+        if not kernel and op == "Conv" and node.input[1] in self.consts:
+            kernel = list(self.consts[node.input[1]].shape[2:])
+        strides = list(attrs.get("strides", [1, 1]))
+        dilations = list(attrs.get("dilations", [1, 1]))
+        if len(kernel) != 2 or len(set(kernel)) != 1 or len(set(strides)) != 1 \
+                or len(set(dilations)) != 1:
+            raise self.fail(node, f"non-square kernel {kernel}, strides or dilations")
+        reach = dilations[0] * (kernel[0] - 1) + 1
+        cells = (x.cells - reach) // strides[0] + 1
+        if cells < 1:
+            raise self.fail(node, f"a {self.size} px window is too small for the network")
+        out = _Spatial("NCHW", x.step * strides[0], cells)
+        if self.stride % out.step:
+            raise self.fail(node, f"the window stride {self.stride} px is not a multiple of "
+                            f"the network's stride here ({out.step} px)")
+        return out
+
+    def check_broadcast(self, node: Any, x: _Spatial, value: np.ndarray) -> None:
+        """A constant operand must be the same at every pixel of a window."""
+        shape = value.shape
+        spatial = (-1, -2) if x.layout == "NCHW" else (-2, -3)
+        if any(len(shape) >= -axis and shape[axis] != 1 for axis in spatial):
+            raise self.fail(node, f"a constant of shape {list(shape)} varies across the "
+                            "window")
+
+    def binary(self, node: Any, kinds: list[Any]) -> _Spatial:
+        spatial = [k for k in kinds if isinstance(k, _Spatial)]
+        if len(spatial) == len(kinds) == 2:
+            if spatial[0] != spatial[1]:
+                raise self.fail(node, "joins feature maps of different geometry")
+            return spatial[0]
+        others = [i for i in node.input if i not in self.state]
+        if len(spatial) != 1 or len(others) != 1 or others[0] not in self.consts:
+            raise self.fail(node, "joins window features with a computed tensor")
+        self.check_broadcast(node, spatial[0], self.consts[others[0]])
+        return spatial[0]
+
+    def pool(self, node: Any, x: _Spatial, attrs: dict[str, Any]) -> None:
+        op = node.op_type
+        if op.startswith("Reduce"):
+            axes = attrs.get("axes")
+            if axes is None and len(node.input) > 1 and node.input[1] in self.consts:
+                axes = self.consts[node.input[1]].tolist()
+            want = {2, 3} if x.layout == "NCHW" else {1, 2}
+            if axes is None or {int(a) % 4 for a in axes} != want:
+                raise self.fail(node, f"reduces axes {axes}, not the window's height and "
+                                "width")
+        elif x.layout != "NCHW":
+            raise self.fail(node, "on a channel-last tensor")
+        source = node.input[0]
+        if x.layout == "NHWC":
+            self.emit("Transpose", [source], [f"{node.output[0]}_fcn_nchw"], perm=[0, 3, 1, 2])
+            source = f"{node.output[0]}_fcn_nchw"
+        step = self.stride // x.step
+        kind = "MaxPool" if op.endswith("MaxPool") or op == "ReduceMax" else "AveragePool"
+        self.emit(kind, [source], [f"{node.output[0]}_fcn_grid"],
+                  kernel_shape=[x.cells, x.cells], strides=[step, step])
+        self.emit("Transpose", [f"{node.output[0]}_fcn_grid"], [node.output[0]],
+                  perm=[0, 2, 3, 1])
+        self.state[node.output[0]] = _POOLED
+
+    # -- the head, on every window's pooled features -------------------------------------
+    def pooled(self, node: Any, kinds: list[Any]) -> None:
+        op, attrs = node.op_type, _attrs(node)
+        x, out = node.input[0], node.output[0]
+        if op in _FLATTEN or op == "Dropout" or op == "Identity":
+            self.emit("Identity", [x], [out])
+        elif op in _UNARY:
+            self.nodes.append(node)
+        elif op in ("Softmax", "LogSoftmax"):
+            self.emit(op, [x], [out], axis=3)  # the class axis of (N, rows, cols, classes)
+        elif op == "MatMul":
+            if node.input[1] not in self.consts or self.consts[node.input[1]].ndim != 2:
+                raise self.fail(node, "a head whose weights are not a constant matrix")
+            self.nodes.append(node)
+        elif op == "Gemm":
+            self.gemm(node, attrs)
+        elif op == "Conv":  # a 1 x 1 convolution on (N, C, 1, 1) pooled features
+            w = self.consts.get(node.input[1])
+            if w is None or w.shape[2:] != (1, 1) or attrs.get("group", 1) != 1:
+                raise self.fail(node, "a head convolution that is not a constant 1 x 1")
+            weights = self.const(f"{out}_w", w.reshape(w.shape[0], -1).T.copy())
+            bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+            self.emit("MatMul", [x, weights], [out if bias is None else f"{out}_fcn_xw"])
+            if bias is not None:
+                self.emit("Add", [f"{out}_fcn_xw", bias], [out])
+        elif op in _BINARY:
+            for name in node.input:
+                if name not in self.state and (name not in self.consts
+                                               or self.consts[name].ndim > 2):
+                    raise self.fail(node, "a head term that is not a per-class constant")
+            self.nodes.append(node)
+        elif op == "Concat" and int(attrs.get("axis", 1)) in (1, -1):
+            self.emit("Concat", list(node.input), [out], axis=3)
+        else:
+            raise self.fail(node, "an operation in the head that cannot run per window")
+        for name in node.output:
+            self.state[name] = _POOLED
+
+    def gemm(self, node: Any, attrs: dict[str, Any]) -> None:
+        out = node.output[0]
+        b = self.consts.get(node.input[1])
+        if attrs.get("transA", 0) or b is None:
+            raise self.fail(node, "a head whose weights are not a constant matrix")
+        b = b.T if attrs.get("transB", 0) else b
+        weights = self.const(f"{out}_w", b.astype(np.float32) * np.float32(attrs.get("alpha", 1.0)))
+        c = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        self.emit("MatMul", [node.input[0], weights], [out if c is None else f"{out}_fcn_xw"])
+        if c is not None:
+            if c not in self.consts:
+                raise self.fail(node, "a bias that is not a constant")
+            bias = self.const(f"{out}_c", self.consts[c] * np.float32(attrs.get("beta", 1.0)))
+            self.emit("Add", [f"{out}_fcn_xw", bias], [out])
+
+
+def convert(model: Any, *, input_name: str, output_name: str, layout: str, size: int,
+            stride: int) -> Any:
+    """The fully convolutional form of an ONNX classifier of ``size`` px windows.
+
+    Args:
+        model: the per-window ``onnx.ModelProto`` (input (N, size, size, 3) or NCHW).
+        input_name, output_name: the graph's input and its class-score output.
+        layout: the input layout, ``NHWC`` or ``NCHW``.
+        size: window side (the model's input side), px.
+        stride: window stride, px.
+
+    Returns:
+        An ``onnx.ModelProto`` taking (N, H, W, 3) (or NCHW) of any H and W and returning
+        (N, rows, cols, classes) with rows = (H - size) // stride + 1 (likewise cols).
+
+    Raises:
+        NotConvertible: naming the first node that prevents it.
+    """
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    init_names = {t.name for t in graph.initializer}
+    extra = [i.name for i in graph.input if i.name not in init_names and i.name != input_name]
+    if extra:
+        raise NotConvertible(f"the model has other inputs besides {input_name!r}: {extra}")
+    converter = _Converter(model, input_name, output_name, layout, size, stride)
+    converter.run()
+    if converter.state.get(output_name) is not _POOLED:
+        raise NotConvertible(f"output {output_name!r} does not come from a global pooling of "
+                             "the convolutional trunk followed by a per-window head")
+    # Keep only what the class scores need (shape side-computations become dead).
+    needed, nodes = {output_name}, []
+    for node in reversed(converter.nodes):
+        if any(o in needed for o in node.output):
+            nodes.append(node)
+            needed.update(i for i in node.input if i)
+    nodes.reverse()
+    inits = [t for t in [*graph.initializer, *converter.new_inits] if t.name in needed]
+    source_input = next(i for i in graph.input if i.name == input_name)
+    elem = source_input.type.tensor_type.elem_type
+    dims: list[Any] = ["batch", "height", "width", 3] if layout == "NHWC" else \
+        ["batch", 3, "height", "width"]
+    source_output = next((o for o in graph.output if o.name == output_name), None)
+    out_elem = source_output.type.tensor_type.elem_type if source_output is not None \
+        else onnx.TensorProto.FLOAT
+    new_graph = helper.make_graph(
+        nodes, f"{graph.name or 'model'}_fcn",
+        [helper.make_tensor_value_info(input_name, elem, dims)],
+        [helper.make_tensor_value_info(output_name, out_elem,
+                                       ["batch", "rows", "cols", "classes"])],
+        initializer=inits)
+    fcn = helper.make_model(new_graph, opset_imports=list(model.opset_import),
+                            producer_name="landuse.windows.fcn")
+    fcn.ir_version = max(int(model.ir_version), 4)  # initializers need not be inputs
+    helper.set_model_props(fcn, {"landuse:window_size": str(size),
+                                 "landuse:stride": str(stride)})
+    onnx.checker.check_model(fcn)
+    return fcn
+
+
+def _session(model: bytes | str, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _probabilities(scores: np.ndarray, as_probabilities: bool) -> np.ndarray:
+    from landuse.models.runners import softmax
+
+    flat = np.asarray(scores, dtype=np.float32).reshape(-1, scores.shape[-1])
+    return flat if as_probabilities else softmax(flat)
+
+
+def parity_gap(bundle: Bundle, fcn: bytes, size: int, stride: int, seed: int = 0) -> float:
+    """Largest difference between the fully convolutional and the per-window probabilities
+    on random pixels covering a 3 × 4 block of windows."""
+    spec = bundle.spec.preprocessing
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size + 2 * stride, size + 3 * stride, 3), dtype=np.uint8)
+    tensor = to_tensor(pixels[None], spec)
+    whole = _session(fcn, 1).run(None, {bundle.spec.onnx_input: tensor})[0]
+    windows = window_view(pixels, size, stride).reshape(-1, size, size, 3)
+    single = _session(str(bundle.file("onnx")), 1).run(
+        [bundle.spec.onnx_output], {bundle.spec.onnx_input: to_tensor(windows, spec)})[0]
+    ours = _probabilities(whole, bundle.spec.outputs_probabilities)
+    theirs = _probabilities(single, bundle.spec.outputs_probabilities)
+    if ours.shape != theirs.shape:
+        return float("inf")
+    return float(np.abs(ours - theirs).max())
+
+
+def derive_fcn(bundle: Bundle, size: int, stride: int) -> bytes:
+    """The bundle's network made fully convolutional for ``size`` / ``stride`` windows,
+    serialised, after checking it against the per-window network on random input.
+
+    Raises:
+        NotConvertible: the network cannot be converted exactly, or the check fails.
+    """
+    import onnx
+    from onnx import helper
+
+    spec = bundle.spec
+    if spec.preprocessing.input_size != size:
+        raise NotConvertible(f"the model takes {spec.preprocessing.input_size} px input, so "
+                             f"every {size} px window is resized")
+    model = onnx.load(str(bundle.file("onnx")))
+    fcn = convert(model, input_name=spec.onnx_input, output_name=spec.onnx_output,
+                  layout=spec.preprocessing.layout, size=size, stride=stride)
+    helper.set_model_props(fcn, {**{p.key: p.value for p in fcn.metadata_props},
+                                 SOURCE_TAG: bundle.onnx_sha256})
+    data: bytes = fcn.SerializeToString()
+    gap = parity_gap(bundle, data, size, stride)
+    if not gap <= PARITY_TOLERANCE:
+        raise NotConvertible(f"the converted model differs from the per-window one by {gap:.2e}"
+                             f" (tolerance {PARITY_TOLERANCE:g})")
+    return data
+
+
+def _stored(path: Path, sha256: str) -> bytes | None:
+    """The fully convolutional model at ``path`` if it was derived from ``sha256``."""
+    import onnx
+
+    if not path.is_file():
+        return None
+    try:
+        data = path.read_bytes()
+        props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+    except Exception:  # a truncated or foreign file: derive again
+        return None
+    return data if props.get(SOURCE_TAG) == sha256 else None
+
+
+def load_fcn(bundle: Bundle, size: int, stride: int, *, store: bool = True) -> bytes:
+    """The bundle's fully convolutional model for this layout: the one kept in the bundle
+    folder when it was derived from this ``model.onnx``, else derived now and (``store``)
+    written there atomically; a read-only bundle folder only skips the write.
+
+    Raises:
+        NotConvertible: see :func:`derive_fcn`.
+    """
+    path = bundle.path / fcn_file_name(size, stride)
+    sha = bundle.onnx_sha256
+    data = _stored(path, sha)
+    if data is not None:
+        return data
+    data = derive_fcn(bundle, size, stride)
+    if store:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as err:
+            log.info("bundle %s is read-only (%s): fully convolutional model kept in memory",
+                     bundle.path, err)
+    return data
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a run scores its windows: ``fully-convolutional`` or ``per-window``, and why."""
+
+    name: str
+    reason: str
+    size: int
+    stride: int
+
+    @property
+    def fully_convolutional(self) -> bool:
+        """Whether strips go through the fully convolutional model."""
+        return self.name == FULLY_CONVOLUTIONAL
+
+
+def choose_route(bundle: Bundle, size: int, stride: int, *, framework: str = "onnx",
+                 requested: str = "auto") -> Route:
+    """Decide the route for a run, deriving and storing the fully convolutional model when
+    it is possible and wanted.
+
+    Args:
+        bundle: the loaded bundle.
+        size, stride: the window layout.
+        framework: the runner asked for; the fully convolutional model runs on ONNX Runtime.
+        requested: ``auto`` (fully convolutional when possible), ``fully-convolutional``
+            (required) or ``per-window``.
+
+    Raises:
+        WindowError: an unknown route, or ``fully-convolutional`` asked for a network that
+            cannot take it (the message says why).
+    """
+    if requested not in ROUTES:
+        raise WindowError(f"route must be one of {ROUTES}, got {requested!r}")
+    if requested == PER_WINDOW:
+        return Route(PER_WINDOW, "asked for", size, stride)
+    try:
+        if framework != "onnx":
+            raise NotConvertible(f"framework {framework}: the fully convolutional model runs "
+                                 "on ONNX Runtime")
+        load_fcn(bundle, size, stride)
+    except NotConvertible as err:
+        if requested == FULLY_CONVOLUTIONAL:
+            raise WindowError(f"bundle {bundle.path} cannot score {size} px windows every "
+                              f"{stride} px fully convolutionally: {err}") from err
+        log.info("per-window scoring: %s", err)
+        return Route(PER_WINDOW, str(err), size, stride)
+    return Route(FULLY_CONVOLUTIONAL, f"{fcn_file_name(size, stride)} in the bundle", size,
+                 stride)
+
+
+class FcnScorer:
+    """Scores strips through a bundle's fully convolutional model, one call per band of
+    window rows (at most ``max_pixels`` input pixels)."""
+
+    def __init__(self, bundle: Bundle, size: int, stride: int, *, threads: int = 1,
+                 max_pixels: int = MAX_FCN_PIXELS) -> None:
+        self.bundle = bundle
+        self.size, self.stride, self.max_pixels = size, stride, max_pixels
+        self.session = _session(load_fcn(bundle, size, stride), threads)
+
+    def band_rows(self, width: int) -> int:
+        """Window rows per model call for an image ``width`` px wide."""
+        rows = (self.max_pixels // width - (self.size - self.stride)) // self.stride
+        return max(1, rows)
+
+    def score_tensor(self, tensor: np.ndarray, rows: int, cols: int) -> np.ndarray:
+        """Class probabilities (rows * cols, classes) of the windows of one preprocessed
+        (1, H, W, 3) (or NCHW) tensor whose first ``rows`` × ``cols`` windows are wanted."""
+        spec = self.bundle.spec
+        out = self.session.run([spec.onnx_output], {spec.onnx_input: tensor})[0]
+        if out.shape[1] < rows or out.shape[2] < cols:
+            raise RuntimeError(f"the fully convolutional model gave a {out.shape[1]} × "
+                               f"{out.shape[2]} grid for {rows} × {cols} windows")
+        return _probabilities(out[0, :rows, :cols], spec.outputs_probabilities)
+
+    def score_strip(self, source: ImageSource, grid: WindowGrid, strip: Strip, *,
+                    min_valid: float = DEFAULT_MIN_VALID) -> np.ndarray:
+        """Class probabilities (strip.windows, classes) float32 of every window of
+        ``strip``, NaN where a window has less than ``min_valid`` valid pixels (as
+        :func:`~landuse.windows.extract.score_strip`, which scores each window alone).
+
+        The strip's window rows are scored whole (a strip may start and end inside a row)
+        in bands of :meth:`band_rows`; bands overlap by window - stride pixel rows, so each
+        window sees exactly its own pixels.
+        """
+        if (grid.size, grid.stride) != (self.size, self.stride):
+            raise WindowError(f"this model scores {self.size} px windows every {self.stride}"
+                              f" px, not {grid.size} / {grid.stride}")
+        pixels, valid = source.read_rows(strip.pixel_row0, strip.pixel_row1)
+        width = grid.covered[1]
+        spec = self.bundle.spec.preprocessing
+        tensor = to_tensor(pixels[None, :, :width], spec)
+        nchw = spec.layout == "NCHW"
+        window_rows = strip.last_row - strip.first_row + 1
+        band = self.band_rows(width)
+        parts = []
+        for r0 in range(0, window_rows, band):
+            r1 = min(window_rows, r0 + band)
+            rows = slice(r0 * grid.stride, (r1 - 1) * grid.stride + grid.size)
+            part = tensor[:, :, rows] if nchw else tensor[:, rows]
+            parts.append(self.score_tensor(np.ascontiguousarray(part), r1 - r0, grid.cols))
+        probs = np.concatenate(parts)
+        first = strip.start - strip.first_row * grid.cols
+        out = np.ascontiguousarray(probs[first:first + strip.windows], dtype=np.float32)
+        if valid is not None:
+            rows_i, cols_i = np.divmod(np.arange(strip.start, strip.stop), grid.cols)
+            share = valid_fraction(valid, grid.size, grid.stride, rows_i - strip.first_row,
+                                   cols_i)
+            out[share < min_valid] = np.nan
+        return out
+
+
+_WORKER_SCORERS: dict[tuple[str, int, int, int], FcnScorer] = {}
+
+
+def worker_scorer(bundle_dir: str, size: int, stride: int, threads: int) -> FcnScorer:
+    """This Spark worker's scorer (loaded once per Python worker, like its runners): the
+    shipped bundle's stored model when it came along, else derived here."""
+    from landuse.models.bundle import load_bundle
+
+    key = (bundle_dir, size, stride, threads)
+    if key not in _WORKER_SCORERS:
+        _WORKER_SCORERS[key] = FcnScorer(load_bundle(bundle_dir), size, stride,
+                                         threads=threads)
+    return _WORKER_SCORERS[key]
