@@ -1,7 +1,7 @@
 """Airflow for the DAG tests: a throw-away home and SQLite metadata DB per test session.
 
 The environment is set at import time, before anything imports Airflow, so the tests never
-touch the project's own ``.airflow`` home.
+touch the project's own ``.airflow`` home (see ``tests/airflow_home.py``).
 """
 
 from __future__ import annotations
@@ -9,23 +9,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from airflow_home import use_throwaway_home
+
 PROJECT = Path(__file__).resolve().parents[2]
-_HOME = Path(tempfile.mkdtemp(prefix="landuse-airflow-test-"))
-os.environ.update(
-    AIRFLOW_HOME=str(_HOME),
-    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{_HOME}/airflow.db",
-    AIRFLOW__CORE__DAGS_FOLDER=str(PROJECT / "dags"),
-    AIRFLOW__CORE__PLUGINS_FOLDER=str(PROJECT / "plugins"),
-    AIRFLOW__CORE__LOAD_EXAMPLES="False",
-    AIRFLOW__CORE__UNIT_TEST_MODE="False",
-    MLFLOW_TRACKING_URI=f"sqlite:///{_HOME}/mlflow.db",
-)
-sys.path.insert(0, str(PROJECT / "plugins"))
+_HOME = use_throwaway_home()
 
 
 @pytest.fixture(scope="session")

@@ -142,56 +142,24 @@ def test_standalone_master_comes_from_a_connection_not_the_conf(airflow_db, root
 
 def test_cluster_that_never_grows_fails_clearly_and_is_still_shrunk(
         airflow_db, root, bundle, monkeypatch):
-    """Databricks stand-in that accepts resizes but never brings workers up."""
+    """A Databricks cluster that accepts resizes but has no nodes to grow with."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
 
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
-    resizes: list[int] = []
-    target = {"n": 0}
+    from cluster_fakes import FakeCluster, serve
 
-    class Databricks(BaseHTTPRequestHandler):
-        def _reply(self, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            assert self.path == "/api/2.1/clusters/get?cluster_id=c-1"
-            assert self.headers["Authorization"] == "Bearer secret-token"
-            n = target["n"]
-            self._reply({"state": "RUNNING" if n == 0 else "RESIZING", "num_workers": n,
-                         "executors": []})
-
-        def do_POST(self) -> None:
-            assert self.path == "/api/2.1/clusters/resize"
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            assert body["cluster_id"] == "c-1"
-            resizes.append(body["num_workers"])
-            target["n"] = body["num_workers"]
-            self._reply({})
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Databricks)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AIRFLOW_CONN_FAKE_DATABRICKS", json.dumps({
-        "conn_type": "databricks", "host": f"http://127.0.0.1:{server.server_port}",
-        "password": "secret-token", "extra": {"cluster_id": "c-1"}}))
-    try:
+    fake = FakeCluster("databricks", workers=0, target=0, capacity=0, polls_to_finish=1,
+                       cluster_id="c-1", token="secret-token")
+    with serve(fake) as api:
+        monkeypatch.setenv("AIRFLOW_CONN_FAKE_DATABRICKS", json.dumps({
+            "conn_type": "databricks", "host": api.url, "password": "secret-token",
+            "extra": {"cluster_id": "c-1"}}))
         run = _run({"storage_root": str(root), "year": 2016, "model": str(bundle),
                     "counties": ["synthetic-county-2"], "cluster_backend": "databricks",
                     "cluster_conn_id": "fake_databricks", "target_workers": 3,
                     "idle_workers": 0, "scale_timeout_s": 2})
-    finally:
-        server.shutdown()
     assert run.state == "failed"
     with create_session() as session:
         states = {ti.task_id: (ti.state, ti.try_number)
@@ -199,4 +167,5 @@ def test_cluster_that_never_grows_fails_clearly_and_is_still_shrunk(
     assert states["wait_for_workers"] == ("failed", 1)  # a timeout is not retried
     assert states["score_county"][0] == "upstream_failed"
     assert states["scale_down"][0] == "success"  # the teardown still shrank the cluster
-    assert resizes == [3, 0]
+    assert fake.resizes == [3, 0]
+    assert fake.errors == []

@@ -13,9 +13,6 @@ No metadata DB is needed: operators are executed directly, and connections come 
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,21 +22,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[2]
-# Set before anything imports Airflow (importing it writes airflow.cfg into AIRFLOW_HOME), so
-# the tests never touch the project's own .airflow; another test folder may have done it.
-if "airflow" not in sys.modules:
-    _HOME = Path(tempfile.mkdtemp(prefix="landuse-airflow-ops-test-"))
-    os.environ.update(
-        AIRFLOW_HOME=str(_HOME),
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{_HOME}/airflow.db",
-        AIRFLOW__CORE__DAGS_FOLDER=str(PROJECT / "dags"),
-        AIRFLOW__CORE__PLUGINS_FOLDER=str(PROJECT / "plugins"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__CORE__UNIT_TEST_MODE="False",
-    )
-if str(PROJECT / "plugins") not in sys.path:
-    sys.path.insert(0, str(PROJECT / "plugins"))
+from airflow_home import use_throwaway_home
+
+# Before anything imports Airflow (importing it writes airflow.cfg into AIRFLOW_HOME), so the
+# tests never touch the project's own .airflow; another test folder may have done it.
+use_throwaway_home()
 
 from landuse import labels  # noqa: E402
 from landuse.models.bundle import BundleSpec, write_bundle  # noqa: E402

@@ -1,10 +1,11 @@
-"""ScaleClusterOperator and ClusterSizeTrigger against a fake Databricks Clusters API.
+"""ScaleClusterOperator and ClusterSizeTrigger against local fakes of the cluster APIs.
 
-The fake (``http.server`` on 127.0.0.1, in a thread) checks paths, the bearer token and the
-resize body, and moves a resized cluster RESIZING -> RUNNING after a few reads (or never).
-It records the ``Host`` header of every request, so a test can show where requests went;
+The fakes (``tests/cluster_fakes.py``: ``http.server`` on 127.0.0.1, in a thread) check
+paths, bearer tokens and bodies of what databricks-sdk and azure-mgmt-hdinsight send, and
+move a resized cluster to its new size after a few reads (or never, past its capacity).
+They record the ``Host`` header of every request, so a test can show where requests went;
 a second fake plays the host a templated option would redirect the token to.
-Credentials come from an ``AIRFLOW_CONN_*`` variable, as in production from a secrets
+Credentials come from ``AIRFLOW_CONN_*`` variables, as in production from a secrets
 backend; no metadata DB is needed (the folder's conftest sets a throw-away Airflow home).
 """
 
@@ -16,18 +17,15 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from airflow.triggers.base import TriggerEvent
 
+from cluster_fakes import NAME, RG, SUB, FakeApi, FakeCluster, StaticToken, serve
 from landuse.cluster.standalone import free_port
 from landuse_airflow.operators.cluster import ScaleClusterOperator
 from landuse_airflow.triggers.cluster import ClusterSizeTrigger
@@ -36,112 +34,18 @@ TOKEN = "dapi-test-token-not-a-secret"
 CLUSTER_ID = "0123-456789-scoring"
 CONN_ID = "landuse_databricks"
 POLL_S = 0.05
+Api = FakeApi
 
 
-@dataclass
-class FakeDatabricks:
-    """A Databricks cluster behind the fake API, and the requests it refused."""
-
-    workers: int = 1
-    target: int = 1
-    state: str = "RUNNING"
-    polls_to_finish: int = 2
-    stuck: bool = False
-    pending: int = 0
-    resizes: list[int] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    hosts: list[str] = field(default_factory=list)  # the Host header of every request
-
-    def body(self) -> dict[str, Any]:
-        if self.state == "RESIZING" and not self.stuck:
-            self.pending -= 1
-            if self.pending <= 0:
-                self.state, self.workers = "RUNNING", self.target
-        out: dict[str, Any] = {"cluster_id": CLUSTER_ID, "state": self.state,
-                               "num_workers": self.target}
-        if self.workers:
-            out["executors"] = [{"node_id": f"n{i}"} for i in range(self.workers)]
-        return out
-
-
-def _handler(fake: FakeDatabricks) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _reply(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _refuse(self, code: int, why: str) -> None:
-            fake.errors.append(f"{self.command} {self.path}: {why}")
-            self._reply(code, {"error_code": "REFUSED", "message": why})
-
-        def do_GET(self) -> None:
-            fake.hosts.append(self.headers.get("Host", ""))
-            url = urlsplit(self.path)
-            if url.path == "/json/":  # a Spark standalone master with no worker yet
-                return self._reply(200, {"status": "ALIVE", "workers": []})
-            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                return self._refuse(401, "bad token")
-            if url.path != "/api/2.1/clusters/get":
-                return self._refuse(404, "no such endpoint")
-            if parse_qs(url.query) != {"cluster_id": [CLUSTER_ID]}:
-                return self._refuse(400, "bad cluster_id")
-            self._reply(200, fake.body())
-
-        def do_POST(self) -> None:
-            fake.hosts.append(self.headers.get("Host", ""))
-            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                return self._refuse(401, "bad token")
-            if self.path != "/api/2.1/clusters/resize":
-                return self._refuse(404, "no such endpoint")
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if set(body) != {"cluster_id", "num_workers"} or body["cluster_id"] != CLUSTER_ID:
-                return self._refuse(400, f"bad body {body}")
-            fake.resizes.append(body["num_workers"])
-            fake.target, fake.state, fake.pending = body["num_workers"], "RESIZING", \
-                fake.polls_to_finish
-            self._reply(200, {})
-
-    return Handler
-
-
-@dataclass
-class Api:
-    fake: FakeDatabricks
-    url: str
-
-    @property
-    def netloc(self) -> str:
-        """``host:port``, as a request's Host header names this server."""
-        return urlsplit(self.url).netloc
-
-
-@contextmanager
-def fake_api() -> Iterator[Api]:
-    """A fake Databricks API on a free loopback port, in a thread."""
-    fake = FakeDatabricks()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield Api(fake, f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+def fake_databricks() -> FakeCluster:
+    """A running one-worker Databricks cluster."""
+    return FakeCluster("databricks", workers=1, target=1, cluster_id=CLUSTER_ID, token=TOKEN)
 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     """The fake API, and a connection pointing at it."""
-    with fake_api() as served:
+    with serve(fake_databricks()) as served:
         monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(
             {"conn_type": "generic", "host": served.url, "password": TOKEN,
              "extra": {"cluster_id": CLUSTER_ID}}
@@ -152,7 +56,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
 @pytest.fixture
 def elsewhere() -> Iterator[Api]:
     """Another fake API: where a templated option would send the connection's token."""
-    with fake_api() as served:
+    with serve(fake_databricks()) as served:
         yield served
 
 
@@ -213,7 +117,7 @@ def test_trigger_fires_ok_once_the_workers_are_up(api: Api) -> None:
 
 
 def test_trigger_fires_timeout_and_the_task_fails_with_its_message(api: Api) -> None:
-    api.fake.stuck = True
+    api.fake.capacity = api.fake.workers  # no more nodes to be had
     with pytest.raises(TaskDeferred) as caught:
         operator(timeout_s=0.5).execute({})
     event = first_event(caught.value.trigger)
@@ -242,7 +146,7 @@ def test_trigger_reports_a_missing_connection(api: Api) -> None:
 def test_waiting_in_the_task(api: Api) -> None:
     assert operator(deferrable=False).execute({}) == 3
     assert api.fake.resizes == [3]
-    api.fake.stuck = True
+    api.fake.capacity = api.fake.workers  # no more nodes to be had
     with pytest.raises(AirflowException, match="did not reach 5 worker"):
         operator(deferrable=False, target_workers=5, timeout_s=0.3).execute({})
 
@@ -265,14 +169,21 @@ def test_bad_parameters_fail_fast(api: Api) -> None:
     assert api.fake.resizes == []
 
 
+@pytest.fixture
+def spark_master() -> Iterator[Api]:
+    """A fake Spark standalone master's /json/: alive, no worker ever registers."""
+    with serve(FakeCluster("spark-master")) as served:
+        yield served
+
+
 def test_on_kill_stops_the_standalone_workers_this_task_started(
-    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spark_master: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A killed scale-up: the workers it started go too. The master is the fake's /json/
     (no worker ever registers there), the workers are real JVM processes."""
     monkeypatch.setenv("AIRFLOW_CONN_SPARK_KILL_TEST", json.dumps(
         {"conn_type": "spark", "host": "spark://127.0.0.1", "port": free_port(),
-         "extra": {"master_web_url": api.url, "work_dir": str(tmp_path)}}
+         "extra": {"master_web_url": spark_master.url, "work_dir": str(tmp_path)}}
     ))
     op = ScaleClusterOperator(
         task_id="grow_local", backend="standalone", target_workers=1, deferrable=False,
@@ -321,24 +232,85 @@ def test_connection_fields_map_to_scaler_options(tmp_path: Path) -> None:
                                                           "http://127.0.0.1:8081")
     assert (scaler.work_dir, scaler.memory_per_worker) == (tmp_path, "512m")
 
-    azure = Connection(conn_id="hdi", conn_type="generic", login="client-id",
+    from azure.identity import ClientSecretCredential, DefaultAzureCredential
+
+    # The Azure provider's connection fields: a service principal becomes azure-identity's
+    # ClientSecretCredential, handed to the library (which never sees the connection).
+    azure = Connection(conn_id="hdi", conn_type="azure", login="client-id",
                        password="client-secret-value",
-                       extra=json.dumps({"tenant_id": "tenant", "subscription_id": "sub",
+                       extra=json.dumps({"tenantId": "tenant", "subscriptionId": "sub",
                                          "resource_group": "rg", "cluster_name": "hdi"}))
     options = connection_options("hdinsight", azure)
-    assert callable(options.pop("token"))  # a service-principal credential, asked per call
+    assert isinstance(options.pop("credential"), ClientSecretCredential)
     assert options == {"subscription_id": "sub", "resource_group": "rg", "cluster_name": "hdi"}
     with pytest.raises(ValueError, match="must not set endpoint"):
         build_scaler("hdinsight", {"endpoint": "http://127.0.0.1:1"}, azure)
-    sovereign = Connection(conn_id="hdi", conn_type="generic", login="client-id",
-                           password="client-secret-value",
-                           extra=json.dumps({"tenant_id": "tenant", "subscription_id": "sub",
-                                             "resource_group": "rg", "cluster_name": "hdi",
-                                             "endpoint": "http://127.0.0.1:1"}))
-    hdi = build_scaler("hdinsight", {"http_timeout_s": 5}, sovereign)
+    with pytest.raises(ValueError, match="must not hold credentials"):
+        build_scaler("hdinsight", {"credential": StaticToken()}, azure)
+    # No service principal: the provider's DefaultAzureCredential (managed identity...).
+    managed = Connection(conn_id="hdi", conn_type="azure",
+                         extra=json.dumps({"subscription_id": "sub", "resource_group": "rg",
+                                           "cluster_name": "hdi",
+                                           "endpoint": "http://127.0.0.1:1"}))
+    hdi = build_scaler("hdinsight", {"http_timeout_s": 5}, managed)
+    assert isinstance(connection_options("hdinsight", managed)["credential"],
+                      DefaultAzureCredential)
     assert isinstance(hdi, HDInsightCluster) and hdi.endpoint == "http://127.0.0.1:1"
     assert hdi.http_timeout_s == 5
     assert "client-secret-value" not in repr(hdi) + hdi.name
+
+    # The Databricks provider's fields: a token, or an OAuth service principal.
+    oauth = Connection(conn_id="dbx", conn_type="databricks", host="https://adb-1.net",
+                       login="sp-id", password="sp-secret",
+                       extra=json.dumps({"service_principal_oauth": True, "cluster_id": "c"}))
+    assert connection_options("databricks", oauth) == {
+        "host": "https://adb-1.net", "cluster_id": "c", "client_id": "sp-id",
+        "client_secret": "sp-secret"}
+    pat = Connection(conn_id="dbx", conn_type="databricks", host="adb-1.net",
+                     extra=json.dumps({"token": "dapi-x", "cluster_id": "c"}))
+    assert connection_options("databricks", pat) == {"host": "adb-1.net", "cluster_id": "c",
+                                                     "token": "dapi-x"}
+
+
+@pytest.fixture
+def hdinsight(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    """A fake HDInsight behind an Azure connection; the credential the hook builds from
+    it is swapped for one the fake accepts (a real one would ask Entra ID for a token)."""
+    from landuse_airflow.hooks import cluster as hook
+
+    built: list[Any] = []
+
+    def credential(conn: Any) -> StaticToken:
+        built.append(conn.login)
+        return StaticToken()
+
+    monkeypatch.setattr(hook, "azure_credential", credential)
+    with serve(FakeCluster("hdinsight", workers=1, target=1, polls_to_finish=2)) as served:
+        monkeypatch.setenv("AIRFLOW_CONN_LANDUSE_HDI_FAKE", json.dumps(
+            {"conn_type": "azure", "login": "client-id", "password": "client-secret-value",
+             "extra": {"tenantId": "tenant", "subscriptionId": SUB, "resource_group": RG,
+                       "cluster_name": NAME, "endpoint": served.url}}))
+        yield served
+    assert built and set(built) == {"client-id"}  # built from the connection, every time
+
+
+def test_hdinsight_resize_in_the_task_and_in_the_triggerer(hdinsight: Api) -> None:
+    options = {"task_id": "grow", "backend": "hdinsight", "conn_id": "landuse_hdi_fake",
+               "timeout_s": 20, "poll_s": POLL_S,
+               "scaler_options": {"polling_interval_s": POLL_S, "retries": 0}}
+    # In the task: the SDK's poller follows the resize operation, the hosts are counted.
+    assert ScaleClusterOperator(**options, target_workers=3, deferrable=False).execute({}) == 3
+    assert hdinsight.fake.resizes == [3] and hdinsight.fake.workers == 3
+    # Deferred: the triggerer rebuilds the scaler from the connection and counts hosts.
+    with pytest.raises(TaskDeferred) as caught:
+        ScaleClusterOperator(**options, target_workers=2).execute({})
+    _, kwargs = caught.value.trigger.serialize()
+    assert "client-secret-value" not in json.dumps(kwargs)
+    event = first_event(ClusterSizeTrigger(**kwargs))
+    assert event.payload["status"] == "ok" and event.payload["workers"] == 2
+    assert hdinsight.fake.resizes == [3, 2]
+    assert set(hdinsight.fake.hosts) == {hdinsight.netloc}
+    assert hdinsight.fake.errors == []
 
 
 PLACES = [("databricks", "host"), ("databricks", "cluster_id"),

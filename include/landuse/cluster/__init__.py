@@ -4,7 +4,7 @@ One interface (:class:`ClusterScaler`), four backends: a Spark standalone cluste
 workers run on this machine (:mod:`landuse.cluster.standalone`), Azure HDInsight
 (:mod:`landuse.cluster.hdinsight`), Databricks (:mod:`landuse.cluster.databricks`), and
 "none" for ``local[N]``, where there is nothing to scale. Pick one with :func:`make_scaler`.
-The cloud backends speak plain REST with ``requests``; no cloud SDK is needed.
+The cloud backends use the maintained SDKs (azure-mgmt-hdinsight, databricks-sdk).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def make_scaler(backend: str, **options: Any) -> ClusterScaler:
         if options:
             raise ValueError(f"backend 'none' takes no options, got {sorted(options)}")
         return NoCluster()
-    # Backends load on demand: requests and azure-identity stay out of plain imports.
+    # Backends load on demand: the cloud SDKs stay out of plain imports.
     cls: type[ClusterScaler]
     if kind == "standalone":
         from landuse.cluster.standalone import StandaloneCluster as cls

@@ -190,7 +190,23 @@ class ClusterScaler(ABC):
         check_target(target)
         if timeout_s < 0 or poll_s <= 0:
             raise ValueError(f"need timeout_s >= 0 and poll_s > 0, got {timeout_s}, {poll_s}")
-        deadline = time.monotonic() + timeout_s
+        return self.poll_until(target, time.monotonic() + timeout_s, timeout_s, poll_s,
+                               sleep=sleep)
+
+    def poll_until(
+        self,
+        target: int,
+        deadline: float,
+        timeout_s: float,
+        poll_s: float,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> ClusterStatus:
+        """The polling loop of :meth:`wait`, up to ``deadline`` (``time.monotonic()``).
+
+        Backends whose SDK waits for part of the way (Databricks: for RUNNING) call this for
+        the rest; ``timeout_s`` is the whole wait's length, for the timeout message.
+        """
         last: ClusterStatus | None = None
         last_error: str | None = None
         while True:  # bounded: every pass either returns, raises, or sleeps toward the deadline

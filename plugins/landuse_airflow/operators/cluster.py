@@ -23,12 +23,13 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from landuse.cluster import BACKENDS
 from landuse_airflow.errors import fail_fast_on_bad_input
-from landuse_airflow.triggers.cluster import ClusterSizeTrigger, build_scaler, check_options
+from landuse_airflow.hooks.cluster import ClusterScalerHook, check_options
+from landuse_airflow.triggers.cluster import ClusterSizeTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -46,7 +47,7 @@ class ScaleClusterOperator(BaseOperator):
         poll_s: seconds between reads of the cluster's size.
         deferrable: wait in the triggerer (True) or in this task.
         conn_id: Airflow connection with the cluster's endpoint, settings and credentials
-            (see :mod:`landuse_airflow.triggers.cluster` for the fields each backend reads).
+            (see :mod:`landuse_airflow.hooks.cluster` for the fields each backend reads).
         scaler_options: further scaler settings (templated), winning over the connection's:
             worker sizes, timeouts. Never credentials, and never where the cluster is (host,
             endpoint, URLs, cluster ids, folders): those come from the connection only, so
@@ -87,8 +88,7 @@ class ScaleClusterOperator(BaseOperator):
     @cached_property
     def scaler(self) -> ClusterScaler:
         """The cluster's scaler, built on first use (after templates are rendered)."""
-        conn = BaseHook.get_connection(self.conn_id) if self.conn_id else None
-        return build_scaler(self.backend, self.scaler_options, conn)
+        return ClusterScalerHook(self.backend, self.conn_id, self.scaler_options).get_conn()
 
     def _target(self) -> int:
         value = self.target_workers

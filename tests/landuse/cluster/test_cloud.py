@@ -1,202 +1,49 @@
-"""HDInsight and Databricks backends against a local fake of each REST API.
+"""HDInsight (azure-mgmt-hdinsight) and Databricks (databricks-sdk) backends against local
+fakes of each API (``tests/cluster_fakes.py``).
 
-The fake (an ``http.server`` on 127.0.0.1, in a thread) checks every request the way the
-real service would refuse a wrong one: method, path, ``api-version``, JSON body and bearer
-token; anything else gets a 4xx and is recorded, and each test asserts none was. A resize
-moves the fake cluster to Resizing/RESIZING and back to Running/RUNNING at the new size
-after a set number of reads, or never (``stuck``).
+The fakes check every request the SDKs send (method, path, query, JSON body, bearer token,
+the Databricks workspace header) and refuse anything else with a 4xx that is recorded;
+each test asserts none was. HDInsight's resize is a long-running operation the SDK's poller
+follows through the fake's ``Azure-AsyncOperation`` and ``Location`` headers.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
+from cluster_fakes import CLUSTER_ID, HDI_PATH, NAME, RG, SUB, TOKEN, FakeCluster, StaticToken
+from cluster_fakes import serve as serve_fake
 from landuse.cluster import ClusterError, ClusterTimeout, make_scaler
 from landuse.cluster.databricks import DatabricksCluster
 from landuse.cluster.hdinsight import HDInsightCluster
 
-TOKEN = "test-token-not-a-secret"
-SUB, RG, NAME = "00000000-0000-0000-0000-000000000001", "rg-landuse", "landuse-hdi"
-HDI_PATH = (f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.HDInsight/"
-            f"clusters/{NAME}")
-CLUSTER_ID = "0123-456789-landuse"
 POLL_S = 0.02
-
-
-@dataclass
-class FakeCluster:
-    """The fake service's state, and what it saw."""
-
-    kind: str  # "hdinsight" or "databricks"
-    workers: int = 2
-    target: int = 2
-    state: str = ""
-    polls_to_finish: int = 2  # reads after a resize before it completes
-    stuck: bool = False  # a resize that never completes
-    fail_next_gets: int = 0  # answer this many reads with 503 first
-    pending: int = 0
-    seen: list[tuple[str, str, dict[str, Any] | None]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    hosts: set[str] = field(default_factory=set)  # the Host headers requests arrived with
-
-    def __post_init__(self) -> None:
-        self.state = self.state or ("Running" if self.kind == "hdinsight" else "RUNNING")
-
-    @property
-    def resizing(self) -> str:
-        return "Resizing" if self.kind == "hdinsight" else "RESIZING"
-
-    @property
-    def running(self) -> str:
-        return "Running" if self.kind == "hdinsight" else "RUNNING"
-
-    def start_resize(self, target: int) -> None:
-        self.target, self.state, self.pending = target, self.resizing, self.polls_to_finish
-
-    def read(self) -> None:
-        """One GET: a resize in progress moves one step on."""
-        if self.state == self.resizing and not self.stuck:
-            self.pending -= 1
-            if self.pending <= 0:
-                self.state, self.workers = self.running, self.target
-
-    def hdinsight_body(self) -> dict[str, Any]:
-        done = self.state == "Running"
-        return {
-            "id": HDI_PATH, "name": NAME, "type": "Microsoft.HDInsight/clusters",
-            "properties": {
-                "clusterState": self.state,
-                "provisioningState": "Succeeded" if done else "InProgress",
-                "computeProfile": {"roles": [
-                    {"name": "headnode", "targetInstanceCount": 2},
-                    # ARM shows the new target as soon as the resize is accepted.
-                    {"name": "workernode", "targetInstanceCount": self.target},
-                    {"name": "zookeepernode", "targetInstanceCount": 3},
-                ]},
-            },
-        }
-
-    def databricks_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"cluster_id": CLUSTER_ID, "state": self.state,
-                                "num_workers": self.target, "spark_version": "16.4.x-scala2.12"}
-        if self.workers:  # Databricks leaves the key out when no worker is up
-            body["executors"] = [{"node_id": f"n{i}"} for i in range(self.workers)]
-        return body
-
-
-def _handler(fake: FakeCluster) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:  # keep pytest output clean
-            pass
-
-        def _reply(self, code: int, body: dict[str, Any] | None = None) -> None:
-            data = json.dumps(body).encode() if body is not None else b""
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _refuse(self, code: int, why: str) -> None:
-            fake.errors.append(f"{self.command} {self.path}: {why}")
-            self._reply(code, {"error": {"code": "FakeRefused", "message": why}})
-
-        def _handle(self) -> None:
-            url = urlsplit(self.path)
-            query = parse_qs(url.query)
-            body = None
-            if self.command == "POST":
-                if self.headers.get("Content-Type") != "application/json":
-                    return self._refuse(415, "POST without a JSON content type")
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            fake.seen.append((self.command, url.path, body))
-            fake.hosts.add(self.headers.get("Host", ""))
-            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                return self._refuse(401, "bad or missing bearer token")
-            if fake.kind == "hdinsight":
-                return self._hdinsight(url.path, query, body)
-            return self._databricks(url.path, query, body)
-
-        def _hdinsight(self, path: str, query: dict[str, list[str]], body: Any) -> None:
-            if query != {"api-version": ["2021-06-01"]}:
-                return self._refuse(400, f"query must be api-version=2021-06-01, got {query}")
-            if self.command == "GET" and path == HDI_PATH:
-                if fake.fail_next_gets:
-                    fake.fail_next_gets -= 1
-                    return self._reply(503, {"error": {"code": "Busy", "message": "try later"}})
-                fake.read()
-                return self._reply(200, fake.hdinsight_body())
-            if self.command == "POST" and path == f"{HDI_PATH}/roles/workernode/resize":
-                if set(body) != {"targetInstanceCount"} or not isinstance(
-                    body["targetInstanceCount"], int
-                ):
-                    return self._refuse(400, f"bad resize body {body}")
-                fake.start_resize(body["targetInstanceCount"])
-                return self._reply(202)  # ARM: accepted, a long-running operation
-            return self._refuse(404, "no such resource")
-
-        def _databricks(self, path: str, query: dict[str, list[str]], body: Any) -> None:
-            if self.command == "GET" and path == "/api/2.1/clusters/get":
-                if query != {"cluster_id": [CLUSTER_ID]}:
-                    return self._refuse(400, f"query must be cluster_id={CLUSTER_ID}")
-                if fake.fail_next_gets:
-                    fake.fail_next_gets -= 1
-                    return self._reply(503, {"error_code": "TEMPORARILY_UNAVAILABLE",
-                                             "message": "try later"})
-                fake.read()
-                return self._reply(200, fake.databricks_body())
-            if self.command == "POST" and path == "/api/2.1/clusters/resize":
-                if query:
-                    return self._refuse(400, "resize takes no query string")
-                if set(body) != {"cluster_id", "num_workers"} or body["cluster_id"] != CLUSTER_ID:
-                    return self._refuse(400, f"bad resize body {body}")
-                if body["num_workers"] > 100:  # how Databricks answers an impossible size
-                    return self._reply(400, {"error_code": "INVALID_PARAMETER_VALUE",
-                                             "message": "num_workers exceeds the quota"})
-                fake.start_resize(body["num_workers"])
-                return self._reply(200, {})
-            return self._refuse(404, "no such endpoint")
-
-        do_GET = do_POST = _handle
-
-    return Handler
+RESIZE = f"{HDI_PATH}/roles/workernode/resize"
 
 
 @pytest.fixture
 def serve() -> Iterator[Any]:
     """Start fakes on free loopback ports; yields ``serve(fake) -> base URL``."""
-    servers: list[ThreadingHTTPServer] = []
-
-    def start(fake: FakeCluster) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    with ExitStack() as stack:
+        yield lambda fake: stack.enter_context(serve_fake(fake)).url
 
 
 def hdinsight(endpoint: str, **options: Any) -> HDInsightCluster:
+    options = {"credential": StaticToken(), "polling_interval_s": POLL_S, **options}
     scaler = make_scaler("hdinsight", subscription_id=SUB, resource_group=RG, cluster_name=NAME,
-                         token=TOKEN, endpoint=endpoint, **options)
+                         endpoint=endpoint, **options)
     assert isinstance(scaler, HDInsightCluster)
     return scaler
 
 
 def databricks(host: str, **options: Any) -> DatabricksCluster:
-    scaler = make_scaler("databricks", host=host, cluster_id=CLUSTER_ID, token=TOKEN, **options)
+    scaler = make_scaler("databricks", host=host, cluster_id=CLUSTER_ID,
+                         **{"token": TOKEN, **options})
     assert isinstance(scaler, DatabricksCluster)
     return scaler
 
@@ -204,20 +51,45 @@ def databricks(host: str, **options: Any) -> DatabricksCluster:
 # --- HDInsight ---------------------------------------------------------------------------
 
 
-def test_hdinsight_resize_waits_for_running(serve: Any) -> None:
+def test_hdinsight_resize_follows_the_operation_and_counts_live_hosts(serve: Any) -> None:
     fake = FakeCluster("hdinsight", workers=2, target=2, polls_to_finish=3)
-    scaler = hdinsight(serve(fake))
+    credential = StaticToken()
+    scaler = hdinsight(serve(fake), credential=credential)
     assert scaler.current_workers() == 2 and scaler.is_ready(2)
 
     scaler.request(4)
-    assert fake.seen[-1] == ("POST", f"{HDI_PATH}/roles/workernode/resize",
-                             {"targetInstanceCount": 4})
-    assert fake.state == "Resizing"
-    assert not scaler.is_ready(4)  # read 1 of 3: the role already targets 4, but Resizing
+    assert ("POST", RESIZE, {"targetInstanceCount": 4}) in fake.seen
+    first = scaler.status()  # the role targets 4 at once; the hosts are still 2
+    assert (first.running, first.workers, first.desired) == (False, 2, 4)
+    assert "resize operation InProgress" in first.state
     status = scaler.wait(4, timeout_s=10, poll_s=POLL_S)
-    assert (status.state, status.running, status.workers) == ("Running", True, 4)
-    gets = [s for s in fake.seen if s[0] == "GET"]
-    assert len(gets) == 3 + 3  # three reads before the resize (one inside request), three after
+    assert (status.state, status.running, status.workers, status.desired) == (
+        "Running", True, 4, 4)
+    paths = {path for _, path, _ in fake.seen}
+    # The SDK's poller followed the operation, then read its final Location.
+    assert f"{HDI_PATH}/azureasyncoperations/resize-1" in paths
+    assert f"{HDI_PATH}/operationresults/resize-1" in paths
+    assert f"{HDI_PATH}/listHosts" in paths
+    assert credential.scopes and set(credential.scopes) == {(f"{fake_url(fake)}/.default",)}
+    assert fake.resizes == [4] and fake.errors == []
+
+
+def fake_url(fake: FakeCluster) -> str:
+    """The base URL the fake was reached at (from the Host headers it recorded)."""
+    (netloc,) = set(fake.hosts)
+    return f"http://{netloc}"
+
+
+def test_hdinsight_failed_operation_fails_the_wait_with_azures_words(serve: Any) -> None:
+    fake = FakeCluster("hdinsight", workers=2, target=2, polls_to_finish=1,
+                       operation_fails=True)
+    scaler = hdinsight(serve(fake))
+    scaler.request(3)
+    with pytest.raises(ClusterError) as caught:
+        scaler.wait(3, timeout_s=10, poll_s=POLL_S)
+    assert (f"HDInsight cluster {RG}/{NAME}: the resize operation failed: "
+            "InsufficientCoreQuota: the subscription has no cores left") == str(caught.value)
+    assert not caught.value.transient
     assert fake.errors == []
 
 
@@ -229,45 +101,55 @@ def test_hdinsight_request_is_idempotent(serve: Any) -> None:
     assert fake.errors == []
 
 
-def test_hdinsight_never_resized_times_out(serve: Any) -> None:
-    fake = FakeCluster("hdinsight", workers=2, target=2, stuck=True)
+def test_hdinsight_never_resized_times_out_with_the_live_count(serve: Any) -> None:
+    fake = FakeCluster("hdinsight", workers=2, target=2, capacity=2)
     scaler = hdinsight(serve(fake))
     scaler.request(5)
     with pytest.raises(ClusterTimeout) as caught:
         scaler.wait(5, timeout_s=0.3, poll_s=POLL_S)
     message = str(caught.value)
     assert f"HDInsight cluster {RG}/{NAME} did not reach 5 worker(s) within 0.3 s" in message
-    assert "state Resizing/InProgress" in message
-    assert caught.value.target == 5 and caught.value.last_seen == 5  # ARM's target count
+    assert "last seen 2 worker(s), state Resizing/InProgress" in message
+    assert "heading for 5" in message
+    assert caught.value.target == 5 and caught.value.last_seen == 2  # live hosts, not target
     assert TOKEN not in message
     assert fake.errors == []
 
 
 def test_hdinsight_transient_errors_are_retried_and_auth_errors_are_not(serve: Any) -> None:
+    fake = FakeCluster("hdinsight", workers=2, target=2, fail_next_gets=1)
+    assert hdinsight(serve(fake), retries=1).status().workers == 2  # the SDK retried the 503
+    assert [s[0] for s in fake.seen] == ["GET", "GET", "POST"]
+
     fake = FakeCluster("hdinsight", workers=2, target=2, fail_next_gets=2)
-    scaler = hdinsight(serve(fake))
-    assert scaler.wait(2, timeout_s=10, poll_s=POLL_S).workers == 2  # two 503s, then fine
-    assert [s[0] for s in fake.seen] == ["GET"] * 3
+    scaler = hdinsight(serve(fake), retries=0)
+    with pytest.raises(ClusterError) as caught:
+        scaler.status()
+    assert caught.value.transient and "HTTP 503" in str(caught.value)
+    assert scaler.wait(2, timeout_s=10, poll_s=POLL_S).workers == 2  # one more 503, then fine
 
-    calls: list[int] = []
-
-    def stale_token() -> str:  # a callable is asked on every call (azure-identity refreshes)
-        calls.append(1)
-        return "expired"
-
-    bad = make_scaler("hdinsight", subscription_id=SUB, resource_group=RG, cluster_name=NAME,
-                      token=stale_token, endpoint=serve(FakeCluster("hdinsight")))
+    stale = StaticToken("expired")
+    bad = hdinsight(serve(FakeCluster("hdinsight")), credential=stale)
     with pytest.raises(ClusterError) as caught:
         bad.wait(2, timeout_s=10, poll_s=POLL_S)
     assert not caught.value.transient and "HTTP 401" in str(caught.value)
     assert "expired" not in str(caught.value)
-    assert calls == [1]  # not retried until the deadline
+    assert len(stale.scopes) == 1  # not retried until the deadline
+
+
+def test_hdinsight_unreachable_endpoint_is_transient() -> None:
+    from landuse.cluster.standalone import free_port
+
+    scaler = hdinsight(f"http://127.0.0.1:{free_port()}", retries=0, http_timeout_s=2)
+    with pytest.raises(ClusterError) as caught:
+        scaler.status()
+    assert caught.value.transient and "reading the cluster failed" in str(caught.value)
 
 
 # --- Databricks --------------------------------------------------------------------------
 
 
-def test_databricks_resize_waits_for_executors(serve: Any) -> None:
+def test_databricks_resize_waits_for_running_and_executors(serve: Any) -> None:
     fake = FakeCluster("databricks", workers=0, target=0, polls_to_finish=2)
     scaler = databricks(serve(fake))
     assert scaler.current_workers() == 0 and scaler.is_ready(0)
@@ -278,16 +160,17 @@ def test_databricks_resize_waits_for_executors(serve: Any) -> None:
     first = scaler.status()  # RESIZING: num_workers says 3 at once, no executor up yet
     assert (first.state, first.workers, first.desired) == ("RESIZING", 0, 3)
     assert not first.ready_for(3)
-    status = scaler.wait(3, timeout_s=10, poll_s=POLL_S)
+    status = scaler.wait(3, timeout_s=20, poll_s=POLL_S)
     assert (status.state, status.workers, status.desired) == ("RUNNING", 3, 3)
 
-    scaler.scale(1, timeout_s=10, poll_s=POLL_S)  # and back down
+    fake.polls_to_finish = 1
+    scaler.scale(1, timeout_s=20, poll_s=POLL_S)  # and back down
     assert (fake.workers, fake.state) == (1, "RUNNING")
-    assert fake.errors == []
+    assert fake.resizes == [3, 1] and fake.errors == []
 
 
 def test_databricks_never_resized_times_out(serve: Any) -> None:
-    fake = FakeCluster("databricks", workers=1, target=1, stuck=True)
+    fake = FakeCluster("databricks", workers=1, target=1, capacity=1)
     scaler = databricks(serve(fake))
     with pytest.raises(ClusterTimeout) as caught:
         scaler.scale(4, timeout_s=0.3, poll_s=POLL_S)
@@ -299,14 +182,21 @@ def test_databricks_never_resized_times_out(serve: Any) -> None:
     assert fake.errors == []
 
 
-def test_databricks_terminated_cluster_is_not_resized(serve: Any) -> None:
+def test_databricks_terminated_cluster_is_not_resized_nor_waited_for(serve: Any) -> None:
     fake = FakeCluster("databricks", workers=0, target=2, state="TERMINATED")
     scaler = databricks(serve(fake))
     with pytest.raises(ClusterError, match="is TERMINATED; only a running cluster") as caught:
         scaler.request(2)
     assert not caught.value.transient
     assert [s[0] for s in fake.seen] == ["GET"]
-    assert fake.errors == []
+    with pytest.raises(ClusterError, match="is TERMINATED") as caught:
+        scaler.status()
+    assert not caught.value.transient
+    with pytest.raises(ClusterError) as caught:
+        scaler.wait(2, timeout_s=10, poll_s=POLL_S)  # at once, not at the deadline
+    assert str(caught.value).endswith(
+        "stopped while waiting: failed to reach RUNNING, got State.TERMINATED")
+    assert fake.resizes == [] and fake.errors == []
 
 
 def test_databricks_api_errors_carry_the_apis_message(serve: Any) -> None:
@@ -315,35 +205,54 @@ def test_databricks_api_errors_carry_the_apis_message(serve: Any) -> None:
     with pytest.raises(ClusterError) as caught:
         scaler.request(500)
     message = str(caught.value)
-    assert "HTTP 400" in message and "INVALID_PARAMETER_VALUE: num_workers exceeds" in message
+    assert "the resize failed: INVALID_PARAMETER_VALUE: num_workers exceeds the quota" in message
     assert not caught.value.transient and TOKEN not in message
+
+    with pytest.raises(ClusterError) as caught:
+        databricks(scaler.host, token="wrong").status()
+    assert not caught.value.transient and "bad or missing bearer token" in str(caught.value)
+    assert "wrong" not in str(caught.value)
+    fake.errors.remove(f"GET /api/2.1/clusters/get?cluster_id={CLUSTER_ID}: "
+                       "bad or missing bearer token")
+    assert fake.errors == []
+
+
+def test_databricks_sdk_retries_transient_errors(serve: Any) -> None:
+    fake = FakeCluster("databricks", workers=2, target=2, fail_next_gets=2)
+    assert databricks(serve(fake)).status().workers == 2  # two 503s, retried by the SDK
+    assert [s[0] for s in fake.seen] == ["GET"] * 3
     assert fake.errors == []
 
 
 def test_databricks_settings_from_the_environment(
-    serve: Any, monkeypatch: pytest.MonkeyPatch
+    serve: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     fake = FakeCluster("databricks", workers=2, target=2)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.databrickscfg of the machine's user
+    for name in ("DATABRICKS_CONFIG_PROFILE", "DATABRICKS_CLIENT_ID", "ARM_CLIENT_ID"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABRICKS_HOST", serve(fake))
     monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
     scaler = make_scaler("databricks", cluster_id=CLUSTER_ID)
     assert scaler.is_ready(2)
     assert TOKEN not in repr(scaler) and TOKEN not in scaler.name
     monkeypatch.delenv("DATABRICKS_TOKEN")
-    with pytest.raises(ValueError, match="DATABRICKS_TOKEN"):
+    with pytest.raises(ValueError, match=r"no credentials for Databricks.*DATABRICKS_TOKEN"):
         make_scaler("databricks", cluster_id=CLUSTER_ID)
+    with pytest.raises(ValueError, match="needs both client_id and client_secret"):
+        make_scaler("databricks", cluster_id=CLUSTER_ID, client_id="sp-id")
     assert fake.errors == []
 
 
-# --- Where the token goes ------------------------------------------------------------------
+# --- Where the credentials go -------------------------------------------------------------
 
 
 def test_requests_go_to_the_configured_host_only(serve: Any) -> None:
     for kind, build in (("hdinsight", hdinsight), ("databricks", databricks)):
-        fake = FakeCluster(kind, workers=1, target=1)
+        fake = FakeCluster(kind, workers=1, target=1, polls_to_finish=1)
         url = serve(fake)
-        build(url).scale(2, timeout_s=10, poll_s=POLL_S)
-        assert fake.hosts == {urlsplit(url).netloc}
+        build(url).scale(2, timeout_s=20, poll_s=POLL_S)
+        assert set(fake.hosts) == {urlsplit(url).netloc}
         assert fake.errors == []
 
 
@@ -360,8 +269,13 @@ def test_a_token_is_sent_to_https_or_loopback_only(url: str) -> None:
         with pytest.raises(ValueError, match="must be") as caught:
             build(url)
         assert "hunter2" not in str(caught.value)
-    assert databricks("http://localhost:1").host == "http://localhost:1"
-    assert databricks("adb-1.azuredatabricks.net/").host == "https://adb-1.azuredatabricks.net"
+
+
+def test_hosts_are_normalised(serve: Any) -> None:
+    api = serve(FakeCluster("databricks"))
+    assert databricks(f"{api}/").host == api
+    netloc = urlsplit(api).netloc
+    assert databricks(f"http://localhost:{netloc.split(':')[1]}").host.startswith("http://local")
 
 
 @pytest.mark.parametrize("field_name", ["subscription_id", "resource_group", "cluster_name"])
@@ -369,7 +283,7 @@ def test_hdinsight_names_cannot_change_the_resource_path(field_name: str) -> Non
     names = {"subscription_id": SUB, "resource_group": RG, "cluster_name": NAME}
     for bad in ("../other", "a/b", "x?api-version=1", "%2e%2e"):
         with pytest.raises(ValueError, match=f"{field_name} may hold only"):
-            make_scaler("hdinsight", **{**names, field_name: bad}, token=TOKEN)
+            make_scaler("hdinsight", **{**names, field_name: bad}, credential=StaticToken())
 
 
 def test_no_cluster_and_unknown_backends() -> None:
