@@ -4,6 +4,12 @@
 # Spark master and workers (the Spark that the pip pyspark package ships: spark-class and
 # spark-submit are on PATH), and the MLflow tracking server, so Spark executors have the
 # same Python and packages as the drivers in Airflow tasks.
+# The Land use view's map library, from npm (pinned as in scripts/setup.sh; BSD-2 licence
+# kept beside it).
+FROM node:20-slim AS leaflet
+RUN npm install --no-audit --no-fund --prefix /leaflet leaflet@1.9.4 \
+    && cp /leaflet/node_modules/leaflet/LICENSE /leaflet/node_modules/leaflet/dist/
+
 FROM apache/airflow:3.3.2-python3.11
 
 USER root
@@ -30,3 +36,5 @@ COPY --chown=airflow:root pyproject.toml /opt/landuse/pyproject.toml
 COPY --chown=airflow:root include /opt/landuse/include
 # Editable, so that docker-compose.yaml's bind mount of ./include is the code that runs.
 RUN pip install --no-cache-dir --no-deps -e /opt/landuse
+COPY --from=leaflet --chown=airflow:root /leaflet/node_modules/leaflet/dist /opt/landuse/leaflet
+ENV LANDUSE_LEAFLET_DIR=/opt/landuse/leaflet

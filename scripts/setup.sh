@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtual environment from requirements.lock, install the
-# Azurite storage emulator from npm, and initialise the project's Airflow home.
+# Azurite storage emulator and the Land use view's map library (Leaflet) from npm, Debian's
+# Chromium for the view's browser test, and initialise the project's Airflow home.
 # Idempotent and quick when nothing changed (the venv is rebuilt only when the lock changes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3.11}"
 AZURITE_VERSION=3.35.0
+LEAFLET_VERSION=1.9.4  # served by the Land use view (plugins/landuse_airflow/views); BSD-2
 want="$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-64)"
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.lock-sha256 2>/dev/null)" != "$want" ]; then
   echo "setup: building .venv from requirements.lock (a cold install takes a few minutes)"
@@ -19,6 +21,22 @@ fi
 if [ ! -x .tools/node_modules/.bin/azurite ]; then
   echo "setup: installing azurite@$AZURITE_VERSION from npm"
   npm install --silent --no-audit --no-fund --prefix .tools "azurite@$AZURITE_VERSION" >/dev/null
+fi
+if [ "$(node -p "require('./.tools/node_modules/leaflet/package.json').version" 2>/dev/null)" \
+    != "$LEAFLET_VERSION" ]; then
+  echo "setup: installing leaflet@$LEAFLET_VERSION from npm (the Land use view's map library)"
+  npm install --silent --no-audit --no-fund --prefix .tools "leaflet@$LEAFLET_VERSION" >/dev/null
+fi
+# Headless Chromium for the Land use view's browser test, from the distribution (Playwright
+# drives it; its own browser download is never used).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium with apt-get"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "setup: warning: chromium is missing (apt-get install chromium, as root); the Land use view's browser test needs it" >&2
+  fi
 fi
 # shellcheck source=scripts/env.sh
 source scripts/env.sh

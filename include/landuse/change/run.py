@@ -369,12 +369,20 @@ def _render(change: Change, summary: dict[str, Any]) -> dict[str, bytes]:
         for name, values, palette, description in layers:
             raster = maps.categorical(layout, values, palette)
             files[f"{name}{suffix}.tif"] = maps.cog_bytes(raster, layout, palette, description)
-            files[f"{name}{suffix}.png"] = maps.png_bytes(raster, palette, scale=8)
+            files[f"{name}{suffix}.png"] = maps.map_figure(
+                raster, palette, f"{change.county}: {description}", layout.tile_size, layout.crs)
             if name.startswith("groups_") or name == "reference":
                 panels.append((f"{description} ({layout.crs})" if multi else description,
                                raster))
     files["comparison.png"] = maps.side_by_side(
-        panels, maps.GROUP_PALETTE, f"{change.county}: {ref_name} | predictions {a} | {b}")
+        panels, maps.GROUP_PALETTE, f"{change.county}: {ref_name} | predictions {a} | {b}",
+        tile_m=change.layouts[0].tile_size)
+    if summary["counts"]:
+        files["shares.png"] = maps.shares_chart(summary["counts"],
+                                                f"{change.county}: tiles per group")
+    if summary["transitions"]:
+        files["transitions.png"] = maps.transitions_chart(
+            summary["transitions"], f"{change.county}: {a} group -> {b} group")
     changed = change.tiles[change.tiles["changed"] | change.tiles.get("hotspot", False)]
     props = [c for c in ("ref_group", "a_group", "b_group", "b_class", "b_confidence",
                          "newly_developed", "embedding_distance", "embedding_neighbourhood",
@@ -436,9 +444,13 @@ def _markdown(change: Change, s: dict[str, Any], files: list[str]) -> str:
         "",
         _table(count_table(change).reset_index()),
         "",
+        "![tiles per group](shares.png)",
+        "",
         f"## Transitions ({a} rows, {b} columns)",
         "",
         _table(transition_matrix(change).rename_axis(f"{a} \\ {b}").reset_index()),
+        "",
+        "![transitions](transitions.png)",
     ]
     if s["accuracy"]:
         lines += ["", "## Agreement with this county's NLCD labels", "",

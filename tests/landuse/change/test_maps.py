@@ -156,3 +156,49 @@ def test_side_by_side_is_a_png():
     assert ((rgb == maps.WATER_COLOUR).all(axis=1)).sum() > 50
     one = Image.open(io.BytesIO(maps.side_by_side([("only", a)], maps.GROUP_PALETTE, "t")))
     assert one.width < img.width
+
+
+def _colour_pixels(png: bytes, rgb: tuple[int, int, int]) -> int:
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3)
+    return int((pixels == rgb).all(axis=1).sum())
+
+
+def test_map_figure_has_the_palette_a_legend_scale_bar_and_north_arrow():
+    raster = np.ones((12, 20), dtype=np.uint8)  # no change; no black "no data" on the map
+    raster[4:6, 5:9] = 2  # newly developed
+    plain = maps.map_figure(raster, maps.CHANGE_PALETTE, "county: change 2010 -> 2016", 224.0,
+                            "EPSG:26914")
+    img = Image.open(io.BytesIO(plain))
+    assert img.format == "PNG" and img.width > 400
+    assert _colour_pixels(plain, (255, 0, 0)) > 200  # the map and its legend swatch
+    # The scale bar and the north arrow are black on the map: the same map drawn without
+    # them (side_by_side without tile_m) has fewer black pixels.
+    with_bar = maps.side_by_side([("a", raster)], maps.CHANGE_PALETTE, "t", tile_m=224.0)
+    without = maps.side_by_side([("a", raster)], maps.CHANGE_PALETTE, "t")
+    assert _colour_pixels(with_bar, (0, 0, 0)) > _colour_pixels(without, (0, 0, 0)) + 100
+    with pytest.raises(ValueError, match="tile_m"):
+        maps.map_figure(raster, maps.CHANGE_PALETTE, "t", 0.0)
+
+
+@pytest.mark.parametrize(("metres", "expected"), [(0.3, 1.0), (7.0, 5.0), (1120.0, 1000.0),
+                                                  (2400.0, 2000.0), (9999.0, 5000.0)])
+def test_scale_bar_lengths_are_round(metres: float, expected: float):
+    assert maps._round_length(metres) == expected
+
+
+def test_share_and_transition_charts_are_drawn_in_the_group_colours():
+    counts = [{"map": "2010 labels", "Developed": 5, "Developed share": 0.2,
+               "Undeveloped": 20, "Undeveloped share": 0.8},
+              {"map": "2016 predictions", "Developed": 15, "Developed share": 0.6,
+               "Undeveloped": 10, "Undeveloped share": 0.4}]
+    shares = maps.shares_chart(counts, "county: tiles per group")
+    green = labels.GROUP_COLOURS["Undeveloped"]
+    assert _colour_pixels(shares, (255, 0, 0)) > 300 and _colour_pixels(shares, green) > 300
+    transitions = maps.transitions_chart(
+        {"Undeveloped": {"Developed": 9, "Undeveloped": 11}, "Developed": {"Developed": 5}},
+        "county: transitions")
+    assert _colour_pixels(transitions, (255, 0, 0)) > 300
+    with pytest.raises(ValueError, match="share"):
+        maps.shares_chart([{"map": "x", "Developed": 3}], "t")
+    with pytest.raises(ValueError, match="empty"):
+        maps.transitions_chart({}, "t")

@@ -237,15 +237,18 @@ def test_a_failed_rerun_keeps_the_published_report(tmp_path, change_root, change
     assert os.listdir(os.path.dirname(first.url)) == ["2010-2016"]
 
 
-def test_pngs_use_the_map_palettes(tmp_path, change_root, change_kit):
+def test_report_pngs_are_figures_in_the_map_palettes(tmp_path, change_root, change_kit):
     root = _root(tmp_path, change_root, change_kit, predicted=(2016,))
     result = run_change(root, change_root.county.name, 2010, 2016, embeddings=False)
     with Image.open(io.BytesIO(storage.read_bytes(os.path.join(result.url,
                                                                "groups_2016.png")))) as img:
-        assert img.size == (6 * 8, 6 * 8)  # 8 px per tile
+        assert img.width > 6 * 8 and img.height > 6 * 8  # a figure: title, legend, scale bar
         colours = {tuple(c) for c in np.asarray(img.convert("RGB")).reshape(-1, 3)}
-    assert colours <= {rgb for _, rgb in maps.GROUP_PALETTE} | {labels.NO_DATA_COLOUR}
-    assert (255, 0, 0) in colours  # some tiles are Developed
+    palette = {rgb for _, rgb in maps.GROUP_PALETTE}
+    assert {(255, 0, 0), (0, 150, 0)} <= colours & palette  # Developed and Undeveloped tiles
+    assert {"shares.png", "transitions.png"} <= set(result.summary["files"])
+    report = storage.read_bytes(os.path.join(result.url, "report.md")).decode()
+    assert "![tiles per group](shares.png)" in report
 
 
 def _evaluation(root: str, county: str, part: str, synthetic: bool) -> dict:

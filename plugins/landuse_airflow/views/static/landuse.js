@@ -1,0 +1,284 @@
+// The Land use view: lists change reports and shows one as a map beside its report.
+// Every request goes to this server's /landuse API with the Airflow UI's own session cookie;
+// the page builds its DOM with textContent only (report contents are never parsed as HTML).
+(function () {
+  "use strict";
+  const view = JSON.parse(document.getElementById("landuse-view").textContent);
+  const base = view.base;
+  const api = base + "/api";
+  const main = document.getElementById("main");
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  async function getJSON(url) {
+    const response = await fetch(url, { credentials: "same-origin" });
+    if (!response.ok) {
+      let detail = response.statusText;
+      try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
+      throw new Error(`${response.status}: ${detail}`);
+    }
+    return response.json();
+  }
+
+  function fmt(value) {
+    if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(3);
+    if (value === null || value === undefined) return "";
+    if (typeof value === "object") return JSON.stringify(value);
+    return String(value);
+  }
+
+  function enc(...parts) { return parts.map(encodeURIComponent).join("/"); }
+
+  function table(rows, columns) {
+    columns = columns || [...new Set(rows.flatMap((r) => Object.keys(r)))];
+    return el("table", {},
+      el("thead", {}, el("tr", {}, columns.map((c) => el("th", { text: c })))),
+      el("tbody", {}, rows.map((r) => el("tr", {}, columns.map((c) => el("td", { text: fmt(r[c]) }))))));
+  }
+
+  function fail(target, err) {
+    target.replaceChildren(el("p", { class: "error", text: `Could not load: ${err.message}` }));
+  }
+
+  function reportLink(r) {
+    return el("a", { href: `${base}/change/${enc(r.county, r.pair)}`, target: "_top",
+                     text: `${r.county} ${r.year_a} → ${r.year_b}` });
+  }
+
+  // --- pages ---------------------------------------------------------------------------
+
+  async function indexPage() {
+    const data = await getJSON(`${api}/reports`);
+    main.replaceChildren(el("h1", { text: "Land-use change reports" }));
+    if (!data.reports.length) {
+      main.append(el("p", { class: "muted", text: "No change report yet: run change_detection." }));
+      return;
+    }
+    main.append(table(data.reports.map((r) => ({ ...r, county: r.county })),
+      ["county", "year_a", "year_b", "reference", "tiles", "newly_developed", "changed"]));
+    const rows = main.querySelectorAll("tbody tr");
+    data.reports.forEach((r, i) => rows[i].firstChild.replaceChildren(reportLink(r)));
+  }
+
+  async function runPage() {
+    const data = await getJSON(`${api}/runs/${enc(view.dag_id, view.run_id)}`);
+    main.replaceChildren();
+    if (!data.reports.length) {
+      main.append(el("p", { class: "muted", text: data.note ||
+        (data.elsewhere ? "This run wrote its reports under another storage root than this server serves."
+                        : "This run published no change report.") }));
+      return;
+    }
+    const tabs = el("div", { class: "tabs", role: "tablist" });
+    const body = el("div");
+    main.append(tabs, body);
+    const buttons = data.reports.map((r) => el("button", {
+      type: "button", text: `${r.county} ${r.pair}`,
+      onclick: () => show(r),
+    }));
+    tabs.append(...buttons);
+    function show(r) {
+      buttons.forEach((b, i) => b.setAttribute("aria-pressed", String(data.reports[i] === r)));
+      renderReport(body, r.county, r.pair).catch((err) => fail(body, err));
+    }
+    show(data.reports[0]);
+  }
+
+  // --- one change report -----------------------------------------------------------------
+
+  let map = null;
+
+  async function renderReport(target, county, pair) {
+    const root = `${api}/change/${enc(county, pair)}`;
+    const data = await getJSON(root);
+    const files = data.summary.files || [];
+    if (map) { map.remove(); map = null; }
+    const mapDiv = el("div", { id: "map" });
+    const tilePanel = el("div", { id: "tile-panel" },
+      el("p", { class: "muted", text: "Click a changed tile (outlined) to see both years." }));
+    const aside = el("aside");
+    target.replaceChildren(
+      el("h1", { text: `${data.county}: land-use change ${data.year_a} → ${data.year_b}` }),
+      el("div", { class: "report" }, el("div", { class: "report-map" }, mapDiv, tilePanel), aside));
+
+    map = L.map(mapDiv, { zoomSnap: 0.25, preferCanvas: false });
+    map.attributionControl.setPrefix(false);
+    const everything = L.latLngBounds([]);
+    const overlays = {};
+    if (data.basemap.length) {
+      const naip = L.layerGroup(data.basemap.map((s) => {
+        everything.extend(s.bounds);
+        return L.imageOverlay(`${root}/basemap/${s.index}.webp`, s.bounds,
+          { className: "landuse-basemap", attribution: `${data.year_b} scenes of the report` });
+      })).addTo(map);
+      overlays[`NAIP ${data.year_b} imagery`] = naip;
+    }
+    const byKind = {};
+    for (const layer of data.layers) (byKind[layer.kind] = byKind[layer.kind] || []).push(layer);
+    const legendOf = new Map();
+    for (const [kind, members] of Object.entries(byKind)) {
+      const group = L.layerGroup(members.map((m) => {
+        everything.extend(m.bounds);
+        return L.imageOverlay(`${root}/layers/${encodeURIComponent(m.name)}.png`, m.bounds,
+          { className: `landuse-layer landuse-layer-${kind}`, opacity: kind === "change" ? 0.75 : 0.85 });
+      }));
+      const label = layerLabel(kind, members[0].description, data);
+      overlays[label] = group;
+      legendOf.set(group, { title: label, entries: members[0].legend });
+      if (kind === "change") group.addTo(map);
+    }
+    const cells = await changedTiles(root, files, tilePanel, data);
+    if (cells) { overlays["Changed tiles (clickable)"] = cells.addTo(map); }
+    L.control.layers(null, overlays, { collapsed: false }).addTo(map);
+    legendControl(legendOf).addTo(map);
+    L.control.scale({ imperial: false }).addTo(map);
+    if (everything.isValid()) map.fitBounds(everything);
+    else map.setView([0, 0], 2);
+    renderAside(aside, root, data, files);
+  }
+
+  function layerLabel(kind, description, data) {
+    if (kind === `groups_${data.year_a}`) return `Year A (${data.year_a}) groups`;
+    if (kind === `groups_${data.year_b}`) return `Year B (${data.year_b}) groups`;
+    if (kind === "reference") return `Year A reference: ${description}`;
+    if (kind === "change") return `Change ${data.year_a} → ${data.year_b}`;
+    return description;
+  }
+
+  function legendControl(legendOf) {
+    const control = L.control({ position: "bottomright" });
+    control.onAdd = function (m) {
+      const box = el("div", { class: "legend", id: "legend" });
+      const draw = () => {
+        box.replaceChildren();
+        for (const [group, legend] of legendOf) {
+          if (!m.hasLayer(group)) continue;
+          box.append(el("h3", { text: legend.title }),
+            ...legend.entries.map((e) => el("div", {},
+              el("span", { class: "swatch", style: `background:${e.colour}` }), e.name)));
+        }
+        box.style.display = box.childElementCount ? "" : "none";
+      };
+      m.on("overlayadd overlayremove", draw);
+      draw();
+      return box;
+    };
+    return control;
+  }
+
+  async function changedTiles(root, files, panel, data) {
+    if (!files.includes("changes.geojson")) return null;
+    const geojson = await getJSON(`${root}/files/changes.geojson`);
+    let selected = null;
+    return L.geoJSON(geojson, {
+      style: (f) => ({
+        className: "landuse-cell", weight: 2, fillOpacity: 0.05,
+        color: f.properties.newly_developed ? "#d00000" : "#ff8c00",
+        dashArray: f.properties.newly_developed === false && f.properties.hotspot ? "3 3" : null,
+      }),
+      onEachFeature: (feature, layer) => {
+        layer.on("click", () => {
+          if (selected) selected.setStyle({ weight: 2 });
+          selected = layer;
+          layer.setStyle({ weight: 4 });
+          showTile(root, feature.id || feature.properties.tile_id, panel, data)
+            .catch((err) => fail(panel, err));
+        });
+      },
+    });
+  }
+
+  async function showTile(root, tileId, panel, data) {
+    const t = await getJSON(`${root}/tiles/${encodeURIComponent(tileId)}`);
+    const groups = [
+      ["reference", t.ref_group, t.ref_class, t.ref_confidence],
+      [`year A (${data.year_a})`, t.a_group, t.a_class, t.a_confidence],
+      [`year B (${data.year_b})`, t.b_group, t.b_class, t.b_confidence],
+    ].filter((row) => row[1] !== undefined);
+    const probs = Object.keys(t).filter((k) => /^[a-z]+_p_/.test(k) && typeof t[k] === "number");
+    const other = ["transition", "newly_developed", "changed", "embedding_distance", "embedding_z",
+                   "hotspot", "water_share_a", "water_share_b", "water_changed", "planted"]
+      .filter((k) => k in t);
+    const image = (which, year) => t.images[which]
+      ? el("figure", {}, el("img", { class: "tile-image", alt: `tile ${tileId} in ${year}`,
+                                      src: `${root}/tiles/${encodeURIComponent(tileId)}/${which}.png` }),
+           el("figcaption", { text: String(year) }))
+      : el("figure", {}, el("p", { class: "muted", text: `no image in ${year}` }));
+    panel.replaceChildren(
+      el("h2", { text: `Tile ${tileId}` }),
+      el("div", { class: "tile-images" }, image("a", data.year_a), image("b", data.year_b)),
+      table(groups.map(([map, group, klass, conf]) => ({ map, group, class: klass, confidence: conf })),
+        ["map", "group", "class", "confidence"]),
+      el("h2", { text: "Class probabilities" }),
+      el("div", { class: "probs" }, probs.map((k) => el("div", { class: "prob-row" },
+        el("span", { text: k.replace(/^([a-z]+)_p_/, (m, y) => `${y === "b" ? data.year_b : y === "a" ? data.year_a : y} `).replace("group_", "group ") }),
+        el("span", { class: "bar" }, el("span", { style: `width:${Math.round(100 * t[k])}%` })),
+        el("span", { text: t[k].toFixed(3) })))),
+      table([Object.fromEntries(other.map((k) => [k, t[k]]))], other));
+  }
+
+  function renderAside(aside, root, data, files) {
+    const s = data.summary;
+    if (s.caveat) aside.append(el("p", { class: "caveat" }, el("strong", { text: "Caution: " }), s.caveat));
+    const expected = (s.expected_from_model_error || {}).newly_developed;
+    const error = expected ? `, about ${expected.expected} of them expected from model error alone ` +
+      `(${Math.round(100 * expected.interval)}% interval ${expected.low}-${expected.high})` : "";
+    aside.append(el("p", {}, el("strong", { text: `${fmt(s.newly_developed)} tiles newly developed${error}` }),
+      ` of ${fmt(s.compared)} compared (${fmt(s.tiles)} tiles, ${fmt(s.uncertain)} uncertain, ` +
+      `${fmt(s.changed)} changed). Reference: ${s.reference_choice || `${data.year_a} ${fmt(s.reference)}`}.`));
+    const model = s.model || {};
+    if (model.split === "test") {
+      aside.append(el("p", { text: `Model ${model.model_id} on its held-out test counties ` +
+        `(${(model.test_counties || []).join(", ")}): accuracy ${fmt(model.accuracy)}, groups ` +
+        `${fmt(model.group_accuracy)}; this county is in its ${model.county_part} part.` }));
+    } else if (model.note) {
+      aside.append(el("p", { class: "muted", text: `Model: ${model.note}.` }));
+    }
+    if (Array.isArray(s.counts) && s.counts.length) {
+      aside.append(el("h2", { text: "Tiles per group" }), table(s.counts));
+    }
+    if (s.transitions && typeof s.transitions === "object") {
+      const rows = Object.entries(s.transitions).map(([from, to]) => ({ [`${data.year_a} \\ ${data.year_b}`]: from, ...to }));
+      if (rows.length) aside.append(el("h2", { text: "Transitions" }), table(rows));
+    }
+    // Figures: every PNG of the report that is not the plain image of one of its maps.
+    const maps = new Set(files.filter((f) => f.endsWith(".tif")).map((f) => f.slice(0, -4)));
+    const figures = files.filter((f) => f.endsWith(".png") && !maps.has(f.slice(0, -4)));
+    figures.sort((a, b) => (a === "comparison.png" ? -1 : b === "comparison.png" ? 1 : a.localeCompare(b)));
+    for (const f of figures) {
+      aside.append(el("h2", { text: f.replace(/\.png$/, "").replace(/_/g, " ") }),
+        el("img", { class: "figure", alt: f, src: `${root}/files/${encodeURIComponent(f)}` }));
+    }
+    for (const key of ["accuracy", "planted_change", "embedding_change", "expected_from_model_error"]) {
+      if (s[key] && Object.keys(s[key]).length) {
+        aside.append(el("h2", { text: key.replace(/_/g, " ") }), el("pre", { text: JSON.stringify(s[key], null, 1) }));
+      }
+    }
+    const kinds = { ".tif": "Cloud-Optimized GeoTIFF", ".geojson": "GeoJSON", ".parquet": "Parquet",
+                    ".md": "report", ".json": "summary", ".png": "image" };
+    const order = [".md", ".tif", ".geojson", ".parquet", ".json", ".png"];
+    const listed = [...files, "summary.json"].sort((a, b) =>
+      order.indexOf(a.slice(a.lastIndexOf("."))) - order.indexOf(b.slice(b.lastIndexOf("."))) || a.localeCompare(b));
+    aside.append(el("h2", { text: "Downloads" }), el("ul", { class: "downloads" }, listed.map((f) =>
+      el("li", {}, el("a", { href: `${root}/files/${encodeURIComponent(f)}`, download: f, text: f }),
+        ` (${kinds[f.slice(f.lastIndexOf("."))] || "file"})`))));
+  }
+
+  const pages = { index: indexPage, run: runPage,
+                  change: () => renderReport(main, view.county, view.pair) };
+  (pages[view.page] || indexPage)().catch((err) => fail(main, err));
+})();

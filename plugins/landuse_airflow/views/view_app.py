@@ -1,0 +1,249 @@
+"""The Land use view's FastAPI app, mounted by the plugin at ``/landuse`` on the API server.
+
+Airflow does not protect a plugin's endpoints by itself: every route here depends on
+Airflow's own :func:`~airflow.api_fastapi.core_api.security.get_user` (the JWT the UI keeps
+in its ``_token`` cookie, or a bearer token) and on the auth manager allowing the user to
+read the DAG's runs; anonymous requests get 401, bad tokens 403. Files come only from the
+configured storage root (``LANDUSE_STORAGE_ROOT``) through :mod:`.view_data`; the map
+library is the vendored npm package (``scripts/setup.sh``), so nothing is fetched from the
+internet, and the Content-Security-Policy keeps the page to this server.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from landuse import config, storage
+from landuse_airflow.views import view_data
+
+STATIC = Path(__file__).resolve().parent / "static"
+PROJECT = Path(__file__).resolve().parents[3]
+CHANGE_DAG = "change_detection"
+# The map library's files, served from the npm package scripts/setup.sh vendors.
+LEAFLET_FILES = frozenset({
+    "leaflet.js", "leaflet.css", "images/layers.png", "images/layers-2x.png",
+    "images/marker-icon.png", "images/marker-icon-2x.png", "images/marker-shadow.png"})
+OWN_FILES = {"landuse.js": "text/javascript", "landuse.css": "text/css"}
+CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+       "script-src 'self'; connect-src 'self'; frame-ancestors 'self'; base-uri 'none'; "
+       "form-action 'none'")
+
+
+def leaflet_dir() -> Path:
+    """Where the vendored Leaflet's ``dist`` folder is (``LANDUSE_LEAFLET_DIR`` overrides)."""
+    return Path(os.environ.get("LANDUSE_LEAFLET_DIR")
+                or PROJECT / ".tools" / "node_modules" / "leaflet" / "dist")
+
+
+def _authenticated_user() -> Callable[..., Any]:
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return get_user
+
+
+def _require_dag_reader(user: Any, dag_id: str) -> None:
+    """403 unless the auth manager lets ``user`` read the runs of ``dag_id``."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import (
+        DagAccessEntity,
+        DagDetails,
+    )
+
+    if not get_auth_manager().is_authorized_dag(method="GET", access_entity=DagAccessEntity.RUN,
+                                                details=DagDetails(id=dag_id), user=user):
+        raise HTTPException(403, f"not allowed to read the runs of {dag_id}")
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """The view's errors as HTTP answers that say what was wrong, never where files are."""
+    try:
+        yield
+    except view_data.NotFound as err:
+        raise HTTPException(404, str(err)) from err
+    except PermissionError as err:
+        raise HTTPException(403, str(err)) from err
+    except storage.StorageUnavailable as err:
+        raise HTTPException(503, "storage is unavailable; try again later") from err
+    except storage.StorageError as err:
+        raise HTTPException(404, "not found in storage") from err
+    except ValueError as err:
+        raise HTTPException(400, str(err)) from err
+
+
+def _secure(response: Response, cache: bool = False) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "private, max-age=600" if cache else "no-store"
+    return response
+
+
+def create_app(root: str | None = None) -> FastAPI:
+    """The view's app; ``root`` is the storage root it serves (default: the configured one,
+    read per request so that the deployment's setting applies)."""
+    app = FastAPI(title="Land use view", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(_authenticated_user())])
+    get_user = _authenticated_user()
+
+    def storage_root() -> str:
+        return root or config.storage_root()
+
+    def report(county: str, pair: str) -> view_data.Report:
+        with _errors():
+            return view_data.open_report(storage_root(), county, pair)
+
+    def change_reader(user: Any = Depends(get_user)) -> None:  # noqa: B008 (FastAPI idiom)
+        _require_dag_reader(user, CHANGE_DAG)
+
+    def page(request: Request, view: dict[str, Any]) -> Response:
+        shell = (STATIC / "page.html").read_text()
+        base = request.scope.get("root_path", "").rstrip("/")
+        config_json = json.dumps({"base": base, **view}).replace("</", "<\\/")
+        body = shell.replace("{{BASE}}", html.escape(base)).replace("{{VIEW}}", config_json)
+        return _secure(HTMLResponse(body))
+
+    # --- pages ------------------------------------------------------------------------------
+
+    @app.get("/", dependencies=[Depends(change_reader)])
+    def index(request: Request) -> Response:
+        return page(request, {"page": "index"})
+
+    @app.get("/runs/{dag_id}/{run_id}")
+    def run_page(request: Request, dag_id: str, run_id: str,
+                 user: Any = Depends(get_user)) -> Response:  # noqa: B008
+        _require_dag_reader(user, dag_id)
+        return page(request, {"page": "run", "dag_id": dag_id, "run_id": run_id})
+
+    @app.get("/change/{county}/{pair}", dependencies=[Depends(change_reader)])
+    def change_page(request: Request, county: str, pair: str) -> Response:
+        report(county, pair)
+        return page(request, {"page": "change", "county": county, "pair": pair})
+
+    @app.get("/static/{name}")
+    def own_static(name: str) -> Response:
+        if name not in OWN_FILES:
+            raise HTTPException(404, "no such file")
+        return _secure(Response((STATIC / name).read_bytes(), media_type=OWN_FILES[name]))
+
+    @app.get("/vendor/leaflet/{name:path}")
+    def leaflet(name: str) -> Response:
+        if name not in LEAFLET_FILES:
+            raise HTTPException(404, "no such file")
+        path = leaflet_dir() / name
+        if not path.is_file():
+            raise HTTPException(503, "the map library is not installed: run scripts/setup.sh")
+        media = {".js": "text/javascript", ".css": "text/css"}.get(path.suffix, "image/png")
+        return _secure(Response(path.read_bytes(), media_type=media), cache=True)
+
+    # --- data -------------------------------------------------------------------------------
+
+    @app.get("/api/reports", dependencies=[Depends(change_reader)])
+    def reports() -> Response:
+        with _errors():
+            return _secure(JSONResponse({"reports": view_data.list_reports(storage_root())}))
+
+    @app.get("/api/runs/{dag_id}/{run_id}")
+    def run_reports(dag_id: str, run_id: str, user: Any = Depends(get_user)) -> Response:  # noqa: B008
+        _require_dag_reader(user, dag_id)
+        return _secure(JSONResponse(_run_view(dag_id, run_id, storage_root())))
+
+    @app.get("/api/change/{county}/{pair}", dependencies=[Depends(change_reader)])
+    def change(county: str, pair: str) -> Response:
+        r = report(county, pair)
+        with _errors():
+            basemap = []
+            for i, scene in enumerate(view_data.scenes(r)):
+                _, bounds = view_data.quicklook(scene)
+                basemap.append({"index": i, "bounds": bounds})
+            return _secure(JSONResponse({
+                **view_data.headline(r), "summary": view_data.public_summary(r),
+                "layers": view_data.layers(r), "basemap": basemap}))
+
+    @app.get("/api/change/{county}/{pair}/files/{name}", dependencies=[Depends(change_reader)])
+    def report_file(county: str, pair: str, name: str) -> Response:
+        r = report(county, pair)
+        with _errors():
+            data, media = view_data.report_file(r, name)
+        response = Response(data, media_type=media)
+        if not media.startswith("image/png"):
+            response.headers["Content-Disposition"] = (
+                f'attachment; filename="{r.county}_{r.pair}_{name}"')
+        return _secure(response, cache=True)
+
+    @app.get("/api/change/{county}/{pair}/layers/{name}.png",
+             dependencies=[Depends(change_reader)])
+    def layer(county: str, pair: str, name: str) -> Response:
+        r = report(county, pair)
+        with _errors():
+            return _secure(Response(view_data.layer_png(r, name), media_type="image/png"),
+                           cache=True)
+
+    @app.get("/api/change/{county}/{pair}/basemap/{index}.webp",
+             dependencies=[Depends(change_reader)])
+    def basemap(county: str, pair: str, index: int) -> Response:
+        r = report(county, pair)
+        with _errors():
+            found = view_data.scenes(r)
+            if not 0 <= index < len(found):
+                raise view_data.NotFound(f"no scene {index} for {county} {pair}")
+            png, _ = view_data.quicklook(found[index])
+        return _secure(Response(png, media_type="image/webp"), cache=True)
+
+    @app.get("/api/change/{county}/{pair}/tiles/{tile_id}", dependencies=[Depends(change_reader)])
+    def tile(county: str, pair: str, tile_id: str) -> Response:
+        r = report(county, pair)
+        with _errors():
+            return _secure(JSONResponse(view_data.tile_record(r, tile_id)))
+
+    @app.get("/api/change/{county}/{pair}/tiles/{tile_id}/{which}.png",
+             dependencies=[Depends(change_reader)])
+    def tile_image(county: str, pair: str, tile_id: str, which: str) -> Response:
+        r = report(county, pair)
+        with _errors():
+            data, media = view_data.tile_image(r, tile_id, which)
+        return _secure(Response(data, media_type=media), cache=True)
+
+    return app
+
+
+def _run_view(dag_id: str, run_id: str, root: str) -> dict[str, Any]:
+    """What a DAG run published that this view can show: the change reports of a
+    ``change_detection`` run (from its Asset events), served from the configured root."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from landuse.change.run import change_url
+
+    with create_session() as session:
+        events = session.scalars(select(AssetEvent).where(
+            AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id)).all()
+        extras = [dict(e.extra or {}) for e in events]
+    out: dict[str, Any] = {"dag_id": dag_id, "run_id": run_id, "reports": [], "elsewhere": 0}
+    if dag_id != CHANGE_DAG:
+        out["note"] = f"the Land use view shows change reports; {dag_id} publishes none"
+        return out
+    for extra in extras:
+        try:
+            county = storage.safe_name(str(extra["county"]))
+            year_a, year_b = int(extra["year_a"]), int(extra["year_b"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if extra.get("url") and extra["url"] != change_url(root, county, year_a, year_b):
+            out["elsewhere"] += 1  # written under another root: not this server's to serve
+            continue
+        out["reports"].append({"county": county, "year_a": year_a, "year_b": year_b,
+                               "pair": f"{year_a}-{year_b}",
+                               **{k: extra[k] for k in ("newly_developed", "changed", "tiles")
+                                  if k in extra}})
+    out["reports"].sort(key=lambda r: r["county"])
+    return out
