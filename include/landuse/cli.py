@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from landuse import counties, splits, storage
+from landuse import counties, labels, splits, storage
 from landuse.tiling import TilingConfig, build_county
 from landuse.windows.cli import add_parser as add_windows_parser
 
@@ -72,6 +72,7 @@ def _tiles(args: argparse.Namespace) -> int:
             val_counties=args.val_counties,
             test_counties=args.test_counties,
             tiles_per_class=args.tiles_per_class,
+            classes=tuple(args.classes),
             seed=args.seed,
         )
         print(json.dumps({k: dataset.summary[k] for k in splits.PARTS}, indent=2))
@@ -217,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--max-nodata", type=float, default=0.01)
     tiles.add_argument("--split", action="store_true", help="also write the train/val split")
     tiles.add_argument("--val-counties", type=_names, default=None)
+    tiles.add_argument("--classes", type=_names, default=list(labels.CLASSES),
+                       help="the classes the dataset teaches (default: the seed's six and "
+                            "Water)")
     tiles.add_argument("--test-counties", type=_names, default=None,
                        help="held out of training and model choice (default: chosen by seed "
                             "when four or more counties have trainable tiles; '' for none)")
@@ -270,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("--registry", default=None,
                         help="counties.json (for county names and planted-change truth)")
     change.add_argument("--reference", default="auto", choices=["auto", "labels", "predictions"],
-                        help="year A as NLCD labels or predictions (auto: labels if any)")
+                        help="year A as predictions of the same model, or as NLCD labels "
+                             "(auto: same-model predictions where year A has them)")
     change.add_argument("--threshold", type=float, default=0.5,
                         help="group probability below which a prediction is uncertain")
     change.add_argument("--smooth", action="store_true", help="3x3 plurality smoothing")

@@ -1,8 +1,11 @@
 """Land-use classes, the NLCD mapping the seed work used, and the colour legends of the maps.
 
-The six classes and their NLCD codes are exactly those of the Embarrassingly Parallel Image
-Classification work. Water (11) and perennial ice/snow (12) are not classes: tiles whose
-plurality is one of them are kept in manifests (for county-wide maps) but never trained on.
+The seed's six classes and their NLCD codes are exactly those of the Embarrassingly Parallel
+Image Classification work; Water (NLCD 11) is a seventh class here, in a group of its own,
+so a lake is mapped as water rather than as the nearest land class. Perennial ice/snow (12)
+is not a class: such tiles are kept in manifests but never trained on. The class set a
+model learns belongs to its dataset (see :mod:`landuse.splits`); the seed's 6-class and
+3-group figures are still reported its way, over tiles that are not water.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Final
 
 import numpy as np
 
-CLASSES: Final[tuple[str, ...]] = (
+SEED_CLASSES: Final[tuple[str, ...]] = (
     "Developed",
     "Barren",
     "Forest",
@@ -19,7 +22,10 @@ CLASSES: Final[tuple[str, ...]] = (
     "Herbaceous",
     "Cultivated",
 )
-GROUPS: Final[tuple[str, ...]] = ("Developed", "Cultivated", "Undeveloped")
+WATER_CLASS: Final = "Water"
+CLASSES: Final[tuple[str, ...]] = (*SEED_CLASSES, WATER_CLASS)
+SEED_GROUPS: Final[tuple[str, ...]] = ("Developed", "Cultivated", "Undeveloped")
+GROUPS: Final[tuple[str, ...]] = (*SEED_GROUPS, WATER_CLASS)
 
 NLCD_TO_CLASS: Final[dict[int, str]] = {
     **dict.fromkeys((21, 22, 23, 24), "Developed"),
@@ -29,8 +35,11 @@ NLCD_TO_CLASS: Final[dict[int, str]] = {
     **dict.fromkeys((71, 72, 73, 74, 95), "Herbaceous"),
     **dict.fromkeys((81, 82), "Cultivated"),
 }
+NLCD_WATER: Final = 11
+# Every land-cover code that is a class: the seed's mapping and open water.
+NLCD_CLASSES: Final[dict[int, str]] = {**NLCD_TO_CLASS, NLCD_WATER: WATER_CLASS}
 # Valid NLCD codes that are deliberately not land-use classes.
-NLCD_EXCLUDED: Final[dict[int, str]] = {11: "Water", 12: "Ice"}
+NLCD_EXCLUDED: Final[dict[int, str]] = {12: "Ice"}
 # Codes used for "no data" across NLCD releases (0 up to 2016, 250 from 2019 on).
 NLCD_NODATA: Final[frozenset[int]] = frozenset({0, 250})
 
@@ -41,6 +50,7 @@ CLASS_TO_GROUP: Final[dict[str, str]] = {
     "Forest": "Undeveloped",
     "Shrub": "Undeveloped",
     "Herbaceous": "Undeveloped",
+    WATER_CLASS: WATER_CLASS,
 }
 
 RGB = tuple[int, int, int]
@@ -76,12 +86,14 @@ CLASS_COLOURS: Final[dict[str, RGB]] = {
     "Shrub": (204, 184, 121),
     "Herbaceous": (223, 223, 194),
     "Cultivated": (171, 108, 40),
+    WATER_CLASS: (70, 107, 159),
 }
-# The seed's county map: red developed, white cultivated, green undeveloped.
+# The seed's county map: red developed, white cultivated, green undeveloped; water blue.
 GROUP_COLOURS: Final[dict[str, RGB]] = {
     "Developed": (255, 0, 0),
     "Cultivated": (255, 255, 255),
     "Undeveloped": (0, 150, 0),
+    WATER_CLASS: (70, 107, 159),
 }
 NO_DATA_COLOUR: Final[RGB] = (0, 0, 0)
 
@@ -90,31 +102,32 @@ def class_of(code: int) -> str:
     """Return the land-use class of an NLCD code.
 
     Raises:
-        KeyError: ``code`` is water/ice, nodata, or not an NLCD code; the message says which.
+        KeyError: ``code`` is ice, nodata, or not an NLCD code; the message says which.
     """
-    if code in NLCD_TO_CLASS:
-        return NLCD_TO_CLASS[code]
+    if code in NLCD_CLASSES:
+        return NLCD_CLASSES[code]
     if code in NLCD_EXCLUDED:
         raise KeyError(f"NLCD code {code} ({NLCD_EXCLUDED[code]}) is not a land-use class")
     raise KeyError(f"{code} is not a known NLCD land-cover code")
 
 
-# Categories of a label cell: the six classes (0-5), then these.
-WATER, ICE, NODATA, UNKNOWN = 6, 7, 8, 9
-CATEGORY_NAMES: Final[tuple[str, ...]] = (*CLASSES, "Water", "Ice")
+# Categories of a label cell: the classes (0-6, water last), then these.
+WATER = CLASSES.index(WATER_CLASS)
+ICE, NODATA, UNKNOWN = 7, 8, 9
+CATEGORY_NAMES: Final[tuple[str, ...]] = (*CLASSES, "Ice")
 
 
 def category_lookup() -> np.ndarray:
-    """A table from NLCD code (0-65535) to label-cell category: class index 0-5, then
-    WATER, ICE, NODATA (code 0) or UNKNOWN. Maps whole label rasters at once."""
+    """A table from NLCD code (0-65535) to label-cell category: class index 0-6 (water is
+    6), then ICE, NODATA (code 0) or UNKNOWN. Maps whole label rasters at once."""
     table = np.full(65536, UNKNOWN, dtype=np.uint8)
-    for code, name in NLCD_TO_CLASS.items():
+    for code, name in NLCD_CLASSES.items():
         table[code] = CLASSES.index(name)
-    table[11], table[12] = WATER, ICE
+    table[12] = ICE
     table[0] = NODATA
     return table
 
 
 def is_known_code(code: int) -> bool:
-    """Whether ``code`` is a land-cover code of NLCD (a class, water or ice)."""
-    return code in NLCD_TO_CLASS or code in NLCD_EXCLUDED
+    """Whether ``code`` is a land-cover code of NLCD (a class or ice)."""
+    return code in NLCD_CLASSES or code in NLCD_EXCLUDED

@@ -78,6 +78,7 @@ def make_split(
     test_fraction: float = 0.2,
     tiles_per_class: int | None = None,
     seed: int = 0,
+    classes: tuple[str, ...] = labels.CLASSES,
 ) -> pd.DataFrame:
     """Select trainable tiles, hold counties out for validation and test, balance the classes.
 
@@ -95,6 +96,9 @@ def make_split(
         test_fraction: share of trainable tiles to aim for in test (0: no test part).
         tiles_per_class: cap on tiles per class in each part.
         seed: random seed for county choice and undersampling.
+        classes: the class set the dataset teaches (default: the seed's six and Water;
+            :data:`labels.SEED_CLASSES` for the seed's own); tiles of other classes are left
+            out.
 
     Returns:
         The selected rows with a ``split`` column ('train', 'validation' or 'test').
@@ -104,8 +108,12 @@ def make_split(
             is named for two parts, no county is left for training, or training would be
             left with fewer than two classes.
     """
+    unknown = sorted(set(classes) - set(labels.CLASSES))
+    if unknown or len(set(classes)) < 2:
+        raise ValueError(f"classes must be two or more of {list(labels.CLASSES)}, got "
+                         f"{list(classes)}")
     rng = np.random.default_rng(seed)
-    trainable = manifests[manifests["trainable"]]
+    trainable = manifests[manifests["trainable"] & manifests["label"].isin(classes)]
     per_county = trainable.groupby("county").size().sort_index()
     if len(per_county) < 2:
         raise ValueError(
@@ -146,9 +154,11 @@ def make_split(
     return pd.concat(parts, ignore_index=True)
 
 
-def summarize(split: pd.DataFrame, manifest_hashes: dict[str, str], seed: int) -> dict[str, Any]:
+def summarize(split: pd.DataFrame, manifest_hashes: dict[str, str], seed: int,
+              classes: tuple[str, ...] = labels.CLASSES) -> dict[str, Any]:
     """Counts per split and class, counties per split, and the lineage of the inputs."""
-    summary: dict[str, Any] = {"seed": seed, "manifests": manifest_hashes}
+    summary: dict[str, Any] = {"seed": seed, "manifests": manifest_hashes,
+                               "classes": list(classes)}
     if "synthetic" in split:
         summary["synthetic_training"] = bool(split.loc[split["split"] == "train",
                                                        "synthetic"].all())
@@ -158,8 +168,8 @@ def summarize(split: pd.DataFrame, manifest_hashes: dict[str, str], seed: int) -
         summary[name] = {
             "tiles": len(part),
             "counties": sorted(part["county"].unique().tolist()),
-            "per_class": {c: int(counts.get(c, 0)) for c in labels.CLASSES},
-            "missing_classes": [c for c in labels.CLASSES if c not in counts.index],
+            "per_class": {c: int(counts.get(c, 0)) for c in classes},
+            "missing_classes": [c for c in classes if c not in counts.index],
         }
     return summary
 
@@ -174,6 +184,7 @@ def build_dataset(
     test_fraction: float = 0.2,
     tiles_per_class: int | None = None,
     seed: int = 0,
+    classes: tuple[str, ...] = labels.CLASSES,
 ) -> Dataset:
     """Read manifests, make the split, and write ``split.parquet`` and ``summary.json``.
 
@@ -195,8 +206,9 @@ def build_dataset(
         test_fraction=test_fraction,
         tiles_per_class=tiles_per_class,
         seed=seed,
+        classes=tuple(classes),
     )
-    summary = summarize(split, hashes, seed)
+    summary = summarize(split, hashes, seed, tuple(classes))
     split_url = storage.join(out_url, "split.parquet")
     summary_url = storage.join(out_url, "summary.json")
     storage.write_parquet(split_url, pa.Table.from_pandas(split, preserve_index=False))

@@ -1,4 +1,5 @@
-"""Land-use classes: the seed's NLCD mapping, the groups, class_of errors and the legends."""
+"""Land-use classes: the seed's NLCD mapping plus Water, the groups, class_of errors and the
+legends."""
 
 from __future__ import annotations
 
@@ -26,16 +27,17 @@ def test_nlcd_to_class_is_exactly_the_seed_mapping():
     assert inverted == SEED_MAPPING
 
 
-def test_classes_are_the_six_mapped_classes():
-    assert set(labels.CLASSES) == set(SEED_MAPPING)
-    assert len(labels.CLASSES) == 6
+def test_classes_are_the_seed_six_and_water():
+    assert labels.SEED_CLASSES == tuple(SEED_MAPPING)
+    assert labels.CLASSES == (*labels.SEED_CLASSES, "Water")
+    assert labels.NLCD_CLASSES == {**labels.NLCD_TO_CLASS, 11: "Water"}
 
 
-@pytest.mark.parametrize("code", [11, 12])
-def test_water_and_ice_are_not_classes(code):
-    assert code not in labels.NLCD_TO_CLASS
-    assert code in labels.NLCD_EXCLUDED
-    assert labels.is_known_code(code)
+def test_water_is_a_class_and_ice_is_not():
+    assert labels.class_of(11) == "Water"
+    assert 11 not in labels.NLCD_TO_CLASS  # the seed's mapping stays the seed's
+    assert labels.NLCD_EXCLUDED == {12: "Ice"}
+    assert labels.is_known_code(11) and labels.is_known_code(12)
 
 
 def test_class_to_group():
@@ -46,8 +48,10 @@ def test_class_to_group():
         "Forest": "Undeveloped",
         "Shrub": "Undeveloped",
         "Herbaceous": "Undeveloped",
+        "Water": "Water",
     }
     assert set(labels.CLASS_TO_GROUP.values()) == set(labels.GROUPS)
+    assert labels.GROUPS == (*labels.SEED_GROUPS, "Water")
 
 
 @pytest.mark.parametrize(("code", "name"), [(21, "Developed"), (90, "Forest"), (95, "Herbaceous")])
@@ -55,8 +59,8 @@ def test_class_of(code, name):
     assert labels.class_of(code) == name
 
 
-@pytest.mark.parametrize(("code", "words"), [(11, "Water"), (12, "Ice")])
-def test_class_of_water_and_ice_say_why(code, words):
+@pytest.mark.parametrize(("code", "words"), [(12, "Ice")])
+def test_class_of_ice_says_why(code, words):
     with pytest.raises(KeyError, match=f"{code}.*{words}.*not a land-use class"):
         labels.class_of(code)
 
@@ -74,6 +78,7 @@ def test_category_lookup_table():
         for code in codes:
             assert labels.CATEGORY_NAMES[table[code]] == name
     assert (table[11], table[12], table[0]) == (labels.WATER, labels.ICE, labels.NODATA)
+    assert labels.CATEGORY_NAMES[labels.WATER] == "Water"
     others = [*sorted(set(range(1, 256)) - ALL_NLCD_CODES), 300, 65535]
     assert np.all(table[others] == labels.UNKNOWN)
 

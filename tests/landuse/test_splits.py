@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from landuse import storage
+from landuse import labels, storage
 from landuse.splits import build_dataset, choose_validation_counties, make_split
 
 
@@ -206,9 +206,11 @@ def test_build_dataset_writes_split_and_summary(written, manifests):
     assert summary["train"]["tiles"] == int((split["split"] == "train").sum())
     # County c alone: Forest is its rarest class with 7 tiles.
     assert summary["validation"]["per_class"] == {
-        "Developed": 7, "Barren": 0, "Forest": 7, "Shrub": 7, "Herbaceous": 0, "Cultivated": 7
+        "Developed": 7, "Barren": 0, "Forest": 7, "Shrub": 7, "Herbaceous": 0, "Cultivated": 7,
+        "Water": 0,
     }
-    assert summary["train"]["missing_classes"] == ["Barren", "Herbaceous"]
+    assert summary["train"]["missing_classes"] == ["Barren", "Herbaceous", "Water"]
+    assert summary["classes"] == list(labels.CLASSES)
 
 
 def test_summary_records_manifest_lineage(written):
@@ -228,3 +230,18 @@ def test_summary_records_manifest_lineage(written):
 def test_build_dataset_without_manifests(tmp_path):
     with pytest.raises(ValueError, match="no manifests"):
         build_dataset([], str(tmp_path))
+
+
+def test_the_class_set_belongs_to_the_dataset(manifests):
+    # water tiles are trainable (a class); the seed's own set leaves them out
+    watery = pd.concat([manifests, _manifest("a", {"Water": 9}, untrainable=0),
+                        _manifest("b", {"Water": 9}, untrainable=0),
+                        _manifest("c", {"Water": 9}, untrainable=0)], ignore_index=True)
+    watery["tile_id"] = [f"{t}-{i}" for i, t in enumerate(watery["tile_id"])]
+    default = make_split(watery, val_counties=["b"], test_counties=[], seed=0)
+    assert "Water" in set(default.loc[default["split"] == "train", "label"])
+    seed = make_split(watery, val_counties=["b"], test_counties=[], seed=0,
+                      classes=labels.SEED_CLASSES)
+    assert "Water" not in set(seed["label"])
+    with pytest.raises(ValueError, match=r"classes must be two or more of"):
+        make_split(watery, classes=("Forest", "Lava"))

@@ -23,9 +23,9 @@ from landuse.scoring.spark import predictions_url
 from landuse.tiling import manifest_url
 
 Reference = Literal["auto", "labels", "predictions"]
-WATER = "Water"
-# Categories of the group maps: the three groups, then water (a label, never a prediction).
-MAP_GROUPS: tuple[str, ...] = (*labels.GROUPS, WATER)
+WATER = labels.WATER_CLASS
+# Categories of the group maps: the seed's three groups, then water.
+MAP_GROUPS: tuple[str, ...] = labels.GROUPS
 NEWLY_DEVELOPED_FROM = frozenset({"Undeveloped", "Cultivated"})
 GEOMETRY = ["tile_id", "crs", "minx", "miny", "maxx", "maxy", "image_url"]
 
@@ -114,17 +114,17 @@ def read_predictions(root: str, county: str, year: int) -> YearMap:
 
 
 def labels_map(manifest: pd.DataFrame, county: str, year: int) -> YearMap:
-    """Year ``year``'s NLCD-derived labels (plurality class per tile; water kept as such).
+    """Year ``year``'s NLCD-derived labels (plurality class per tile, water included).
 
     Raises:
         ChangeInputError: the manifest has no labels (the county was tiled without NLCD).
     """
     frame = manifest.set_index("tile_id")
-    label = frame["label"].where(frame["label"].isin([*labels.CLASSES, WATER]))
+    label = frame["label"].where(frame["label"].isin(labels.CLASSES))
     if label.isna().all():
         raise ChangeInputError(f"county {county} has no NLCD labels for {year}: use predictions "
                                "of that year as the reference")
-    group = label.map(lambda c: WATER if c == WATER else labels.CLASS_TO_GROUP.get(c))
+    group = label.map(labels.CLASS_TO_GROUP)
     tiles = pd.DataFrame({"klass": label, "group": group, "confidence": 1.0})
     return YearMap(year, "labels", tiles, labels.CLASSES)
 
@@ -255,8 +255,9 @@ def transition_matrix(change: Change) -> pd.DataFrame:
 
 
 def count_table(change: Change) -> pd.DataFrame:
-    """The seed's count table: tiles and shares of each group, for the reference and every
-    predicted year (shares over the tiles with a group; uncertain and water apart)."""
+    """The seed's count table: tiles of each group, for the reference and every predicted
+    year, and the seed's shares of the three land groups (over land tiles: water, uncertain
+    and unlabelled tiles apart)."""
     rows = []
     sources = [("ref", change.reference)]
     if change.year_a is not None and change.year_a is not change.reference:
@@ -265,13 +266,13 @@ def count_table(change: Change) -> pd.DataFrame:
     for prefix, ymap in sources:
         group = change.tiles[f"{prefix}_group"]
         counts = group.value_counts()
-        total = int(counts.reindex(list(labels.GROUPS), fill_value=0).sum())
+        total = int(counts.reindex(list(labels.SEED_GROUPS), fill_value=0).sum())
         row: dict[str, object] = {"map": f"{ymap.year} {ymap.source}"}
-        for g in labels.GROUPS:
+        for g in labels.SEED_GROUPS:
             n = int(counts.get(g, 0))
             row[g] = n
             row[f"{g} share"] = round(n / total, 4) if total else None
-        row["water"] = int(counts.get(WATER, 0))
+        row[WATER] = int(counts.get(WATER, 0))
         row["no group"] = int(group.isna().sum())
         rows.append(row)
     return pd.DataFrame(rows).set_index("map")

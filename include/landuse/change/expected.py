@@ -44,6 +44,7 @@ def expected_false(
     transitions: Iterable[tuple[str, str]],
     group_confusion: Sequence[Sequence[int]],
     *,
+    groups: Sequence[str] = labels.GROUPS,
     seed: int = 0,
     draws: int = DRAWS,
 ) -> dict[str, Any]:
@@ -54,24 +55,26 @@ def expected_false(
             water, or without a group, count for nothing).
         transitions: the (from, to) group pairs counted together, e.g. the two that make
             "newly developed".
-        group_confusion: the model's test confusion between :data:`labels.GROUPS`.
+        group_confusion: the model's test confusion between ``groups``.
+        groups: the groups of the confusion's rows and columns, in order.
         seed: for the interval's random draws (the figure is reproducible).
         draws: Monte Carlo draws for the interval.
 
     Returns:
-        ``expected`` (mean), ``low`` and ``high`` (the :data:`INTERVAL` interval), and per
-        source group the tiles and the rate used.
+        ``expected`` (mean), ``low`` and ``high`` (the :data:`INTERVAL` interval), per
+        source group the tiles and the rate used, and ``untested``: compared tiles of a
+        group the test counties had no tile of (no rate, so counted for nothing).
 
     Raises:
-        ValueError: a transition names a group the confusion matrix lacks, or the test set
-            has no tile of a source group that compared tiles have.
+        ValueError: a transition names a group the confusion matrix lacks.
     """
-    counts = rates(group_confusion)
+    counts = rates(group_confusion, groups)
     rng = np.random.default_rng(seed)
     present = year_a_groups.value_counts()
     total = np.zeros(draws)
     mean = 0.0
     per_group: dict[str, dict[str, Any]] = {}
+    untested: dict[str, int] = {}
     targets: dict[str, list[str]] = {}
     for source, target in transitions:
         if source not in counts.index or target not in counts.columns:
@@ -83,9 +86,9 @@ def expected_false(
             continue
         row = counts.loc[source]
         n, k = int(row.sum()), int(row[to].sum())
-        if n == 0:
-            raise ValueError(f"the test counties hold no {source} tile, so the error rate of "
-                             f"{source} tiles is unknown")
+        if n == 0:  # no test tile of this group: its error rate is unknown
+            untested[source] = tiles
+            continue
         rate = k / n
         mean += tiles * rate
         total += rng.binomial(tiles, rng.beta(k + 0.5, n - k + 0.5, size=draws))
@@ -94,7 +97,7 @@ def expected_false(
     tail = (1 - INTERVAL) / 2
     return {"expected": round(mean, 1), "low": int(np.quantile(total, tail)),
             "high": int(np.ceil(np.quantile(total, 1 - tail))), "interval": INTERVAL,
-            "per_group": per_group}
+            "per_group": per_group, "untested": untested}
 
 
 def describe(observed: int, expected: dict[str, Any], what: str) -> str:

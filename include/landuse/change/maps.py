@@ -30,10 +30,10 @@ NO_DATA = 0  # palette index 0 is always "no tile / no value"
 WATER_COLOUR: RGB = labels.NLCD_COLOURS[11]
 UNCERTAIN_COLOUR: RGB = (128, 128, 128)
 
-GROUP_PALETTE: tuple[tuple[str, RGB], ...] = (
-    *((g, labels.GROUP_COLOURS[g]) for g in labels.GROUPS), ("Water", WATER_COLOUR))
-CLASS_PALETTE: tuple[tuple[str, RGB], ...] = (
-    *((c, labels.CLASS_COLOURS[c]) for c in labels.CLASSES), ("Water", WATER_COLOUR))
+GROUP_PALETTE: tuple[tuple[str, RGB], ...] = tuple(
+    (g, labels.GROUP_COLOURS[g]) for g in labels.GROUPS)  # water last
+CLASS_PALETTE: tuple[tuple[str, RGB], ...] = tuple(
+    (c, labels.CLASS_COLOURS[c]) for c in labels.CLASSES)
 CHANGE_PALETTE: tuple[tuple[str, RGB], ...] = (
     ("no change", (235, 235, 235)), ("newly developed", (255, 0, 0)),
     ("other change", (255, 165, 0)), ("uncertain", UNCERTAIN_COLOUR))

@@ -227,13 +227,15 @@ def _expected(change: Change, evaluation: dict[str, Any] | None) -> dict[str, An
         return {"note": "unknown: no test confusion matrix recorded for this model"}
     t = change.tiles
     compared = t.loc[t["transition"].notna(), "ref_group"]
-    pairs = [(g, h) for g in labels.GROUPS for h in labels.GROUPS if g != h]
+    groups = m.get("groups", labels.SEED_GROUPS)  # evaluations before Water was a class
+    pairs = [(g, h) for g in groups for h in groups if g != h]
     return {
         "from": f"test counties {', '.join(m['counties'])} ({m['tiles']} tiles)",
         "newly_developed": expected.expected_false(
             compared, [(g, "Developed") for g in sorted(NEWLY_DEVELOPED_FROM)],
-            m["group_confusion"]),
-        "changed": expected.expected_false(compared, pairs, m["group_confusion"]),
+            m["group_confusion"], groups=groups),
+        "changed": expected.expected_false(compared, pairs, m["group_confusion"],
+                                           groups=groups),
     }
 
 

@@ -1,66 +1,105 @@
-"""Classification metrics in the seed's validation-report form, with the correct formulas.
+"""Classification metrics in the seed's validation-report form, computed by scikit-learn.
 
 Precision of class c = true c predicted c / everything predicted c (a column of the
-confusion matrix); recall = true c predicted c / everything truly c (a row).
+confusion matrix); recall = true c predicted c / everything truly c (a row). scikit-learn
+is imported when a report is made, not with this module: DAG files import it indirectly
+and it costs seconds to load.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from landuse.labels import CLASS_TO_GROUP, GROUPS
+from landuse.labels import CLASS_TO_GROUP, GROUPS, WATER_CLASS
 
 
 def confusion(truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> np.ndarray:
-    """Counts[i, j] = tiles of true class i predicted as class j."""
-    if len(truth) != len(predicted):
-        raise ValueError(f"{len(truth)} true labels but {len(predicted)} predictions")
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(
-        {t for t in truth if t not in index} | {p for p in predicted if p not in index}
-    )
-    if unknown:
-        raise ValueError(f"labels {unknown} are not among the model's classes {list(classes)}")
-    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    np.add.at(matrix, ([index[t] for t in truth], [index[p] for p in predicted]), 1)
-    return matrix
+    """Counts[i, j] = tiles of true class i predicted as class j.
+
+    Raises:
+        ValueError: the sequences differ in length, or a label is not among ``classes``
+            (scikit-learn would silently drop it).
+    """
+    from sklearn.metrics import confusion_matrix
+
+    _check_labels(truth, predicted, classes)
+    if len(truth) == 0:  # scikit-learn refuses empty input; no tiles is an all-zero matrix
+        return np.zeros((len(classes), len(classes)), dtype=np.int64)
+    with warnings.catch_warnings():
+        # scikit-learn warns about any 1x1 matrix, even with every label passed as here.
+        warnings.filterwarnings("ignore", "A single label was found", UserWarning)
+        matrix = confusion_matrix(truth, predicted, labels=list(classes))
+    return matrix.astype(np.int64)
 
 
 def report(
     truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str]
 ) -> dict[str, Any]:
-    """Accuracy on the classes and on the three groups, per-class precision and recall, and the
-    confusion matrix (rows truth, columns prediction)."""
+    """Accuracy on the classes and on their groups, per-class precision and recall, and the
+    confusion matrix (rows truth, columns prediction).
+
+    A precision (recall) is ``None`` where no tile was predicted as (truly is) that class;
+    accuracy is ``None`` for no tiles. Group figures (``group_accuracy``, ``group_confusion``
+    over ``groups``, all of :data:`~landuse.labels.GROUPS` in that order) appear
+    only when every class belongs to a land-use group and there are tiles.
+    """
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
     matrix = confusion(truth, predicted, classes)
-    total = int(matrix.sum())
-    diag = np.diag(matrix)
-    predicted_totals, true_totals = matrix.sum(axis=0), matrix.sum(axis=1)
+    total = len(truth)
+    if total:
+        precision, recall, _, support = precision_recall_fscore_support(
+            truth, predicted, labels=list(classes), zero_division=np.nan
+        )
+    else:
+        precision = recall = np.full(len(classes), np.nan)
+        support = np.zeros(len(classes), dtype=np.int64)
     per_class = {
         c: {
-            "precision": float(diag[i] / predicted_totals[i]) if predicted_totals[i] else None,
-            "recall": float(diag[i] / true_totals[i]) if true_totals[i] else None,
-            "support": int(true_totals[i]),
+            "precision": _defined(precision[i]),
+            "recall": _defined(recall[i]),
+            "support": int(support[i]),
         }
         for i, c in enumerate(classes)
     }
-    groups_known = all(c in CLASS_TO_GROUP for c in classes)
     out: dict[str, Any] = {
         "tiles": total,
-        "accuracy": float(diag.sum() / total) if total else None,
+        "accuracy": float(accuracy_score(truth, predicted)) if total else None,
         "per_class": per_class,
         "confusion": matrix.tolist(),
         "classes": list(classes),
     }
-    if groups_known and total:
+    land = [i for i, t in enumerate(truth) if t != WATER_CLASS]
+    if total and WATER_CLASS in classes and land:  # the seed's figures: water tiles apart
+        out["seed_accuracy"] = float(np.mean([truth[i] == predicted[i] for i in land]))
+    if total and all(c in CLASS_TO_GROUP for c in classes):
         tg = [CLASS_TO_GROUP[t] for t in truth]
         pg = [CLASS_TO_GROUP[p] for p in predicted]
-        out["group_accuracy"] = float(np.mean([a == b for a, b in zip(tg, pg, strict=True)]))
+        out["group_accuracy"] = float(accuracy_score(tg, pg))
+        if "seed_accuracy" in out:
+            out["seed_group_accuracy"] = float(np.mean([tg[i] == pg[i] for i in land]))
         out["group_confusion"] = confusion(tg, pg, GROUPS).tolist()
+        out["groups"] = list(GROUPS)  # the matrix's rows and columns, in order
     return out
+
+
+def _check_labels(truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> None:
+    if len(truth) != len(predicted):
+        raise ValueError(f"{len(truth)} true labels but {len(predicted)} predictions")
+    known = set(classes)
+    unknown = sorted({t for t in [*truth, *predicted] if t not in known})
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the model's classes {list(classes)}")
+
+
+def _defined(value: float) -> float | None:
+    """scikit-learn's NaN for an undefined ratio (zero division) as ``None`` (JSON null)."""
+    return None if np.isnan(value) else float(value)
 
 
 def confusion_png(metrics: dict[str, Any], path: Path, title: str = "") -> Path:

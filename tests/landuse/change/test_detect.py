@@ -73,19 +73,19 @@ def test_transition_matrix_and_count_table(tmp_path, change_kit):
     matrix = transition_matrix(change)
     assert list(matrix.columns) == list(labels.GROUPS)
     assert matrix.to_dict("index") == {
-        "Developed": {"Developed": 1, "Cultivated": 0, "Undeveloped": 0},
-        "Cultivated": {"Developed": 1, "Cultivated": 0, "Undeveloped": 1},
-        "Undeveloped": {"Developed": 2, "Cultivated": 1, "Undeveloped": 1},
-        "Water": {"Developed": 1, "Cultivated": 0, "Undeveloped": 0},
+        "Developed": {"Developed": 1, "Cultivated": 0, "Undeveloped": 0, "Water": 0},
+        "Cultivated": {"Developed": 1, "Cultivated": 0, "Undeveloped": 1, "Water": 0},
+        "Undeveloped": {"Developed": 2, "Cultivated": 1, "Undeveloped": 1, "Water": 0},
+        "Water": {"Developed": 1, "Cultivated": 0, "Undeveloped": 0, "Water": 0},
     }
     counts = count_table(change)
     assert list(counts.index) == ["2010 labels", "2016 predictions"]
     ref, b = counts.loc["2010 labels"], counts.loc["2016 predictions"]
     assert (ref["Developed"], ref["Cultivated"], ref["Undeveloped"]) == (1, 2, 4)
-    assert (ref["water"], ref["no group"]) == (1, 1)
+    assert (ref["Water"], ref["no group"]) == (1, 1)
     assert ref["Undeveloped share"] == pytest.approx(round(4 / 7, 4))  # water apart
     assert (b["Developed"], b["Cultivated"], b["Undeveloped"]) == (6, 1, 2)
-    assert (b["water"], b["no group"]) == (0, 0)
+    assert (b["Water"], b["no group"]) == (0, 0)
     assert b["Developed share"] == pytest.approx(round(6 / 9, 4))
 
 
@@ -99,8 +99,8 @@ def test_predictions_below_the_threshold_are_uncertain(tmp_path, change_kit):
     assert t["transition"].isna().tolist() == [True, False, True, False, False, True]
     assert not t.loc[t["b_group"].isna(), "changed"].any()
     # the threshold applies to the group's probability: Herbaceous 0.4 + 3 other
-    # Undeveloped classes at 0.12 each
-    assert t["b_confidence"].iloc[4] == pytest.approx(0.76, abs=1e-6)
+    # Undeveloped classes at 0.1 each (0.6 shared by the six other classes)
+    assert t["b_confidence"].iloc[4] == pytest.approx(0.7, abs=1e-6)
     assert t["b_class"].iloc[0] == "Developed"  # the class is still reported
     assert count_table(change).loc["2016 predictions", "no group"] == 3
     assert transition_matrix(change).to_numpy().sum() == 3
@@ -257,7 +257,7 @@ def test_a_model_missing_a_class_compares_with_labels_but_not_with_another_model
     change = detect(COUNTY, labels_map(man, COUNTY, 2010), b,
                     check_grids(COUNTY, man, man, 2010, 2016))
     assert change.tiles["newly_developed"].tolist() == [True, False]  # Forest -> Developed
-    assert missing_classes(b) == ["Barren", "Herbaceous", "Cultivated"]
+    assert missing_classes(b) == ["Barren", "Herbaceous", "Cultivated", "Water"]
     # two models' maps must know the same classes
     change_kit.write_predictions(root, COUNTY, 2010, change_kit.predictions(
         man, ["Forest", "Forest"], year=2010))

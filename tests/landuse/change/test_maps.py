@@ -31,7 +31,7 @@ def test_categorical_codes_are_palette_positions(change_kit):
     raster = maps.categorical(layout, values, maps.GROUP_PALETTE)
     assert raster.dtype == np.uint8
     assert raster.tolist() == [[1, 2, 3], [4, maps.NO_DATA, 1]]
-    assert [name for name, _ in maps.GROUP_PALETTE] == [*labels.GROUPS, "Water"]
+    assert [name for name, _ in maps.GROUP_PALETTE] == [*labels.SEED_GROUPS, "Water"]
 
 
 def test_cog_has_the_layout_palette_and_nodata(change_kit):

@@ -1,5 +1,8 @@
-"""Featurize and classify on Spark: features, Spark ML classifiers as ONNX, bundles, errors.
+"""Featurize and classify on Spark: the backbone as ONNX, features, bundles, errors.
 
+Covers ``landuse.models.backbone_onnx``, ``landuse.models.spark_features`` and the route in
+``landuse.models.featurize`` together, since they share the expensive fixtures below (the
+classifier pieces have their own quick files: test_spark_classifiers.py, test_onnx_head.py).
 One local[2] Spark session serves the file. The dataset is real library output (synthetic
 counties -> tiles -> county-held-out split) at 56 m tiles, so two 896 m counties hold
 enough tiles of every class (15 per class to train, 6 to validate) for a meaningful
@@ -19,11 +22,13 @@ import pandas as pd
 import pytest
 
 from landuse import storage
-from landuse.models import featurize as fz
+from landuse.models import featurize as route
+from landuse.models.backbone_onnx import export_backbone_onnx
 from landuse.models.bundle import load_bundle
 from landuse.models.data import load_tiles
 from landuse.models.preprocessing import ImageError, PreprocessSpec
 from landuse.models.runners import OnnxRunner
+from landuse.models.spark_features import featurize
 
 INPUT_SIZE = 64
 VAL_COUNTY = "synthetic-county-1"
@@ -80,12 +85,12 @@ def split(split_url: str) -> pd.DataFrame:
 def backbone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PreprocessSpec]:
     """SqueezeNet with its shipped ImageNet weights, as ONNX."""
     dest = tmp_path_factory.mktemp("backbone") / "squeezenet.onnx"
-    return fz.export_backbone_onnx("squeezenet", dest, input_size=INPUT_SIZE)
+    return export_backbone_onnx("squeezenet", dest, input_size=INPUT_SIZE)
 
 
 @pytest.fixture(scope="module")
 def features(spark: Any, split_url: str, backbone: tuple[Path, PreprocessSpec]) -> Iterator[Any]:
-    frame = fz.featurize(spark, split_url, *backbone, batch_size=16)
+    frame = featurize(spark, split_url, *backbone, batch_size=16)
     yield frame
     frame.unpersist()
 
@@ -93,10 +98,10 @@ def features(spark: Any, split_url: str, backbone: tuple[Path, PreprocessSpec]) 
 @pytest.fixture(scope="module")
 def trained(
     spark: Any, split_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> list[fz.ClassifierResult]:
+) -> list[route.ClassifierResult]:
     """Both methods trained end to end; bundles under a fresh folder."""
     dest = tmp_path_factory.mktemp("bundles")
-    return fz.featurize_and_classify(spark, split_url, dest, input_size=INPUT_SIZE)
+    return route.featurize_and_classify(spark, split_url, dest, input_size=INPUT_SIZE)
 
 
 def _rows(frame: Any, split_name: str) -> pd.DataFrame:
@@ -161,12 +166,13 @@ def test_each_python_worker_keeps_one_onnx_session(spark, features, backbone):
 
         import pandas as pd
 
-        from landuse.models import featurize
+        from landuse.models import spark_features
 
         for _ in batches:
-            yield pd.DataFrame(
-                {"cached": [sha in featurize._SESSIONS], "omp": [os.environ["OMP_NUM_THREADS"]]}
-            )
+            yield pd.DataFrame({
+                "cached": [sha in spark_features._SESSIONS],
+                "omp": [os.environ["OMP_NUM_THREADS"]],
+            })
 
     found = spark.range(4, numPartitions=4).mapInPandas(probe, "cached boolean, omp string")
     found = found.toPandas()
@@ -182,7 +188,7 @@ def test_a_corrupt_png_fails_naming_its_url(spark, split, backbone, tmp_path):
     url = str(tmp_path / "split.parquet")
     broken.to_parquet(url)
     with pytest.raises(ImageError, match=re.escape(str(bad))):
-        fz.featurize(spark, url, *backbone)
+        featurize(spark, url, *backbone)
 
 
 def test_a_missing_tile_fails_naming_its_url(spark, split, backbone, tmp_path):
@@ -192,13 +198,13 @@ def test_a_missing_tile_fails_naming_its_url(spark, split, backbone, tmp_path):
     url = str(tmp_path / "split.parquet")
     broken.to_parquet(url)
     with pytest.raises(ImageError, match=re.escape(gone)):
-        fz.featurize(spark, url, *backbone)
+        featurize(spark, url, *backbone)
 
 
 def test_featurize_refuses_a_spec_the_model_does_not_take(spark, split_url, backbone):
     path, spec = backbone
     with pytest.raises(ValueError, match="input shape"):
-        fz.featurize(spark, split_url, path, spec.model_copy(update={"input_size": 96}))
+        featurize(spark, split_url, path, spec.model_copy(update={"input_size": 96}))
 
 
 # --- classifiers and bundles ----------------------------------------------------------------
@@ -278,75 +284,19 @@ def _write_split(frame: pd.DataFrame, folder: Path) -> str:
 def test_a_single_training_class_is_refused(spark, split, tmp_path):
     one = split[(split["split"] == "validation") | (split["label"] == "Forest")]
     with pytest.raises(ValueError, match="one class"):
-        fz.featurize_and_classify(spark, _write_split(one, tmp_path), tmp_path / "out")
+        route.featurize_and_classify(spark, _write_split(one, tmp_path), tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_a_validation_class_training_never_saw_is_refused(spark, split, tmp_path):
     partial = split[(split["split"] == "validation") | (split["label"] != "Shrub")]
     with pytest.raises(ValueError, match=r"validation holds \['Shrub'\]"):
-        fz.featurize_and_classify(spark, _write_split(partial, tmp_path), tmp_path / "out")
+        route.featurize_and_classify(spark, _write_split(partial, tmp_path), tmp_path / "out")
 
 
 def test_unknown_methods_are_refused(spark, split_url, tmp_path):
     with pytest.raises(ValueError, match="unknown classifier methods"):
-        fz.featurize_and_classify(spark, split_url, tmp_path, methods=("svm",))
-
-
-def test_train_classifiers_checks_labels_against_classes(features):
-    with pytest.raises(ValueError, match="no training tiles"):
-        fz.train_classifiers(features, ("Developed", "Barren", "Forest", "Shrub", "Herbaceous",
-                                        "Cultivated", "Water"))
-    with pytest.raises(ValueError, match="not in"):
-        fz.train_classifiers(features, ("Developed", "Barren"))
-
-
-# --- pieces of the ONNX construction --------------------------------------------------------
-
-
-@pytest.mark.parametrize("value", [0.1, 1.0, 1e-30, 3.4e38, 1e39, -0.7, 5e-324])
-def test_float32_thresholds_keep_sparks_comparisons(value):
-    t = fz._float32_at_most(value)
-    assert t <= value
-    with np.errstate(over="ignore"):
-        above = np.nextafter(np.float32(t), np.float32(np.inf))
-    assert float(above) > value  # no float32 lies between t and value
-
-
-@pytest.mark.slow
-def test_two_classes(spark, features, backbone):
-    """Binary problems keep two outputs (ONNX's tree classifiers special-case two classes)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-    from pyspark.sql import functions as F
-
-    two = features.filter(F.col("label").isin("Forest", "Cultivated"))
-    models = fz.train_classifiers(two, ("Forest", "Cultivated"), seed=3)
-    rows = two.orderBy("image_url").toPandas()
-    x = np.stack([v.toArray() for v in rows["features"]]).astype(np.float32)
-    backbone_model = onnx.load(str(backbone[0]))
-    for method, model in models.items():
-        combined = fz.append_classifier(backbone_model, method, model, 2)
-        assert combined.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 2
-        # The classifier alone, fed Spark's own features.
-        nodes, inits = fz.classifier_nodes(method, model, 2, opset=15)
-        head = helper.make_model(
-            helper.make_graph(
-                nodes,
-                "head",
-                [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 512])],
-                [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])],
-                initializer=inits,
-            ),
-            opset_imports=[helper.make_opsetid("", 15), helper.make_opsetid("ai.onnx.ml", 2)],
-            ir_version=8,
-        )
-        got = ort.InferenceSession(head.SerializeToString()).run(None, {"features": x})[0]
-        spark_rows = model.transform(two).orderBy("image_url").toPandas()
-        want = np.stack([v.toArray() for v in spark_rows["probability"]])
-        assert got.shape == (len(rows), 2)
-        np.testing.assert_allclose(got, want, atol=1e-5)
+        route.featurize_and_classify(spark, split_url, tmp_path, methods=("svm",))
 
 
 @pytest.mark.slow
@@ -357,5 +307,18 @@ def test_a_corrupt_tile_leaves_no_bundle(spark, split, tmp_path):
     broken.loc[len(broken) - 1, "image_url"] = str(bad)
     url = _write_split(broken, tmp_path)
     with pytest.raises(ImageError, match=re.escape(str(bad))):
-        fz.featurize_and_classify(spark, url, tmp_path / "bundles", input_size=INPUT_SIZE)
+        route.featurize_and_classify(spark, url, tmp_path / "bundles", input_size=INPUT_SIZE)
     assert not list((tmp_path / "bundles").iterdir())
+
+
+def test_the_route_module_still_exports_its_parts():
+    """Callers import the route's pieces from ``landuse.models.featurize``; the split kept
+    them there."""
+    from landuse.models import backbone_onnx, onnx_head, spark_classifiers, spark_features
+
+    assert route.featurize is spark_features.featurize
+    assert route.export_backbone_onnx is backbone_onnx.export_backbone_onnx
+    assert route.train_classifiers is spark_classifiers.train_classifiers
+    assert route.append_classifier is onnx_head.append_classifier
+    assert (route.INPUT, route.FEATURES, route.OUTPUT) == ("image", "features", "probabilities")
+    assert all(hasattr(route, name) for name in route.__all__)

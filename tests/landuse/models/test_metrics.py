@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from landuse.labels import GROUPS
 from landuse.models.metrics import confusion, confusion_png, report
 
 CLASSES = ["Developed", "Forest", "Shrub", "Cultivated"]
@@ -48,8 +49,14 @@ def test_group_accuracy():
     # Groups: Developed, Undeveloped (Forest, Shrub), Cultivated. Forest->Shrub is a class
     # error but not a group error: 4 of 7 tiles are in the right group.
     assert metrics["group_accuracy"] == pytest.approx(4 / 7)
-    # GROUPS order: Developed, Cultivated, Undeveloped.
-    assert metrics["group_confusion"] == [[2, 0, 1], [1, 0, 0], [1, 0, 2]]
+    # Rows truth, columns prediction, over every group in GROUPS order (worked out by hand).
+    by_hand = {("Developed", "Developed"): 2, ("Developed", "Undeveloped"): 1,
+               ("Cultivated", "Developed"): 1,
+               ("Undeveloped", "Developed"): 1, ("Undeveloped", "Undeveloped"): 2}
+    groups = metrics["groups"]
+    assert groups == list(GROUPS) and {"Developed", "Cultivated", "Undeveloped"} <= set(groups)
+    assert metrics["group_confusion"] == [[by_hand.get((t, p), 0) for p in groups]
+                                          for t in groups]
 
 
 def test_perfect_and_empty_reports():
@@ -67,7 +74,7 @@ def test_classes_outside_the_land_use_set_have_no_groups():
     assert metrics["accuracy"] == pytest.approx(2 / 3)
     assert metrics["per_class"]["a"]["precision"] == 0.5
     assert metrics["per_class"]["b"]["recall"] == 0.5
-    assert "group_accuracy" not in metrics and "group_confusion" not in metrics
+    assert not {"group_accuracy", "group_confusion", "groups"} & set(metrics)
 
 
 def test_unknown_labels_are_an_error():
@@ -92,4 +99,35 @@ def test_confusion_png(tmp_path):
         pixels = np.asarray(img.convert("RGB"))
     assert pixels.std() > 0  # something was drawn
     empty = confusion_png(report([], [], CLASSES), tmp_path / "empty.png")
-    assert Image.open(empty).size == (600, 500)
+    with Image.open(empty) as img:
+        assert img.size == (600, 500)
+
+
+def test_report_is_plain_json_and_takes_arrays_and_tuples():
+    """Bundles store the report as JSON: no numpy scalars or NaN may leak out of it."""
+    import json
+
+    metrics = report(np.array(TRUTH), np.array(PREDICTED), tuple(CLASSES))
+    assert json.loads(json.dumps(metrics, allow_nan=False)) == metrics
+    assert metrics["classes"] == CLASSES
+    assert metrics["confusion"] == [[2, 1, 0, 0], [1, 0, 1, 0], [0, 0, 1, 0], [1, 0, 0, 0]]
+    assert metrics["per_class"]["Cultivated"]["precision"] is None
+    assert type(metrics["per_class"]["Shrub"]["recall"]) is float
+    assert type(metrics["per_class"]["Shrub"]["support"]) is int
+
+
+def test_confusion_follows_the_given_class_order_not_sorted_labels():
+    # Reversed order: scikit-learn would sort the labels if it were not told them.
+    matrix = confusion(TRUTH, PREDICTED, CLASSES[::-1])
+    assert matrix.tolist() == [[0, 0, 0, 1], [0, 1, 0, 0], [0, 1, 0, 1], [0, 0, 1, 2]]
+
+
+def test_the_seeds_figures_leave_water_tiles_apart():
+    truth = ["Forest", "Water", "Water", "Developed", "Cultivated"]
+    predicted = ["Forest", "Water", "Forest", "Water", "Cultivated"]
+    classes = ("Developed", "Forest", "Cultivated", "Water")
+    r = report(truth, predicted, classes)
+    assert r["accuracy"] == pytest.approx(3 / 5)
+    assert r["seed_accuracy"] == pytest.approx(2 / 3)  # land tiles; Water on land is wrong
+    assert r["seed_group_accuracy"] == pytest.approx(2 / 3)
+    assert "seed_accuracy" not in report(["Forest"], ["Forest"], ("Developed", "Forest"))
