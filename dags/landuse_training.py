@@ -2,9 +2,10 @@
 
 Scheduled on the ``naip_dataset`` Asset (the split's URL comes from the triggering event),
 and manual with Params. Candidates (backbones × methods) run as mapped tasks in the ``gpu``
-pool, on the queue named by ``LANDUSE_GPU_QUEUE`` (default ``default``) so a GPU worker can
-take them. Bundles are published under ``{storage_root}/models`` (a folder or ``abfs://``),
-so any worker can load them by URL. ``select_best`` takes the best candidate by validation
+pool, on the queue named by ``LANDUSE_GPU_QUEUE`` (default ``default``) of the executor named by
+``LANDUSE_GPU_EXECUTOR`` (default: the default executor) so a GPU worker can take them.
+Bundles are published under ``{storage_root}/models`` (a folder or ``abfs://``), so any
+worker can load them by URL. ``select_best`` takes the best candidate by validation
 accuracy as the challenger; it replaces the champion only when it beats it on this run's
 validation tiles (both evaluated in this run; ties keep the champion) or when the
 ``force_promotion`` Param is set. The decision is returned, recorded in MLflow and under
@@ -25,6 +26,9 @@ from landuse_airflow.assets import CHAMPION_MODEL, NAIP_DATASET
 from landuse_airflow.errors import fail_fast_on_bad_input
 
 GPU_QUEUE = os.environ.get("LANDUSE_GPU_QUEUE", "default")
+# An executor that honours queues (docker-compose.yaml: CeleryExecutor beside LocalExecutor);
+# it must be one [core] executor lists, or the DAG does not parse.
+GPU_EXECUTOR = os.environ.get("LANDUSE_GPU_EXECUTOR") or None
 # Airflow 3 emits an event for every Asset a successful task declares as an outlet; there is
 # no skipping one. An alias outlet emits only the events the task adds to it, so
 # select_best adds the champion_model event only when the champion changed.
@@ -86,12 +90,15 @@ def landuse_training() -> None:
             candidates = plan_candidates(p["backbones"], p["methods"])
         return [{**c, "split_url": split_url} for c in candidates]
 
-    @task(pool="gpu", queue=GPU_QUEUE, max_active_tis_per_dagrun=2)
+    @task(pool="gpu", queue=GPU_QUEUE, executor=GPU_EXECUTOR, max_active_tis_per_dagrun=2)
     def train_candidate(candidate: dict[str, Any]) -> list[dict[str, Any]]:
         """Train, evaluate and track one candidate; its bundles go under this run's folder."""
+        import tensorflow as tf
+
         from landuse.models.tracking import models_root
         from landuse.models.training import run_candidate, run_folder
 
+        print("GPUs visible to TensorFlow:", tf.config.list_physical_devices("GPU"))
         context = get_current_context()
         p = context["params"]
         options = {"epochs": p["epochs"], "learning_rate": p["learning_rate"],

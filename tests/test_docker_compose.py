@@ -3,19 +3,26 @@
 No Docker engine runs here, so the stack is checked statically: the file against the Compose
 Specification schema (the project's copy in tests/fixtures), every reference resolves
 (services, volumes, networks, bind mounts, ${VARS} in .env.example, service URLs), secrets
-only from .env with no default values, ports on loopback, Spark workers scalable, the GPU
-service only in the gpu profile, and the image built from the official Airflow image of the
-pinned version with requirements.lock. Each check is a function returning the problems it
-finds; the last tests feed each one a broken copy, so none of them can pass vacuously.
+only from .env with no default values, ports on loopback, Spark workers scalable, the image
+built from the official Airflow image of the pinned version with requirements.lock, and GPU
+training wired end to end: GPUs reserved only in the gpu profile, by a Celery worker that
+serves the gpu queue in an image with TensorFlow's CUDA build (Dockerfile.gpu), an executor
+configuration that honours queues, a broker inside the stack, and the training DAG, parsed
+with the gpu profile's settings, sending its training tasks there. Each check is a function
+returning the problems it finds; the last tests feed each one a broken copy, so none of them
+can pass vacuously.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shlex
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +36,9 @@ COMPOSE = PROJECT / "docker-compose.yaml"
 SCHEMA = PROJECT / "tests" / "fixtures" / "compose-spec.json"
 ENV_EXAMPLE = PROJECT / ".env.example"
 DOCKERFILE = PROJECT / "Dockerfile"
+DOCKERFILE_GPU = PROJECT / "Dockerfile.gpu"
+LOCK = PROJECT / "requirements.lock"
+TRAINING_DAG = PROJECT / "dags" / "landuse_training.py"
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -42,6 +52,13 @@ INTERPOLATION = re.compile(
     r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
 )
 # user:password@ in a URL.
+# What docs/operations.md has .env set for the gpu profile (the default leaves it empty).
+GPU_PROFILE_SETTINGS = {"LANDUSE_GPU_EXECUTOR": "CeleryExecutor"}
+# Executors that send a task to the workers serving its queue (LocalExecutor ignores queues),
+# with their workers' command line.
+QUEUE_EXECUTORS = {"CeleryExecutor": ["airflow", "celery", "worker"]}
+# The training tasks: those in the pool that airflow-init creates for them.
+TRAINING_POOL = "gpu"
 URL_CREDENTIALS = re.compile(r"://[^/\s:@]+:(?P<password>\$\{[^}]*\}|[^@\s/]+)@")
 # A URL's host and port, where the host may be a service name.
 SERVICE_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://(?:[^/\s@]+@)?(?P<host>[A-Za-z0-9_.-]+)"
@@ -110,10 +127,79 @@ def spark_services(compose: dict[str, Any], main_class: str) -> dict[str, dict[s
     return {name: s for name, s in compose["services"].items() if main_class in argv_of(s)}
 
 
+def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    return (service.get("deploy", {}).get("resources", {}).get("reservations", {})
+            .get("devices", []))
+
+
 def gpu_reserved(service: dict[str, Any]) -> bool:
-    devices = (service.get("deploy", {}).get("resources", {}).get("reservations", {})
-               .get("devices", []))
-    return bool(service.get("gpus")) or any("gpu" in d.get("capabilities", []) for d in devices)
+    return bool(service.get("gpus")) or any("gpu" in d.get("capabilities", [])
+                                            for d in gpu_devices(service))
+
+
+def interpolate(value: str, variables: Mapping[str, str]) -> str:
+    """A compose value as compose resolves it with ``variables`` (.env) set."""
+    def resolve(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group("name") or m.group("bare")
+        op, arg, current = m.group("op") or "", m.group("arg") or "", variables.get(name)
+        if op in (":-", "-"):
+            return arg if current is None or (op == ":-" and not current) else current
+        if op in (":+", "+"):
+            return "" if current is None or (op == ":+" and not current) else arg
+        if current is None or (op == ":?" and not current):
+            if op in (":?", "?"):
+                raise ValueError(f"{name} is required: {arg}")
+            return ""
+        return current
+    return INTERPOLATION.sub(resolve, value)
+
+
+def executors_of(service: dict[str, Any]) -> list[str]:
+    """[core] executor as a list (the first is the default)."""
+    return [e.strip() for e in env_of(service).get("AIRFLOW__CORE__EXECUTOR", "").split(",")
+            if e.strip()]
+
+
+def queue_worker_executor(service: dict[str, Any]) -> str | None:
+    """The queue-honouring executor whose worker the service runs, if any."""
+    argv = argv_of(service)
+    return next((e for e, cmd in QUEUE_EXECUTORS.items() if argv[:len(cmd)] == cmd), None)
+
+
+def served_queues(service: dict[str, Any]) -> list[str]:
+    queues = arg_after(argv_of(service), "--queues")
+    return queues.split(",") if queues else ["default"]  # Airflow's [operators] default_queue
+
+
+def gpu_queue(compose: dict[str, Any]) -> set[str]:
+    """The queue(s) the Airflow components send the training tasks to."""
+    return {env_of(s).get("LANDUSE_GPU_QUEUE", "default")
+            for s in airflow_services(compose).values()}
+
+
+def pool_slots(compose: dict[str, Any]) -> str | None:
+    """How `airflow pools set` sizes the training pool (a value or a ${VAR} reference)."""
+    for service in compose["services"].values():
+        found = re.search(rf"\bairflow pools set {TRAINING_POOL} (\S+)",
+                          " ".join(argv_of(service)))
+        if found:
+            return found.group(1)
+    return None
+
+
+def dockerfile_of(service: dict[str, Any]) -> str:
+    build = service.get("build")
+    return "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+
+
+def dot_env(example: str, gpu: bool = False) -> dict[str, str]:
+    """.env as the docs have it: the example with its secrets filled in, plus
+    GPU_PROFILE_SETTINGS for the gpu profile."""
+    values = {k: v or ("placeholder" if SECRET_NAME.search(k) else "")
+              for k, v in example_values(example).items()}
+    return {**values, **(GPU_PROFILE_SETTINGS if gpu else {})}
 
 
 # ---- checks: each returns the problems it finds -----------------------------------------
@@ -295,22 +381,140 @@ def mlflow_problems(compose: dict[str, Any]) -> list[str]:
 
 
 def gpu_problems(compose: dict[str, Any]) -> list[str]:
-    """GPUs are reserved only under the gpu profile, and the gpu profile reserves them."""
+    """GPUs are reserved only under the gpu profile, by Airflow workers of a queue-honouring
+    executor that serve the training queue alone, one task per slot of the training pool, in
+    an image of their own (not the CPU one)."""
     problems = []
-    in_profile = {n: s for n, s in compose["services"].items()
-                  if "gpu" in (s.get("profiles") or [])}
-    if not in_profile:
-        problems.append("no service in the gpu profile")
-    for name, service in compose["services"].items():
+    services = compose["services"]
+    in_profile = {n: s for n, s in services.items() if "gpu" in (s.get("profiles") or [])}
+    workers = {n: s for n, s in in_profile.items() if gpu_reserved(s)}
+    if not workers:
+        problems.append("no service of the gpu profile reserves a GPU")
+    for name, service in services.items():
         if gpu_reserved(service) and name not in in_profile:
             problems.append(f"{name} reserves GPUs outside the gpu profile")
-    for name, service in in_profile.items():
-        devices = (service.get("deploy", {}).get("resources", {}).get("reservations", {})
-                   .get("devices", []))
+    queues = gpu_queue(compose)
+    project_images = {s.get("image") for s in services.values()
+                      if "build" in s and dockerfile_of(s) == "Dockerfile"}
+    for name, service in workers.items():
         if not any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])
-                   for d in devices):
-            problems.append(f"{name} is in the gpu profile without an nvidia gpu reservation")
+                   for d in gpu_devices(service)):
+            problems.append(f"{name} reserves GPUs without the nvidia driver")
+        executor = queue_worker_executor(service)
+        if executor is None or executor not in executors_of(service):
+            problems.append(f"{name} is not a worker of a queue-honouring executor it "
+                            f"configures: {argv_of(service)}")
+        if len(queues) != 1 or served_queues(service) != sorted(queues):
+            problems.append(f"{name} serves {served_queues(service)}, the training tasks go "
+                            f"to {sorted(queues)} (and nothing else may reach the GPUs)")
+        concurrency = arg_after(argv_of(service), "--concurrency")
+        if concurrency is None or concurrency != pool_slots(compose):
+            problems.append(f"{name} runs {concurrency} tasks at once, the {TRAINING_POOL} "
+                            f"pool has {pool_slots(compose)} slots")
+        if service.get("image") in project_images:
+            problems.append(f"{name} runs the CPU image {service.get('image')}")
     return problems
+
+
+def executor_problems(compose: dict[str, Any], example: str) -> list[str]:
+    """One executor configuration everywhere that honours queues; with the gpu profile's
+    settings the training executor is one of it; its broker lives inside the stack (no
+    port on the host), healthy before a GPU worker starts."""
+    problems = []
+    airflow = airflow_services(compose)
+    configs = {tuple(executors_of(s)) for s in airflow.values()}
+    if len(configs) != 1:
+        return [f"the Airflow components configure different executors: {sorted(configs)}"]
+    executors = list(next(iter(configs)))
+    if not set(executors) & set(QUEUE_EXECUTORS):
+        problems.append(f"no executor in {executors} honours queues")
+    for label, variables in (("by default", dot_env(example)),
+                             ("with the gpu profile", dot_env(example, gpu=True))):
+        chosen = {interpolate(env_of(s).get("LANDUSE_GPU_EXECUTOR", ""), variables)
+                  for s in airflow.values()}
+        for executor in chosen - {""}:
+            if executor not in executors:
+                problems.append(f"{label} the training executor {executor} is not one of "
+                                f"{executors}: the DAG would not parse")
+        if label != "by default" and not chosen & set(QUEUE_EXECUTORS):
+            problems.append(f"{label} the training tasks use {sorted(chosen)}, which "
+                            f"ignores queues")
+    brokers = {env_of(s).get("AIRFLOW__CELERY__BROKER_URL") for s in airflow.values()}
+    if "CeleryExecutor" in executors:
+        if len(brokers) != 1 or None in brokers:
+            return [*problems, f"the Airflow components use brokers {sorted(map(str, brokers))}"]
+        host = urlsplit(INTERPOLATION.sub("X", next(iter(brokers)))).hostname or ""
+        broker = compose["services"].get(host)
+        if broker is None:
+            return [*problems, f"the Celery broker {host} is not a service of the stack"]
+        if broker.get("ports"):
+            problems.append(f"the broker {host} publishes {broker['ports']}: nothing outside "
+                            f"the stack needs it")
+        if "healthcheck" not in broker:
+            problems.append(f"the broker {host} has no healthcheck")
+        for name, service in compose["services"].items():
+            if queue_worker_executor(service) and (service.get("depends_on") or {}).get(
+                    host, {}).get("condition") != "service_healthy":
+                problems.append(f"{name} does not wait for a healthy {host}")
+    return problems
+
+
+def project_executor_problems(compose: dict[str, Any]) -> list[str]:
+    return executor_problems(compose, ENV_EXAMPLE.read_text())
+
+
+def routing_problems(compose: dict[str, Any], tasks: dict[str, dict[str, Any]]) -> list[str]:
+    """The DAG's training tasks (those in the training pool), as parsed with the gpu
+    profile's settings, go to a queue-honouring executor on a queue a GPU worker serves;
+    no other task goes to a GPU worker."""
+    gpu_queues = {q for s in compose["services"].values() if gpu_reserved(s)
+                  for q in served_queues(s)}
+    training = {t: v for t, v in tasks.items() if v["pool"] == TRAINING_POOL}
+    problems = [] if training else [f"no task in the {TRAINING_POOL} pool"]
+    for task_id, task in training.items():
+        if task["executor"] not in QUEUE_EXECUTORS:
+            problems.append(f"{task_id} runs on {task['executor'] or 'the default executor'}, "
+                            f"which ignores queues")
+        if task["queue"] not in gpu_queues:
+            problems.append(f"{task_id} goes to queue {task['queue']}, GPU workers serve "
+                            f"{sorted(gpu_queues)}")
+    for task_id, task in tasks.items():
+        if task_id not in training and task["executor"] in QUEUE_EXECUTORS \
+                and task["queue"] in gpu_queues:
+            problems.append(f"{task_id} is not a training task but goes to a GPU worker")
+    return problems
+
+
+def parsed_training_tasks(compose: dict[str, Any], example: str, home: Path
+                          ) -> dict[str, dict[str, Any]]:
+    """The training DAG's tasks, parsed (in a fresh interpreter, as the DAG processor does)
+    with the scheduler's executor and routing settings, resolved with the gpu profile's .env.
+
+    Raises:
+        AssertionError: the DAG does not parse with those settings.
+    """
+    from airflow_home import airflow_settings
+
+    env = env_of(compose["services"]["airflow-scheduler"])
+    variables = dot_env(example, gpu=True)
+    routing = {k: interpolate(env[k], variables)
+               for k in ("AIRFLOW__CORE__EXECUTOR", "LANDUSE_GPU_QUEUE", "LANDUSE_GPU_EXECUTOR")
+               if k in env}
+    script = (
+        "import json, sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "bag = DagBag(dag_folder=sys.argv[1])\n"
+        "dag = bag.dags.get('landuse_training')\n"
+        "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},\n"
+        "    'tasks': {t.task_id: {'queue': t.queue, 'executor': t.executor, 'pool': t.pool}\n"
+        "              for t in (dag.tasks if dag else [])}}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(TRAINING_DAG)], check=True,
+                          capture_output=True, text=True,
+                          env={**os.environ, **airflow_settings(home), **routing})
+    parsed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not parsed["errors"], parsed["errors"]
+    return parsed["tasks"]
 
 
 def pin(requirements: str, package: str) -> str | None:
@@ -346,9 +550,61 @@ def dockerfile_problems(compose: dict[str, Any], dockerfile: str, requirements: 
             else service["build"].get("context", ".")
         if context != ".":
             problems.append(f"{name} builds from {context}, not the project's Dockerfile")
-    if len({s.get("image") for s in built.values()}) != 1:
+    project = {s.get("image") for s in built.values() if dockerfile_of(s) == "Dockerfile"}
+    if len(project) != 1:
         problems.append("services build the project image under different names")
+    for name, service in built.items():
+        if dockerfile_of(service) != "Dockerfile" and service.get("image") in project:
+            problems.append(f"{name} builds {dockerfile_of(service)} under the project "
+                            f"image's name {service.get('image')}")
     return problems
+
+
+def gpu_dockerfile_problems(compose: dict[str, Any], dockerfile: str, lock: str) -> list[str]:
+    """The GPU workers' image: the project image (built first, by another service) with the
+    CUDA build of the TensorFlow version the lock pins as tensorflow-cpu, which it replaces,
+    every other package held to the lock."""
+    problems = []
+    services = compose["services"]
+    workers = {n: s for n, s in services.items() if gpu_reserved(s)}
+    stages = re.findall(r"^FROM\s+(\S+)", dockerfile, re.MULTILINE)
+    base = stages[-1] if stages else None
+    for name, service in workers.items():
+        build = service.get("build")
+        if not isinstance(build, dict) or build.get("dockerfile") != DOCKERFILE_GPU.name:
+            problems.append(f"{name} is not built from {DOCKERFILE_GPU.name}")
+            continue
+        contexts = build.get("additional_contexts") or {}
+        if isinstance(contexts, list):
+            contexts = dict(c.split("=", 1) for c in contexts)
+        source = str(contexts.get(base, ""))
+        built_by = services.get(source.removeprefix("service:"), {})
+        if not source.startswith("service:") or "build" not in built_by \
+                or dockerfile_of(built_by) != "Dockerfile":
+            problems.append(f"{DOCKERFILE_GPU.name} starts FROM {base}, which {name} does not "
+                            f"name as a service building the project Dockerfile ({source!r})")
+    tensorflow = pin(lock, "tensorflow_cpu") or pin(lock, "tensorflow-cpu")
+    version = re.search(r"^ARG\s+TENSORFLOW_VERSION=(\S+)", dockerfile, re.MULTILINE)
+    if not version or version.group(1) != tensorflow:
+        problems.append(f"TENSORFLOW_VERSION is {version and version.group(1)}, the lock pins "
+                        f"tensorflow-cpu {tensorflow}")
+    run = " ".join(re.sub(r"\\\n", " ", dockerfile).split())
+    if not re.search(r"pip uninstall -y tensorflow[-_]cpu\b", run):
+        problems.append("the GPU image keeps tensorflow-cpu (same package folder)")
+    if not re.search(r'pip install [^&]*"tensorflow\[and-cuda\]==\$\{TENSORFLOW_VERSION\}"'
+                     r"[^&]* -c \S+", run):
+        problems.append("the GPU image does not pip install tensorflow[and-cuda] at "
+                        "TENSORFLOW_VERSION under the lock's constraints")
+    if "tf.test.is_built_with_cuda()" not in run:
+        problems.append("the GPU image's build does not check that TensorFlow has CUDA")
+    return problems
+
+
+def project_gpu_dockerfile_problems(compose: dict[str, Any],
+                                    dockerfile: str | None = None) -> list[str]:
+    return gpu_dockerfile_problems(
+        compose, DOCKERFILE_GPU.read_text() if dockerfile is None else dockerfile,
+        LOCK.read_text())
 
 
 def project_python() -> str:
@@ -407,6 +663,23 @@ def test_gpu_only_under_gpu_profile(compose):
     assert gpu_problems(compose) == []
 
 
+def test_executors_honour_queues_with_a_broker_inside_the_stack(compose, example):
+    assert executor_problems(compose, example) == []
+
+
+def test_gpu_image_is_the_project_image_with_cuda_tensorflow(compose):
+    assert project_gpu_dockerfile_problems(compose) == []
+
+
+@pytest.fixture(scope="module")
+def training_tasks(compose, example, tmp_path_factory) -> dict[str, dict[str, Any]]:
+    return parsed_training_tasks(compose, example, tmp_path_factory.mktemp("airflow-home"))
+
+
+def test_training_tasks_go_to_the_gpu_worker(compose, training_tasks):
+    assert routing_problems(compose, training_tasks) == []
+
+
 def test_image_is_official_airflow_of_the_pinned_version_with_the_lock(compose):
     assert project_dockerfile_problems(compose) == []
 
@@ -455,12 +728,27 @@ def _env(service: str, key: str, value: str) -> Callable[[dict[str, Any]], None]
     return mutate
 
 
+def _airflow_env(key: str, value: str) -> Callable[[dict[str, Any]], None]:
+    """Set an environment variable on every Airflow component."""
+    def mutate(doc: dict[str, Any]) -> None:
+        for name in airflow_services(doc):
+            _env(name, key, value)(doc)
+    return mutate
+
+
+def _gpu_worker_command(*argv: str) -> Callable[[dict[str, Any]], None]:
+    return _set("services.airflow-worker-gpu.command", list(argv))
+
+
+GPU_SLOTS = "${LANDUSE_GPU_POOL_SLOTS:-1}"
+
+
 BROKEN: list[tuple[str, Callable[[dict[str, Any]], list[str]], Callable[..., None]]] = [
     ("unknown service key", schema_problems, _set("services.postgres.colour", "blue")),
     ("depends on a missing service", reference_problems,
      _set("services.airflow-apiserver.depends_on", {"redis": {"condition": "service_started"}})),
     ("depends on a gpu-only service", reference_problems,
-     _set("services.airflow-triggerer.depends_on", {"airflow-scheduler-gpu": {}})),
+     _set("services.airflow-triggerer.depends_on", {"airflow-worker-gpu": {}})),
     ("undeclared volume", reference_problems,
      _set("services.azurite.volumes", ["azurite-blobs:/data"])),
     ("missing bind mount", reference_problems,
@@ -491,10 +779,59 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], list[str]], Callable[..., Non
           '{"conn_type": "spark", "host": "spark://spark-master", "port": 7078}')),
     ("tracking URI off the server", mlflow_problems,
      _env("airflow-scheduler", "MLFLOW_TRACKING_URI", "http://mlflow:5001")),
-    ("GPU outside the profile", gpu_problems, _delete("services.airflow-scheduler-gpu.profiles")),
-    ("gpu profile without devices", gpu_problems, _delete("services.airflow-scheduler-gpu.deploy")),
+    ("GPU outside the profile", gpu_problems, _delete("services.airflow-worker-gpu.profiles")),
+    ("gpu profile without devices", gpu_problems, _delete("services.airflow-worker-gpu.deploy")),
     ("gpu reserved on another service", gpu_problems,
      _set("services.spark-worker.gpus", "all")),
+    ("GPU reserved without the nvidia driver", gpu_problems,
+     _set("services.airflow-worker-gpu.deploy.resources.reservations.devices",
+          [{"capabilities": ["gpu"]}])),
+    ("GPU worker is a scheduler", gpu_problems, _gpu_worker_command("airflow", "scheduler")),
+    ("GPU worker serves another queue", gpu_problems,
+     _gpu_worker_command("airflow", "celery", "worker", "--queues", "cuda",
+                         "--concurrency", GPU_SLOTS)),
+    ("GPU worker serves the default queue too", gpu_problems,
+     _gpu_worker_command("airflow", "celery", "worker", "--queues", "gpu,default",
+                         "--concurrency", GPU_SLOTS)),
+    ("GPU worker serves every queue", gpu_problems,
+     _gpu_worker_command("airflow", "celery", "worker", "--concurrency", GPU_SLOTS)),
+    ("GPU worker concurrency off the pool", gpu_problems,
+     _gpu_worker_command("airflow", "celery", "worker", "--queues", "gpu",
+                         "--concurrency", "4")),
+    ("training queue is not the GPU worker's", gpu_problems,
+     _airflow_env("LANDUSE_GPU_QUEUE", "default")),
+    ("GPU worker on the CPU image", gpu_problems,
+     _set("services.airflow-worker-gpu.image", "landuse-airflow:latest")),
+    ("no executor honours queues", project_executor_problems,
+     _airflow_env("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")),
+    ("components disagree on the default executor", project_executor_problems,
+     _env("airflow-scheduler", "AIRFLOW__CORE__EXECUTOR", "CeleryExecutor,LocalExecutor")),
+    ("training executor not configured", project_executor_problems,
+     _airflow_env("LANDUSE_GPU_EXECUTOR", "${LANDUSE_GPU_EXECUTOR:-EdgeExecutor}")),
+    ("training executor ignores queues with the gpu profile", project_executor_problems,
+     _airflow_env("LANDUSE_GPU_EXECUTOR", "LocalExecutor")),
+    ("broker published on the host", project_executor_problems,
+     _set("services.redis.ports", ["127.0.0.1:6379:6379"])),
+    ("broker is not a service", project_executor_problems,
+     _airflow_env("AIRFLOW__CELERY__BROKER_URL",
+                  "redis://default:${REDIS_PASSWORD:?set it}@broker:6379/0")),
+    ("scheduler and worker use different brokers", project_executor_problems,
+     _env("airflow-scheduler", "AIRFLOW__CELERY__BROKER_URL",
+          "redis://default:${REDIS_PASSWORD:?set it}@redis:6379/1")),
+    ("broker without a healthcheck", project_executor_problems,
+     _delete("services.redis.healthcheck")),
+    ("GPU worker does not wait for the broker", project_executor_problems,
+     _delete("services.airflow-worker-gpu.depends_on.redis")),
+    ("GPU image from the project Dockerfile", project_gpu_dockerfile_problems,
+     _set("services.airflow-worker-gpu.build", ".")),
+    ("GPU image on a service that builds nothing", project_gpu_dockerfile_problems,
+     _set("services.airflow-worker-gpu.build.additional_contexts",
+          {"landuse-airflow": "service:azurite"})),
+    ("GPU image on an image, not the project build", project_gpu_dockerfile_problems,
+     _set("services.airflow-worker-gpu.build.additional_contexts",
+          {"landuse-airflow": "docker-image://apache/airflow:3.3.2-python3.11"})),
+    ("GPU image under the project image's name", project_dockerfile_problems,
+     _set("services.airflow-worker-gpu.image", "landuse-airflow:latest")),
     ("image built elsewhere", project_dockerfile_problems,
      _set("services.mlflow.build", "./other")),
 ]
@@ -542,3 +879,41 @@ def test_dockerfile_check_catches_a_broken_dockerfile(compose, edit):
     broken = re.sub(pattern, new, dockerfile, count=1, flags=re.MULTILINE)
     assert broken != dockerfile
     assert project_dockerfile_problems(compose, broken)
+
+
+@pytest.mark.parametrize("edit", [
+    (r"^ARG TENSORFLOW_VERSION=\S+", "ARG TENSORFLOW_VERSION=2.20.0"),  # not the lock's
+    (r"tensorflow\[and-cuda\]", "tensorflow"),                          # no CUDA libraries
+    (r"&& pip uninstall -y tensorflow-cpu \\\n\s*", ""),              # both TensorFlows
+    (r" -c /tmp/constraints\.txt", ""),                                # the lock not held
+    (r"^FROM \S+", "FROM apache/airflow:3.3.2-python3.11"),           # not the project image
+    (r"\s*&& python -c .*is_built_with_cuda.*$", ""),                  # CUDA never checked
+])
+def test_gpu_dockerfile_check_catches_a_broken_dockerfile(compose, edit):
+    pattern, new = edit
+    dockerfile = DOCKERFILE_GPU.read_text()
+    broken = re.sub(pattern, new, dockerfile, count=1, flags=re.MULTILINE)
+    assert broken != dockerfile
+    assert project_gpu_dockerfile_problems(compose, broken)
+
+
+@pytest.mark.parametrize("edit", [
+    ("train_candidate", "queue", "default"),      # a queue no GPU worker serves
+    ("train_candidate", "executor", None),        # the default LocalExecutor ignores queues
+    ("train_candidate", "pool", "default_pool"),  # no training task left
+    ("plan", "executor", "CeleryExecutor"),       # with queue gpu: another task on the GPUs
+])
+def test_routing_check_catches_misrouted_tasks(compose, training_tasks, edit):
+    task_id, key, value = edit
+    tasks = copy.deepcopy(training_tasks)
+    tasks[task_id][key] = value
+    if task_id == "plan":
+        tasks[task_id]["queue"] = "gpu"
+    assert routing_problems(compose, tasks)
+
+
+def test_routing_check_catches_a_gpu_worker_on_another_queue(compose, training_tasks):
+    broken = copy.deepcopy(compose)
+    broken["services"]["airflow-worker-gpu"]["command"] = [
+        "airflow", "celery", "worker", "--queues", "cuda", "--concurrency", GPU_SLOTS]
+    assert routing_problems(broken, training_tasks)

@@ -65,6 +65,9 @@ def test_trains_tracks_and_promotes(airflow_db, dataset):
     champion = json.loads((dataset / "models" / "champion.json").read_text())
     bundle = load_bundle(champion["bundle"])
     assert bundle.spec.lineage.split_sha256 and bundle.spec.metrics["accuracy"] is not None
+    # the int8 form, checked on the validation tiles at training time
+    assert "onnx-int8" in bundle.spec.formats, bundle.spec.metrics.get("int8")
+    assert bundle.spec.metrics["int8"]["agreement"] >= 0.8
     mlflow.set_tracking_uri(f"sqlite:///{airflow_db}/mlflow.db")
     client = MlflowClient()
     version = client.get_model_version_by_alias("landuse", "champion")

@@ -6,6 +6,7 @@ A bundle is a folder::
     model.onnx    the network in a portable inference format (always)
     model.keras   the trainable form, where there is one
     model.tflite  a TFLite form, where there is one
+    model.int8.onnx  an int8 form of model.onnx, checked at training time (see quantize)
 
 Bundles are written to a temporary sibling folder and renamed into place, so a failed
 training run leaves no bundle; loading validates everything a runner relies on.
@@ -35,7 +36,8 @@ from landuse import storage
 from landuse.models.preprocessing import PreprocessSpec
 
 SCHEMA_VERSION = 1
-MODEL_FILES = {"onnx": "model.onnx", "keras": "model.keras", "tflite": "model.tflite"}
+MODEL_FILES = {"onnx": "model.onnx", "keras": "model.keras", "tflite": "model.tflite",
+               "onnx-int8": "model.int8.onnx"}  # int8: see landuse.models.quantize
 CONTENTS = "contents.json"  # written last when a bundle is published: its commit marker
 
 

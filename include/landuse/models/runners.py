@@ -74,18 +74,28 @@ class OnnxRunner(_Base):
 
     framework = "onnx"
 
-    def __init__(self, bundle: Bundle, threads: int = 1, providers: list[str] | None = None):
+    def __init__(self, bundle: Bundle, threads: int = 1, providers: list[str] | None = None,
+                 int8: bool = False):
+        """``int8``: run the bundle's int8 form (:mod:`landuse.models.quantize`); its
+        predictions then carry :attr:`model_id` with ``+int8``."""
         import onnxruntime as ort
 
         super().__init__(bundle)
+        self.int8 = int8
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(
-            str(bundle.file("onnx")), options, providers=providers or ["CPUExecutionProvider"]
+            str(bundle.file("onnx-int8" if int8 else "onnx")), options,
+            providers=providers or ["CPUExecutionProvider"],
         )
         self._input = bundle.spec.onnx_input
         self._output = bundle.spec.onnx_output
+
+    @property
+    def model_id(self) -> str:
+        """The id predictions carry: the bundle's, marked when the int8 form runs."""
+        return f"{self.bundle.model_id}+int8" if self.int8 else self.bundle.model_id
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run([self._output], {self._input: x})[0])

@@ -24,6 +24,8 @@ from landuse import storage
 from landuse.models.bundle import Bundle, Lineage, publish_bundle
 
 EVAL_BATCH = 64  # tiles per ONNX call when scoring validation tiles, as the trainers do
+CALIBRATION_TILES = 32  # training tiles that set the int8 model's activation ranges
+MAX_INT8_CHECK = 2000  # validation tiles the int8 model is checked on, at most
 
 KERAS_METHODS = ("head", "fine-tune")
 SPARK_METHODS = ("logreg", "random-forest")
@@ -80,15 +82,19 @@ def run_candidate(
         candidate: from :func:`plan_candidates`.
         split_url: the dataset split (split.parquet).
         models_dir: folder or URL (e.g. ``abfs://``) the bundles are published under.
-        options: TrainConfig fields (epochs, learning_rate, weights, ...).
+        options: TrainConfig fields (epochs, learning_rate, weights, ...), and ``int8``
+            (default True): add the int8 form, checked on the validation tiles.
         dataset_uri: the dataset Asset URI, recorded as lineage.
         track: log each bundle as an MLflow run.
     """
     options = dict(options or {})
+    int8 = options.pop("int8", True)
     lineage = lineage_for(split_url, dataset_uri)
     out = []
     with tempfile.TemporaryDirectory(prefix="landuse-train-") as work:
         for bundle, history in _train(candidate, split_url, Path(work), options, lineage):
+            if int8:
+                bundle = _with_int8(bundle, split_url)
             url = publish_bundle(bundle, storage.join(str(models_dir), bundle.path.name))
             run_id = None
             if track:
@@ -121,6 +127,22 @@ def _train(candidate: dict[str, Any], split_url: str, work: Path, options: dict[
             for trained in featurize_and_classify(spark, split_url, work, backbone=backbone,
                                                   methods=tuple(methods), weights=weights,
                                                   lineage=lineage)]
+
+
+def _with_int8(bundle: Bundle, split_url: str) -> Bundle:
+    """The bundle with its int8 form, calibrated on training tiles and checked on the
+    validation tiles the candidates are judged on."""
+    from landuse.models.data import load_tiles, read_split
+    from landuse.models.quantize import add_int8
+
+    train, val, _ = read_split(split_url)
+    if val.empty:
+        return bundle  # nothing to check an int8 form on
+    spec = bundle.spec.preprocessing
+    calibration = train.sample(n=min(CALIBRATION_TILES, len(train)), random_state=0)
+    val = val.iloc[:MAX_INT8_CHECK]
+    return add_int8(bundle, load_tiles(list(calibration["image_url"]), spec),
+                    load_tiles(list(val["image_url"]), spec), list(val["label"]))
 
 
 def run_folder(models_root: str | Path, run_id: str) -> str:
