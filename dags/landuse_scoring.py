@@ -1,33 +1,46 @@
 """landuse_scoring: score every tile of each county-year on Spark with the champion model.
 
 ``plan`` resolves the model once (the champion by default, so every county of a run uses
-the same one) and the counties that have a manifest for the year. The cluster is scaled up
-by a setup task and down by its teardown, so it shrinks even when scoring fails. Counties
-are mapped, two at a time; each county-year's predictions are committed atomically and
-emitted as an Asset (``landuse://predictions/{county}/{year}``) through the
-``landuse_predictions`` alias.
+the same one), the counties that have a manifest for the year and the Spark master. The
+cluster is sized by :class:`~landuse_airflow.operators.cluster.ScaleClusterOperator`:
+``scale_up``, a setup task, asks for the target size; ``wait_for_workers`` waits for the
+workers in the triggerer (no worker slot held while VMs boot; a timeout fails without
+retries); ``scale_down``, the teardown, shrinks the cluster back even when scoring fails.
+Counties are scored by :class:`~landuse_airflow.operators.spark_scoring.SparkScoringOperator`,
+mapped two at a time (a killed task cancels its Spark jobs); each county-year's predictions
+are committed atomically and emitted as an Asset (``landuse://predictions/{county}/{year}``)
+through the ``landuse_predictions`` alias.
 
 Where the cluster is comes from the connection named by ``cluster_conn_id``, never from
 the run's conf, so a run cannot send the connection's token to another host: for
 ``standalone`` a Spark connection (host ``spark://127.0.0.1``, port, extra
-``master_web_url``), whose master the counties are then scored on; for ``hdinsight`` and
-``databricks`` the connection described in :mod:`landuse_airflow.triggers.cluster`.
+``master_web_url``), whose master the counties are then scored on (a master on this
+machine is started by ``scale_up`` and stopped when ``scale_down`` leaves no worker); for
+``hdinsight`` and ``databricks`` the connection described in
+:mod:`landuse_airflow.hooks.cluster`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from airflow.sdk import Param, dag, get_current_context, setup, task, teardown
+from airflow.sdk import Param, dag, get_current_context, task
 
 from landuse_airflow import params
 from landuse_airflow.assets import PREDICTIONS
 from landuse_airflow.errors import fail_fast_on_bad_input
+from landuse_airflow.operators.cluster import ScaleClusterOperator
+from landuse_airflow.operators.spark_scoring import SparkScoringOperator
 
-if TYPE_CHECKING:
-    from landuse.cluster import ClusterScaler
-    from landuse.cluster.standalone import StandaloneCluster
+# Every ScaleClusterOperator of the run acts on the same cluster, from the same params.
+CLUSTER: dict[str, Any] = {
+    "backend": "{{ params.cluster_backend }}",
+    "conn_id": "{{ params.cluster_conn_id or '' }}",
+    "timeout_s": "{{ params.scale_timeout_s }}",
+    "poll_s": 5,
+    "local_master": True,
+}
 
 
 @dag(
@@ -70,7 +83,7 @@ if TYPE_CHECKING:
 def landuse_scoring() -> None:
     @task
     def plan() -> list[dict[str, Any]]:
-        """The model and the county-years to score, resolved once for the whole run."""
+        """The model, the county-years to score and the Spark master, resolved once."""
         from landuse import storage
         from landuse_airflow.stages import resolve_model
 
@@ -78,6 +91,7 @@ def landuse_scoring() -> None:
         root, year = p["storage_root"], p["year"]
         with fail_fast_on_bad_input():
             params.check_places(p)  # before anything is read or written
+            master = _spark_master(p)
             bundle, model_id = resolve_model(p["model"], root)
             counties = p["counties"] or sorted(
                 url.rsplit("/", 3)[-3]
@@ -88,78 +102,24 @@ def landuse_scoring() -> None:
             if missing or not counties:
                 raise ValueError(f"no manifests for {missing or 'any county'} in {year} under "
                                  f"{root}: run naip_dataset first")
-        return [{"county": c, "bundle": bundle, "model_id": model_id} for c in counties]
-
-    @setup
-    @task
-    def scale_up() -> None:
-        """Ask for the target size. Waiting is a separate task, so that a cluster that never
-        gets there fails the run *after* this setup succeeded, and the teardown still runs."""
-        p = get_current_context()["params"]
-        with fail_fast_on_bad_input():
-            scaler = _scaler(p)
-            master = _spark_master(p, scaler)
-            if p["spark_master"].startswith("spark://") and p["spark_master"] != master:
-                raise ValueError(f"spark_master {p['spark_master']} is not the master of the "
-                                 f"cluster connection {p['cluster_conn_id']} ({master}); "
-                                 "leave spark_master at its default with the standalone backend")
-        local = _local_standalone(scaler)
-        if local is not None:  # a master on this machine: start it (reused when running)
-            from urllib.parse import urlparse
-
-            from landuse.cluster.standalone import start_master
-
-            start_master(local.work_dir, spark_home=local.spark_home,
-                         port=urlparse(local.master_url).port or 7077,
-                         webui_port=urlparse(local.master_web_url).port or 8081)
-        scaler.request(p["target_workers"])
-
-    @task
-    def wait_for_workers() -> None:
-        """Wait until the target number of workers has registered (clear error on timeout)."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from landuse.cluster import ClusterTimeout
-
-        p = get_current_context()["params"]
-        try:
-            _scaler(p).wait(p["target_workers"], timeout_s=p["scale_timeout_s"], poll_s=5)
-        except ClusterTimeout as err:  # the wait already spent its patience: do not retry
-            raise AirflowFailException(str(err)) from err
-
-    @task(max_active_tis_per_dagrun=2, outlets=[PREDICTIONS])
-    def score_county(planned: dict[str, Any]) -> dict[str, Any]:
-        """Score one county-year on Spark and publish its predictions Asset."""
-        from landuse_airflow.stages import score_and_publish
-
-        context = get_current_context()
-        p = context["params"]
-        summary = score_and_publish(
-            context, planned["county"], p["year"], planned["bundle"], root=p["storage_root"],
-            master=_spark_master(p), framework=p["framework"], batch_size=p["batch_size"])
-        return {**summary, "model_id": planned["model_id"]}
-
-    @teardown
-    @task
-    def scale_down() -> None:
-        """Shrink the cluster back, whatever happened to scoring."""
-        p = get_current_context()["params"]
-        with fail_fast_on_bad_input():
-            scaler = _scaler(p)
-        scaler.request(p["idle_workers"])
-        scaler.wait(p["idle_workers"], timeout_s=p["scale_timeout_s"], poll_s=5)
-        local = _local_standalone(scaler)
-        if local is not None and p["idle_workers"] == 0:
-            from landuse.cluster.standalone import stop_master
-
-            stop_master(local.work_dir)
+        return [{"county": c, "bundle_path": bundle, "model_id": model_id,
+                 "spark_master": master} for c in counties]
 
     planned = plan()
-    up = scale_up()
-    down = scale_down()
-    scored = score_county.expand(planned=planned)
-    planned >> up >> wait_for_workers() >> scored >> down
-    up >> down
+    # Waiting is a separate task from the setup, so that a cluster that never gets there
+    # fails the run *after* the setup succeeded, and the teardown still shrinks it.
+    up = ScaleClusterOperator(task_id="scale_up", target_workers="{{ params.target_workers }}",
+                              wait=False, **CLUSTER)
+    ready = ScaleClusterOperator(task_id="wait_for_workers",
+                                 target_workers="{{ params.target_workers }}", **CLUSTER)
+    scored = SparkScoringOperator.partial(
+        task_id="score_county", year="{{ params.year }}", storage_root="{{ params.storage_root }}",
+        framework="{{ params.framework }}", batch_size="{{ params.batch_size }}",
+        max_active_tis_per_dagrun=2, outlets=[PREDICTIONS],
+    ).expand_kwargs(planned)
+    down = ScaleClusterOperator(task_id="scale_down", target_workers="{{ params.idle_workers }}",
+                                **CLUSTER).as_teardown(setups=up)
+    planned >> up >> ready >> scored >> down
 
 
 def _manifest(root: str, county: str, year: int) -> str:
@@ -168,40 +128,22 @@ def _manifest(root: str, county: str, year: int) -> str:
     return manifest_url(root, county, year)
 
 
-def _scaler(p: Any) -> ClusterScaler:
-    """The cluster's scaler, its address, settings and credentials all from the connection
-    (never from the run's conf: a run could otherwise send the credentials elsewhere)."""
-    from airflow.sdk import BaseHook
-
-    from landuse_airflow.triggers.cluster import build_scaler
-
-    if p["cluster_backend"] == "standalone" and not p["cluster_conn_id"]:
-        raise ValueError("the standalone backend needs cluster_conn_id: a Spark connection "
-                         "whose host and port are the master (spark://127.0.0.1, 7077) and "
-                         "whose extra master_web_url is its web UI")
-    conn = BaseHook.get_connection(p["cluster_conn_id"]) if p["cluster_conn_id"] else None
-    return build_scaler(p["cluster_backend"], None, conn)
-
-
-def _spark_master(p: Any, scaler: ClusterScaler | None = None) -> str:
-    """Where counties are scored: the standalone connection's master, else ``spark_master``."""
-    if p["cluster_backend"] != "standalone":
-        return str(p["spark_master"])
+def _spark_master(p: Any) -> str:
+    """Where counties are scored: the standalone connection's master, else ``spark_master``
+    (which, with the standalone backend, may only repeat the connection's master)."""
+    if p["cluster_backend"] != "standalone" or not p["cluster_conn_id"]:
+        return str(p["spark_master"])  # standalone without a connection: scale_up says so
     from landuse.cluster.standalone import StandaloneCluster
+    from landuse_airflow.hooks.cluster import ClusterScalerHook
 
-    scaler = scaler or _scaler(p)
+    scaler = ClusterScalerHook("standalone", p["cluster_conn_id"]).get_conn()
     assert isinstance(scaler, StandaloneCluster)
-    return scaler.master_url
-
-
-def _local_standalone(scaler: ClusterScaler) -> StandaloneCluster | None:
-    """The scaler when it is a standalone cluster whose master runs on this machine."""
-    from landuse.cluster.standalone import StandaloneCluster
-
-    if isinstance(scaler, StandaloneCluster) and scaler.master_url.startswith(
-            "spark://127.0.0.1:"):
-        return scaler
-    return None
+    master = scaler.master_url
+    if p["spark_master"].startswith("spark://") and p["spark_master"] != master:
+        raise ValueError(f"spark_master {p['spark_master']} is not the master of the "
+                         f"cluster connection {p['cluster_conn_id']} ({master}); "
+                         "leave spark_master at its default with the standalone backend")
+    return master
 
 
 landuse_scoring()

@@ -127,7 +127,8 @@ def test_trigger_fires_timeout_and_the_task_fails_with_its_message(api: Api) -> 
     assert f"Databricks cluster {CLUSTER_ID}" in payload["message"]
     assert "did not reach 3 worker(s) within 0.5 s" in payload["message"]
     assert "last seen 1 worker(s), state RESIZING" in payload["message"]
-    with pytest.raises(AirflowException, match="did not reach 3 worker"):
+    # The wait spent its patience: fail without retries.
+    with pytest.raises(AirflowFailException, match="did not reach 3 worker"):
         operator().execute_complete({}, payload)
     assert api.fake.errors == []
 
@@ -147,8 +148,49 @@ def test_waiting_in_the_task(api: Api) -> None:
     assert operator(deferrable=False).execute({}) == 3
     assert api.fake.resizes == [3]
     api.fake.capacity = api.fake.workers  # no more nodes to be had
-    with pytest.raises(AirflowException, match="did not reach 5 worker"):
+    with pytest.raises(AirflowFailException, match="did not reach 5 worker"):
         operator(deferrable=False, target_workers=5, timeout_s=0.3).execute({})
+
+
+def test_backend_connection_and_timeout_come_from_templates(api: Api) -> None:
+    """A DAG takes the cluster from its params: rendered values, an empty connection id
+    meaning none."""
+    op = operator(backend="{{ params.backend }}", conn_id="{{ params.conn or '' }}",
+                  timeout_s="{{ params.timeout }}")
+    op.render_template_fields({"params": {"backend": "Databricks", "conn": CONN_ID,
+                                          "timeout": 45}})
+    with pytest.raises(TaskDeferred) as caught:
+        op.execute({})
+    _, kwargs = caught.value.trigger.serialize()
+    assert (kwargs["backend"], kwargs["conn_id"], kwargs["timeout_s"]) == (
+        "databricks", CONN_ID, 45.0)
+    assert caught.value.timeout == timedelta(seconds=45 + POLL_S + 60)
+    local = ScaleClusterOperator(task_id="local", backend="{{ params.backend }}",
+                                 conn_id="{{ params.conn or '' }}", target_workers=2)
+    local.render_template_fields({"params": {"backend": "none", "conn": None}})
+    assert local.conn_id == "" and local.execute({}) == 2
+    bad = operator(backend="{{ params.backend }}")
+    bad.render_template_fields({"params": {"backend": "emr"}})
+    with pytest.raises(AirflowFailException, match="unknown cluster backend 'emr'"):
+        bad.execute({})
+    assert api.fake.resizes == [3]
+
+
+def test_wait_false_only_requests(api: Api) -> None:
+    """A setup task that asks for the size; a later task waits (and re-asks harmlessly)."""
+    api.fake.polls_to_finish = 1000  # the resize takes its time
+    assert operator(wait=False).execute({}) == 3
+    assert api.fake.resizes == [3] and api.fake.workers == 1  # asked, not yet there
+    with pytest.raises(TaskDeferred):
+        operator().execute({})
+    assert api.fake.resizes == [3]  # the cluster is already heading for 3: not resized again
+
+
+def test_standalone_needs_a_connection(tmp_path: Path) -> None:
+    """Where the master is comes from a connection only: no default master is assumed."""
+    op = ScaleClusterOperator(task_id="grow", backend="standalone", target_workers=1)
+    with pytest.raises(AirflowFailException, match="standalone backend needs conn_id"):
+        op.execute({})
 
 
 def test_already_at_size_does_not_defer(api: Api) -> None:
@@ -163,6 +205,10 @@ def test_bad_parameters_fail_fast(api: Api) -> None:
         operator(backend="emr")
     with pytest.raises(ValueError, match="must not hold credentials"):
         operator(scaler_options={"token": TOKEN})
+    with pytest.raises(ValueError, match="timeout_s must be > 0"):
+        operator(timeout_s=0)
+    with pytest.raises(AirflowFailException, match="timeout_s must be a number"):
+        operator(timeout_s="{{ params.t }}", target_workers=2).execute({})  # unrendered
     for bad in ("many", "-1", 2.5):
         with pytest.raises(AirflowFailException, match="non-negative integer"):
             operator(target_workers=bad).execute({})

@@ -51,8 +51,9 @@ def test_three_frameworks_give_the_same_predictions(
         np.testing.assert_allclose(frame[PROBS].to_numpy(), reference, atol=1e-5,
                                    err_msg=framework)
         assert list(frame["predicted"]) == [CLASSES[i] for i in reference.argmax(axis=1)]
-    # A model that gave one answer for everything would make the comparison meaningless.
-    assert len(set(results["onnx"]["predicted"])) > 1
+    # A model that gave one answer for everything would make the comparison meaningless:
+    # the tiles' probabilities must differ by far more than the tolerance above.
+    assert np.ptp(reference, axis=0).max() > 1e-3
 
 
 def test_corrupt_png_becomes_an_error_row(

@@ -1,4 +1,13 @@
-"""Scoring on a Spark cluster through the Spark provider's ``SparkSubmitOperator``.
+"""Scoring on Spark: a county-year from the Airflow worker, or a packaged job by spark-submit.
+
+:class:`SparkScoringOperator` scores one county-year's manifest with the driver in the task
+(``local[N]``, or a ``spark://`` master such as a cluster :class:`ScaleClusterOperator`
+sized), commits its predictions and emits their Asset event; ``on_kill`` cancels its Spark
+jobs, so a killed task frees the cluster at once. Map it over counties::
+
+    SparkScoringOperator.partial(task_id="score_county", year=2016, bundle_path=bundle,
+                                 storage_root=root, outlets=[PREDICTIONS]
+                                 ).expand(county=["county-a", "county-b"])
 
 :func:`spark_submit_scoring` builds a ``SparkSubmitOperator`` that submits the packaged job
 (``landuse/scoring/job.py``) with its arguments and the settings scoring relies on. The
@@ -15,11 +24,18 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import BaseOperator
+
+from landuse_airflow.errors import fail_fast_on_bad_input
+from landuse_airflow.stages import score_and_publish
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 # Settings the job depends on; the caller's ``conf`` is applied on top.
 _SCORING_CONF: dict[str, str] = {
@@ -105,3 +121,96 @@ def spark_submit_scoring(
         conf=settings,
         **kwargs,
     )
+
+
+class SparkScoringOperator(BaseOperator):
+    """Score one county-year's tiles on Spark and publish its predictions Asset.
+
+    Runs :func:`landuse_airflow.stages.score_and_publish`: the manifest
+    ``{storage_root}/naip/{county}/{year}/manifest.parquet`` is scored with the bundle, the
+    predictions are committed atomically under ``{storage_root}/predictions``, and an event
+    of ``landuse://predictions/{county}/{year}`` is added through the task's
+    ``PREDICTIONS`` alias outlet (give the task ``outlets=[PREDICTIONS]``). Bad input (no
+    manifest, an invalid bundle) fails at once, without retries.
+
+    Args:
+        county: the county's registry name (templated).
+        year: NAIP year (templated; a rendered string is read as an integer).
+        bundle_path: model bundle folder or URL (templated).
+        storage_root: the storage root, local or ``abfs://`` (templated).
+        spark_master: ``local[N]`` or ``spark://host:port`` (templated).
+        framework: onnx, keras or tflite (templated).
+        batch_size: tiles per model call (templated).
+        model_id: the bundle's id, passed through to the result (templated).
+        **kwargs: BaseOperator arguments.
+
+    Returns (XCom): the Asset event's ``extra`` (county, year, url, tiles, errors, seconds,
+    storage_root, accuracy, group_accuracy) and ``model_id``.
+    """
+
+    template_fields: Sequence[str] = ("county", "year", "bundle_path", "storage_root",
+                                      "spark_master", "framework", "batch_size", "model_id")
+    ui_color = "#dae8fc"
+
+    def __init__(
+        self,
+        *,
+        county: str,
+        year: int | str,
+        bundle_path: str,
+        storage_root: str,
+        spark_master: str = "local[2]",
+        framework: str = "onnx",
+        batch_size: int | str = 32,
+        model_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.county = county
+        self.year = year
+        self.bundle_path = bundle_path
+        self.storage_root = storage_root
+        self.spark_master = spark_master
+        self.framework = framework
+        self.batch_size = batch_size
+        self.model_id = model_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Score, commit and publish; returns the summary."""
+        from landuse import storage
+        from landuse.tiling import manifest_url
+
+        with fail_fast_on_bad_input():  # checked before Spark starts: none of it would heal
+            year, batch_size = _whole(self.year, "year"), _whole(self.batch_size, "batch_size")
+            if batch_size < 1:
+                raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            manifest = manifest_url(self.storage_root, self.county, year)
+            if not storage.exists(manifest):
+                raise ValueError(f"no manifest for {self.county} in {year} ({manifest}): "
+                                 "run naip_dataset first")
+        summary = score_and_publish(
+            context, self.county, year, self.bundle_path, root=self.storage_root,
+            master=self.spark_master, framework=self.framework, batch_size=batch_size)
+        return {**summary, "model_id": self.model_id}
+
+    def on_kill(self) -> None:
+        """Cancel the Spark jobs of this task's process (its only Spark application), so
+        the executors are freed now; nothing is committed."""
+        from pyspark import SparkContext
+
+        sc = SparkContext._active_spark_context
+        if sc is None:
+            self.log.warning("killed before Spark started: nothing to cancel")
+            return
+        sc.cancelAllJobs()
+        self.log.warning("cancelled the Spark jobs of %s", self.task_id)
+
+
+def _whole(value: Any, name: str) -> int:
+    """A templated whole number (Jinja renders strings); ValueError if it is not one."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    try:
+        return int(str(value).strip())
+    except ValueError as err:
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from err
