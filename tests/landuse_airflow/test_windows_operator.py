@@ -12,6 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from PIL import Image
 from rasterio.transform import from_origin
 
+from landuse import labels
 from landuse_airflow.operators.windows import SlidingWindowScoringOperator
 
 
@@ -49,7 +50,7 @@ def test_scores_in_process_and_returns_the_summary(scene, onnx_bundle, tmp_path)
         assert Path(url).is_file()
     json.dumps(summary)  # XCom-serialisable
     with rasterio.open(summary["outputs"]["probabilities.tif"]) as probs:
-        assert probs.res == (32.0, 32.0) and probs.count == 6
+        assert probs.res == (32.0, 32.0) and probs.count == len(labels.CLASSES)
 
 
 def test_templated_strings_are_typed(scene, onnx_bundle, tmp_path):
