@@ -2,7 +2,11 @@
 
 A registry is a JSON file ``{"counties": [...], "include": ["other.json", ...]}``. Each county
 has a name (a safe path segment), a US state code (used by the Azure NAIP layout), a WGS84
-bounding box (west, south, east, north), a NAIP catalogue root and optionally an NLCD source.
+bounding box (west, south, east, north), a NAIP source and optionally an NLCD source. The
+NAIP source is a folder, an ``abfs://`` URL, the ``https://`` URL of a public Azure
+container (read anonymously, e.g. ``https://naipeuwest.blob.core.windows.net/naip``) or a
+STAC collection (``stac+https://planetarycomputer.microsoft.com/api/stac/v1/collections/naip``);
+see :class:`landuse.naip.NaipCatalog`.
 Relative locations are resolved against the registry's own folder, so a registry travels
 with its data.
 """
@@ -13,7 +17,7 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from landuse import storage
+from landuse import stac, storage
 
 
 class County(BaseModel):
@@ -26,7 +30,10 @@ class County(BaseModel):
     bbox: tuple[float, float, float, float] = Field(
         description="west, south, east, north in degrees (WGS84); tiles whose centre is inside"
     )
-    naip: str = Field(description="NAIP catalogue root (folder or abfs:// URL)")
+    naip: str = Field(
+        description="NAIP source: a folder, an abfs:// URL, a public Azure container's https:// "
+        "URL (read anonymously) or a STAC collection stac+https://API/collections/ID"
+    )
     nlcd: str | None = Field(None, description="NLCD raster or folder of nlcd_YYYY*.tif")
     nlcd_crs: str | None = Field(
         None, description="the NLCD rasters' true CRS when their embedded one is wrong"
@@ -40,6 +47,13 @@ class County(BaseModel):
     @classmethod
     def _safe(cls, name: str) -> str:
         return storage.safe_name(name)
+
+    @field_validator("naip")
+    @classmethod
+    def _naip_source(cls, naip: str) -> str:
+        if stac.is_stac(naip):
+            stac.StacSource.parse(naip)  # a malformed STAC source fails at load, named
+        return naip
 
     @model_validator(mode="after")
     def _bbox_order(self) -> County:

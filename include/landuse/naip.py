@@ -1,4 +1,5 @@
-"""NAIP scenes: file-name parsing, footprints, and a catalogue over local folders or blob storage.
+"""NAIP scenes: file-name parsing, footprints, and a catalogue over folders, blob storage
+(private or public) and STAC APIs.
 
 A NAIP file name such as ``m_4709963_se_14_1_20100629.tif`` encodes the USGS quadrangle
 (1°×1° block ``47099`` named by its south-east corner, 7.5' cell ``63`` counted from the
@@ -122,24 +123,40 @@ def _blocks(bbox: BBox) -> Iterator[str]:
 
 
 class NaipCatalog:
-    """Finds NAIP scenes under a root URL.
+    """Finds NAIP scenes under a root URL or through a STAC API.
 
-    Two layouts are understood:
+    The root is a folder, an ``abfs://`` URL (credentials from the environment), the HTTPS
+    URL of a public Azure container read anonymously (the NAIP one is
+    ``https://naipeuwest.blob.core.windows.net/naip``; see
+    :func:`landuse.storage.public_blob_endpoint`), or a STAC source
+    ``stac+{api}/collections/{collection}`` (:mod:`landuse.stac`). Layouts:
 
     * ``azure``: the public NAIP layout on Azure Open Datasets,
       ``{root}/v002/{state}/{year}/{state}_{res}_{year}/{block}/m_*.tif``. Only the
       1°×1° block folders a query's bounding box touches are listed.
     * ``flat``: any folder tree holding NAIP-named GeoTIFFs (searched recursively).
+    * ``stac``: an item search of a STAC API (chosen by the ``stac+`` root).
 
-    ``layout="auto"`` picks ``azure`` when ``{root}/v002`` exists.
+    ``layout="auto"`` picks ``stac`` for a ``stac+`` root, else ``azure`` when
+    ``{root}/v002`` exists, else ``flat``.
     """
 
     def __init__(self, root: str, layout: str = "auto") -> None:
-        if layout not in ("auto", "azure", "flat"):
-            raise ValueError(f"unknown NAIP catalogue layout {layout!r}: use auto, azure or flat")
+        if layout not in ("auto", "azure", "flat", "stac"):
+            raise ValueError(
+                f"unknown NAIP catalogue layout {layout!r}: use auto, azure, flat or stac")
         self.root = root.rstrip("/")
+        from landuse import stac  # it builds on this module's scenes
+
+        if (layout == "stac") != stac.is_stac(self.root) and layout != "auto":
+            raise ValueError(f"NAIP root {root!r} and layout {layout!r} do not match: the "
+                             "stac layout is for stac+https://... roots, and only it")
+        self._stac = stac.StacNaipCatalog(self.root) if stac.is_stac(self.root) else None
         if layout == "auto":
-            layout = "azure" if storage.exists(storage.join(self.root, "v002")) else "flat"
+            if self._stac is not None:
+                layout = "stac"
+            else:
+                layout = "azure" if storage.exists(storage.join(self.root, "v002")) else "flat"
         self.layout = layout
 
     def scenes(
@@ -154,6 +171,8 @@ class NaipCatalog:
         Raises:
             ValueError: the azure layout was asked without a state, or with an unknown one.
         """
+        if self._stac is not None:
+            return self._stac.scenes(years=years, bbox=bbox, state=state)
         wanted = set(years) if years is not None else None
         if self.layout == "azure":
             urls = self._azure_urls(state, wanted, bbox)

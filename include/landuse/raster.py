@@ -53,6 +53,11 @@ _SECRETS = re.compile(
 )
 
 
+def redact(text: str) -> str:
+    """``text`` with SAS signatures, account keys and authorization headers replaced."""
+    return _SECRETS.sub(r"\1REDACTED", text)
+
+
 class RedactSecrets(logging.Filter):
     """Replace SAS signatures, account keys and authorization headers in log records."""
 
@@ -76,7 +81,8 @@ def gdal_location(url: str) -> tuple[str, dict[str, str]]:
     process environment (``AZURE_STORAGE_CONNECTION_STRING``, ``AZURE_STORAGE_SAS_TOKEN``,
     or account and key, copied under GDAL's names when only the project's are set), never
     from config options: ``rasterio.Env`` logs those at DEBUG level. HTTP(S) uses
-    ``/vsicurl/``.
+    ``/vsicurl/``, anonymous unless a signer is registered for the URL
+    (:func:`landuse.storage.register_signer`).
     """
     protocol, _, rest = url.partition("://")
     if not rest:
@@ -89,7 +95,9 @@ def gdal_location(url: str) -> tuple[str, dict[str, str]]:
         # abfs://container@account.dfs.core.windows.net/blob names the account inline.
         return f"/vsiaz/{container.split('@', 1)[0]}/{blob}", dict(_REMOTE_OPTIONS)
     if protocol in ("http", "https"):
-        return f"/vsicurl/{url}", dict(_REMOTE_OPTIONS)
+        # Public containers need no signature; a catalogue's signer (the Planetary
+        # Computer's SAS token) is applied here, at open time: each open gets a live token.
+        return f"/vsicurl/{storage.signed(url)}", dict(_REMOTE_OPTIONS)
     if protocol == "file":
         return rest, {}
     raise RasterError(f"cannot read rasters from {protocol}:// URLs ({url})")
@@ -110,11 +118,15 @@ def gdal_call(url: str, what: str, call: Callable[[], T]) -> T:
         try:
             return call()
         except (RasterioIOError, CPLE_BaseError, OSError) as err:
+            # GDAL names the signed URL it opened: keep the signature out of the message
+            # and, by not chaining the original error, out of printed tracebacks.
+            message = redact(str(err))
+            cause = err if message == str(err) else None
             if "://" in url and not url.startswith("file://"):
                 if _network_failure(err):
-                    raise storage.StorageUnavailable(f"{what}: {err}") from err
+                    raise storage.StorageUnavailable(f"{what}: {message}") from cause
                 storage.check_reachable(url)  # raises StorageUnavailable while it is down
-            raise RasterError(f"{what}: {err}") from err
+            raise RasterError(f"{what}: {message}") from cause
 
     return storage.with_retries(what, once)
 

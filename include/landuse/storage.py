@@ -2,9 +2,13 @@
 
 Plain paths are local; ``abfs://container/path`` is Azure Blob / ADLS through adlfs, with
 credentials from the usual ``AZURE_STORAGE_*`` environment variables (a connection string,
-or account name plus key / SAS token). Writes are atomic: a local file is written to a
-temporary name and renamed; a blob is uploaded in one request, so readers see the old
-object or the new one, never half of one.
+or account name plus key / SAS token). A public container's HTTPS URL
+(``https://naipeuwest.blob.core.windows.net/naip/...``) is read anonymously
+(:func:`public_blob_endpoint`); other HTTP(S) URLs are plain HTTP, signed when read if a
+catalogue registered a signer for them (:func:`register_signer`).
+
+Writes are atomic: a local file is written to a temporary name and renamed; a blob is
+uploaded in one request, so readers see the old object or the new one, never half of one.
 
 Failures are told apart by what happened, not by exception class: storage that cannot be
 reached, times out or throttles (HTTP 408/429/5xx, refused or reset connections) is
@@ -174,9 +178,59 @@ def _blob_client(location: str) -> Any:
                       credential=credential, **quick)
 
 
+# URL prefix -> function returning the URL with a (short-lived) signature, registered by a
+# catalogue whose assets need one (the Planetary Computer's SAS tokens). URLs are signed
+# only when read, so manifests and logs keep the plain URL.
+_SIGNERS: dict[str, Callable[[str], str]] = {}
+
+
+def register_signer(prefix: str, sign: Callable[[str], str]) -> None:
+    """Sign every HTTP(S) URL starting with ``prefix`` with ``sign`` when it is read."""
+    _SIGNERS[prefix] = sign
+
+
+def signed(url: str) -> str:
+    """``url`` signed by the signer registered for its longest matching prefix, if any."""
+    prefixes = [p for p in _SIGNERS if url.startswith(p)]
+    return _SIGNERS[max(prefixes, key=len)](url) if prefixes else url
+
+
+# Public Azure Blob containers are read anonymously over HTTPS: the account's endpoint is
+# ``https://{account}.blob.core.windows.net``; others (an emulator, another cloud) are listed
+# in LANDUSE_PUBLIC_BLOB_ENDPOINTS. Nothing signs these requests, whatever the environment holds.
+_AZURE_ENDPOINT = re.compile(r"^https://[a-z0-9]{3,24}\.blob\.core\.windows\.net(?=/)")
+
+
+def public_blob_endpoint(url: str) -> str | None:
+    """The blob service endpoint when ``url`` lies in a public (anonymous) Azure Blob
+    container, e.g. ``https://naipeuwest.blob.core.windows.net`` for
+    ``https://naipeuwest.blob.core.windows.net/naip/v002/...``; else None.
+
+    Endpoints other than ``*.blob.core.windows.net`` (Azurite, sovereign clouds) are named in
+    ``LANDUSE_PUBLIC_BLOB_ENDPOINTS`` (comma-separated, e.g.
+    ``http://127.0.0.1:10000/devstoreaccount1``).
+    """
+    if any(url.startswith(p) for p in _SIGNERS):
+        return None  # a signed URL is read over plain HTTP(S) with its signature
+    match = _AZURE_ENDPOINT.match(url)
+    if match:
+        return match.group(0)
+    for endpoint in os.environ.get("LANDUSE_PUBLIC_BLOB_ENDPOINTS", "").split(","):
+        endpoint = endpoint.strip().rstrip("/")
+        if endpoint and url.startswith(endpoint + "/"):
+            return endpoint
+    return None
+
+
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem for ``url`` and the path inside it."""
-    fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
+    """The fsspec filesystem for ``url`` and the path inside it (a public Azure container
+    through adlfs without credentials; a signed URL over HTTP with its signature)."""
+    endpoint = public_blob_endpoint(url)
+    if endpoint is not None:
+        # A connection string with an endpoint and no key or token: anonymous requests.
+        fs = fsspec.filesystem("abfs", connection_string=f"BlobEndpoint={endpoint};")
+        return fs, url[len(endpoint) + 1:]
+    fs, path = fsspec.core.url_to_fs(signed(url), **storage_options(url))
     return fs, path
 
 
@@ -348,5 +402,8 @@ def glob(pattern: str) -> list[str]:
         raise StorageError(f"cannot list {pattern}: {err}") from err
     if isinstance(fs, LocalFileSystem):
         return list(found)
+    endpoint = public_blob_endpoint(pattern)
+    if endpoint is not None:
+        return [f"{endpoint}/{p}" for p in found]
     protocol = pattern.split("://", 1)[0]
     return [f"{protocol}://{p}" for p in found]

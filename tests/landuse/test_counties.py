@@ -188,3 +188,29 @@ def test_registry_that_includes_itself_is_an_error(tmp_path):
     b.write_text(json.dumps({"counties": [], "include": ["a.json"]}))
     with pytest.raises(ValueError, match="includes itself"):
         load_registry(str(a))
+
+
+PC_NAIP = "stac+https://planetarycomputer.microsoft.com/api/stac/v1/collections/naip"
+PUBLIC_NAIP = "https://naipeuwest.blob.core.windows.net/naip"
+
+
+def test_public_container_and_stac_sources_are_kept_as_written(tmp_path):
+    url = _write(tmp_path / "counties.json", {"counties": [
+        _county("public", naip=PUBLIC_NAIP), _county("stac", naip=PC_NAIP),
+        _county("folder")]})
+    registry = load_registry(url)
+    assert registry["public"].naip == PUBLIC_NAIP
+    assert registry["stac"].naip == PC_NAIP
+    assert registry["folder"].naip == f"{tmp_path}/naip"  # existing forms unchanged
+
+
+@pytest.mark.parametrize("naip", ["stac+https://example.com/api/v1",
+                                  "stac+https://example.com/collections/",
+                                  "stac+s3://bucket/collections/naip"])
+def test_malformed_stac_source_names_the_registry_and_the_form(tmp_path, naip):
+    url = _write(tmp_path / "counties.json", {"counties": [_county("bad-stac", naip=naip)]})
+    with pytest.raises(ValueError) as err:
+        load_registry(url)
+    message = str(err.value)
+    assert url in message and naip in message
+    assert "stac+https://HOST/API/collections/COLLECTION" in message

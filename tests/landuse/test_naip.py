@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
+import time
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 from rasterio.warp import transform_bounds
 
+from landuse import storage
+from landuse.counties import County
 from landuse.naip import NaipCatalog, NaipScene, _blocks, parse_scene_name
+from landuse.raster import RasterError, open_raster, read_checked
+from landuse.tiling import build_county
+
+SAMPLE_NAIP = Path(__file__).resolve().parents[2] / "sample" / "naip"
 
 # NAIP quarter quads carry a buffer of ~300 m beyond the nominal 3.75' cell (more once
 # downsampled to coarse pixels), so a full scene overhangs its name's footprint by a few
@@ -238,3 +249,85 @@ def test_blocks_of_a_bbox():
     assert sorted(_blocks((-99.1, 46.9, -98.9, 47.1))) == ["46098", "46099", "47098", "47099"]
     # Touching an edge is not overlapping.
     assert sorted(_blocks((-99.5, 47.2, -99.0, 47.3))) == ["47099"]
+
+
+# Public containers: the NAIP layout read anonymously, as from naipeuwest/naip.
+
+NAIP_BLOB = "v002/nd/2016/nd_100cm_2016/47099/m_4709963_se_14_1_20160816.tif"
+
+
+def test_public_blob_endpoints(monkeypatch):
+    monkeypatch.delenv("LANDUSE_PUBLIC_BLOB_ENDPOINTS", raising=False)
+    naip = "https://naipeuwest.blob.core.windows.net/naip"
+    assert storage.public_blob_endpoint(f"{naip}/v002") == "https://naipeuwest.blob.core.windows.net"
+    for other in ("abfs://naip/v002", "https://example.com/naip/v002", "/data/naip",
+                  "http://naipeuwest.blob.core.windows.net/naip", "http://127.0.0.1:1/acct/c/x"):
+        assert storage.public_blob_endpoint(other) is None
+    monkeypatch.setenv("LANDUSE_PUBLIC_BLOB_ENDPOINTS", " http://127.0.0.1:1/acct/ ,")
+    assert storage.public_blob_endpoint("http://127.0.0.1:1/acct/c/x") == "http://127.0.0.1:1/acct"
+    assert storage.public_blob_endpoint("http://127.0.0.1:1/acct2/c/x") is None
+    # No credential from the environment reaches a public container, whatever is set.
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=x;AccountKey=eHl6;")
+    fs, path = storage.filesystem(f"{naip}/v002")
+    assert (fs.protocol[0], path) == ("abfs", "naip/v002")
+    assert fs.connection_string == "BlobEndpoint=https://naipeuwest.blob.core.windows.net;"
+
+
+@pytest.fixture
+def public_container(azurite, monkeypatch):
+    """An Azurite container with public access level ``container`` holding the sample
+    scene in the NAIP layout (and a private twin); yields (public root, private root).
+    The tests then read with no credential in the environment."""
+    from azure.storage.blob import BlobServiceClient
+
+    service = BlobServiceClient.from_connection_string(azurite)
+    endpoint = service.url.rstrip("/")
+    public, private = f"public{time.monotonic_ns()}", f"private{time.monotonic_ns()}"
+    service.create_container(public, public_access="container")
+    service.create_container(private)
+    scene = SAMPLE_NAIP / "m_4709963_se_14_1_20160816.tif"
+    for container in (public, private):
+        for blob in (NAIP_BLOB, "v002/nd/2016/nd_100cm_2016/46098/m_4609801_ne_14_1_20160701.tif",
+                     "v002/nd/2014/nd_100cm_2014/47099/m_4709963_se_14_1_20140701.tif"):
+            service.get_blob_client(container, blob).upload_blob(scene.read_bytes())
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME",
+                 "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
+                 "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANDUSE_PUBLIC_BLOB_ENDPOINTS", endpoint)
+    monkeypatch.setenv("LANDUSE_STORAGE_RETRIES", "1")
+    return f"{endpoint}/{public}", f"{endpoint}/{private}"
+
+
+def test_public_container_is_listed_and_read_anonymously(public_container, real_scene):
+    root, _ = public_container
+    catalog = NaipCatalog(root)
+    assert catalog.layout == "azure"
+    [scene] = catalog.scenes(years=[2016], bbox=(-99.3, 46.9, -99.0, 47.1), state="nd")
+    assert scene.url == f"{root}/{NAIP_BLOB}"
+    assert storage.size(scene.url) == real_scene.stat().st_size
+    window = ((50, 114), (70, 134))
+    with open_raster(scene.url) as src, rasterio.open(real_scene) as local:
+        assert src.crs == local.crs and src.transform == local.transform
+        np.testing.assert_array_equal(read_checked(src, scene.url, window=window),
+                                      local.read(window=window))
+
+
+def test_private_container_is_not_read_without_credentials(public_container):
+    _, root = public_container
+    with pytest.raises(storage.StorageError, match=root.rsplit("/", 1)[-1]):
+        NaipCatalog(root, layout="azure").scenes(years=[2016], state="nd")
+    with pytest.raises(RasterError, match=re.escape("m_4709963_se_14_1_20160816.tif")):
+        with open_raster(f"{root}/{NAIP_BLOB}"):
+            pass
+
+
+def test_county_tiles_from_a_public_container(public_container, tmp_path, real_scene):
+    root, _ = public_container
+    county = County(name="stutsman-nd", state="nd", bbox=(-99.17, 47.01, -99.15, 47.03),
+                    naip=root)
+    [result] = build_county(county, [2016], str(tmp_path / "out"))
+    assert result.scenes == (real_scene.name,)
+    manifest = pd.read_parquet(result.manifest_url)
+    assert len(manifest) == result.tiles > 10
+    assert set(manifest["scene_url"]) == {f"{root}/{NAIP_BLOB}"}
