@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import shapely
 from PIL import Image
 from rasterio.io import MemoryFile
 from rasterio.shutil import copy as gdal_copy
 from rasterio.warp import transform as reproject_points
+from shapely.geometry import mapping
 
 from landuse import labels
 from landuse.change.grid import TileLayout
@@ -81,23 +83,27 @@ def colourise(raster: np.ndarray, palette: Sequence[tuple[str, RGB]]) -> np.ndar
 
 
 def tiles_geojson(tiles: pd.DataFrame, properties: Sequence[str]) -> dict[str, object]:
-    """A GeoJSON FeatureCollection (WGS84, as RFC 7946 wants) of tile squares.
+    """A GeoJSON FeatureCollection (WGS84, as RFC 7946 wants) of tile squares, built with
+    shapely: the squares of each CRS reprojected together, every exterior ring
+    counter-clockwise (RFC 7946 section 3.1.6).
 
     ``tiles`` has tile_id, crs, minx, miny, maxx, maxy and the ``properties`` columns.
     """
     features = []
     for crs, group in tiles.groupby("crs", sort=False):
-        xs = np.stack([group.minx, group.maxx, group.maxx, group.minx, group.minx], axis=1)
-        ys = np.stack([group.miny, group.miny, group.maxy, group.maxy, group.miny], axis=1)
-        lon, lat = reproject_points(crs, "EPSG:4326", xs.ravel().tolist(), ys.ravel().tolist())
-        lon_a, lat_a = np.reshape(lon, xs.shape), np.reshape(lat, ys.shape)
-        for i, (_, row) in enumerate(group.iterrows()):
-            ring = [[round(float(x), 7), round(float(y), 7)]
-                    for x, y in zip(lon_a[i], lat_a[i], strict=True)]
+        def to_wgs84(xy: np.ndarray, crs: str = str(crs)) -> np.ndarray:
+            lon, lat = reproject_points(crs, "EPSG:4326", xy[:, 0].tolist(), xy[:, 1].tolist())
+            return np.round(np.column_stack([lon, lat]), 7)  # about a centimetre
+
+        # one GDAL call per CRS: per tile it is twenty times slower
+        squares = shapely.transform(shapely.box(group.minx, group.miny, group.maxx, group.maxy),
+                                    to_wgs84)
+        squares = shapely.orient_polygons(squares, exterior_cw=False)
+        for (_, row), square in zip(group.iterrows(), squares, strict=True):
             props = {"tile_id": row["tile_id"], "crs": crs}
             props.update({p: _json_value(row[p]) for p in properties})
             features.append({"type": "Feature", "id": row["tile_id"], "properties": props,
-                             "geometry": {"type": "Polygon", "coordinates": [ring]}})
+                             "geometry": mapping(square)})
     return {"type": "FeatureCollection", "features": features}
 
 

@@ -145,24 +145,24 @@ def detections_geojson(
         GeoreferenceError: the image has no CRS.
     """
     require_crs(image, crs)
+    import shapely
     from rasterio.warp import transform as reproject_points
+    from shapely.geometry import mapping
+
+    def to_wgs84(xy: np.ndarray) -> np.ndarray:
+        lon, lat = reproject_points(crs, "EPSG:4326", xy[:, 0].tolist(), xy[:, 1].tolist())
+        return np.round(np.column_stack([lon, lat]), 8)
 
     boxes = ground_boxes(detections, transform)
-    corners_x = np.stack([boxes["x_min"], boxes["x_max"], boxes["x_max"], boxes["x_min"]], 1)
-    corners_y = np.stack([boxes["y_max"], boxes["y_max"], boxes["y_min"], boxes["y_min"]], 1)
-    lons: list[float] = []
-    lats: list[float] = []
-    if len(boxes):
-        lons, lats = reproject_points(crs, "EPSG:4326", corners_x.ravel().tolist(),
-                                      corners_y.ravel().tolist())
-    lon = np.asarray(lons, dtype=np.float64).reshape(-1, 4)
-    lat = np.asarray(lats, dtype=np.float64).reshape(-1, 4)
+    polygons = shapely.transform(shapely.box(boxes["x_min"], boxes["y_min"], boxes["x_max"],
+                                             boxes["y_max"]), to_wgs84)
+    # RFC 7946 section 3.1.6: exterior rings counter-clockwise
+    polygons = shapely.orient_polygons(polygons, exterior_cw=False)
     features = []
-    for i, row in enumerate(boxes.itertuples(index=False)):
-        ring = [[round(float(lon[i, j]), 8), round(float(lat[i, j]), 8)] for j in (0, 1, 2, 3, 0)]
+    for row, polygon in zip(boxes.itertuples(index=False), polygons, strict=True):
         features.append({
             "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "geometry": mapping(polygon),
             "properties": {
                 "class": str(row[0]), "score": round(float(row.score), 6),
                 "windows": int(row.windows),

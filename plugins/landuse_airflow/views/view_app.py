@@ -23,11 +23,13 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from landuse import config, storage
-from landuse_airflow.views import view_data
+from landuse_airflow.views import run_data, view_data
 
 STATIC = Path(__file__).resolve().parent / "static"
 PROJECT = Path(__file__).resolve().parents[3]
 CHANGE_DAG = "change_detection"
+SCORING_DAG = "landuse_scoring"
+TRAINING_DAG = "landuse_training"
 # The map library's files, served from the npm package scripts/setup.sh vendors.
 LEAFLET_FILES = frozenset({
     "leaflet.js", "leaflet.css", "images/layers.png", "images/layers-2x.png",
@@ -104,6 +106,16 @@ def create_app(root: str | None = None) -> FastAPI:
     def change_reader(user: Any = Depends(get_user)) -> None:  # noqa: B008 (FastAPI idiom)
         _require_dag_reader(user, CHANGE_DAG)
 
+    def scoring_reader(user: Any = Depends(get_user)) -> None:  # noqa: B008
+        _require_dag_reader(user, SCORING_DAG)
+
+    def training_reader(user: Any = Depends(get_user)) -> None:  # noqa: B008
+        _require_dag_reader(user, TRAINING_DAG)
+
+    def predictions(county: str, year: str) -> run_data.Predictions:
+        with _errors():
+            return run_data.open_predictions(storage_root(), county, year)
+
     def page(request: Request, view: dict[str, Any]) -> Response:
         shell = (STATIC / "page.html").read_text()
         base = request.scope.get("root_path", "").rstrip("/")
@@ -154,7 +166,44 @@ def create_app(root: str | None = None) -> FastAPI:
     @app.get("/api/runs/{dag_id}/{run_id}")
     def run_reports(dag_id: str, run_id: str, user: Any = Depends(get_user)) -> Response:  # noqa: B008
         _require_dag_reader(user, dag_id)
-        return _secure(JSONResponse(_run_view(dag_id, run_id, storage_root())))
+        with _errors():
+            return _secure(JSONResponse(_run_view(dag_id, run_id, storage_root())))
+
+    # --- scoring and training runs ----------------------------------------------------------
+
+    @app.get("/api/scoring/{county}/{year}", dependencies=[Depends(scoring_reader)])
+    def scoring(county: str, year: str) -> Response:
+        p = predictions(county, year)
+        with _errors():
+            basemap = [{"index": i, "bounds": view_data.quicklook(scene)[1]}
+                       for i, scene in enumerate(run_data.scoring_scenes(p))]
+            return _secure(JSONResponse({**run_data.scoring_view(p), "basemap": basemap}))
+
+    @app.get("/api/scoring/{county}/{year}/layers/{name}.png",
+             dependencies=[Depends(scoring_reader)])
+    def scoring_layer(county: str, year: str, name: str) -> Response:
+        p = predictions(county, year)
+        with _errors():
+            return _secure(Response(run_data.scoring_layer_png(p, name),
+                                    media_type="image/png"), cache=True)
+
+    @app.get("/api/scoring/{county}/{year}/basemap/{index}.webp",
+             dependencies=[Depends(scoring_reader)])
+    def scoring_basemap(county: str, year: str, index: int) -> Response:
+        p = predictions(county, year)
+        with _errors():
+            found = run_data.scoring_scenes(p)
+            if not 0 <= index < len(found):
+                raise view_data.NotFound(f"no scene {index} for {county} {year}")
+            image, _ = view_data.quicklook(found[index])
+        return _secure(Response(image, media_type="image/webp"), cache=True)
+
+    @app.get("/api/training/{run_id}/candidates/{mlflow_run_id}/confusion.png",
+             dependencies=[Depends(training_reader)])
+    def candidate_confusion(run_id: str, mlflow_run_id: str) -> Response:
+        with _errors():
+            png = run_data.confusion_png(storage_root(), run_id, mlflow_run_id)
+        return _secure(Response(png, media_type="image/png"), cache=True)
 
     @app.get("/api/change/{county}/{pair}", dependencies=[Depends(change_reader)])
     def change(county: str, pair: str) -> Response:
@@ -216,22 +265,50 @@ def create_app(root: str | None = None) -> FastAPI:
 
 
 def _run_view(dag_id: str, run_id: str, root: str) -> dict[str, Any]:
-    """What a DAG run published that this view can show: the change reports of a
-    ``change_detection`` run (from its Asset events), served from the configured root."""
+    """What a DAG run published that this view can show, from its Asset events: the change
+    reports of a ``change_detection`` run, the county-years a ``landuse_scoring`` run scored,
+    the candidates and champion of a ``landuse_training`` run; only what lies under the
+    configured root (``elsewhere`` counts the rest)."""
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
     from sqlalchemy import select
-
-    from landuse.change.run import change_url
 
     with create_session() as session:
         events = session.scalars(select(AssetEvent).where(
             AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id)).all()
         extras = [dict(e.extra or {}) for e in events]
-    out: dict[str, Any] = {"dag_id": dag_id, "run_id": run_id, "reports": [], "elsewhere": 0}
-    if dag_id != CHANGE_DAG:
-        out["note"] = f"the Land use view shows change reports; {dag_id} publishes none"
-        return out
+    out: dict[str, Any] = {"dag_id": dag_id, "run_id": run_id, "kind": None, "reports": [],
+                           "elsewhere": 0}
+    if dag_id == CHANGE_DAG:
+        out["kind"] = "change"
+        _change_reports(out, extras, root)
+    elif dag_id == SCORING_DAG:
+        out["kind"] = "scoring"
+        _scored_years(out, extras, root)
+    elif dag_id == TRAINING_DAG:
+        out["kind"] = "training"
+        out["training"] = run_data.training_view(root, run_id)
+        champion = [e for e in extras if e.get("model_id") and "champion_url" in e]
+        if champion and champion[-1].get("champion_url") != _champion_url(root):
+            out["elsewhere"] += 1
+        if not out["training"]["candidates"]:
+            out["note"] = ("this run's candidates are not under this server's storage root "
+                           "or not in its MLflow tracking store")
+    else:
+        out["note"] = (f"the Land use view shows change_detection, landuse_scoring and "
+                       f"landuse_training runs; {dag_id} is none of them")
+    return out
+
+
+def _champion_url(root: str) -> str:
+    from landuse.models.tracking import champion_url, models_root
+
+    return champion_url(models_root(root))
+
+
+def _change_reports(out: dict[str, Any], extras: list[dict[str, Any]], root: str) -> None:
+    from landuse.change.run import change_url
+
     for extra in extras:
         try:
             county = storage.safe_name(str(extra["county"]))
@@ -241,9 +318,27 @@ def _run_view(dag_id: str, run_id: str, root: str) -> dict[str, Any]:
         if extra.get("url") and extra["url"] != change_url(root, county, year_a, year_b):
             out["elsewhere"] += 1  # written under another root: not this server's to serve
             continue
-        out["reports"].append({"county": county, "year_a": year_a, "year_b": year_b,
-                               "pair": f"{year_a}-{year_b}",
-                               **{k: extra[k] for k in ("newly_developed", "changed", "tiles")
-                                  if k in extra}})
+        report: dict[str, Any] = {"county": county, "year_a": year_a, "year_b": year_b,
+                                  "pair": f"{year_a}-{year_b}"}
+        report.update({k: extra[k] for k in ("newly_developed", "changed", "tiles")
+                       if k in extra})
+        out["reports"].append(report)
     out["reports"].sort(key=lambda r: r["county"])
-    return out
+
+
+def _scored_years(out: dict[str, Any], extras: list[dict[str, Any]], root: str) -> None:
+    scored: list[dict[str, Any]] = []
+    for extra in extras:
+        try:
+            county = storage.safe_name(str(extra["county"]))
+            year = run_data.parse_year(extra["year"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if extra.get("url") != run_data.predictions_location(root, county, year):
+            out["elsewhere"] += 1
+            continue
+        row: dict[str, Any] = {"county": county, "year": year}
+        row.update({k: extra[k] for k in ("tiles", "errors", "accuracy", "group_accuracy",
+                                          "model_id", "seconds") if k in extra})
+        scored.append(row)
+    out["scored"] = sorted(scored, key=lambda r: (r["county"], r["year"]))

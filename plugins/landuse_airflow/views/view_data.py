@@ -33,12 +33,13 @@ from landuse import places, storage
 from landuse.change.run import SUMMARY, change_url
 from landuse.raster import open_raster, read_checked
 
-_PAIR = re.compile(r"^(\d{4})-(\d{4})\Z")
+_PAIR = re.compile(r"^([0-9]{4})-([0-9]{4})\Z")
 _TILE_ID = re.compile(r"^\d{4,6}_-?\d{1,9}_-?\d{1,9}\Z")
 _LAYER = re.compile(r"^[a-z0-9][a-z0-9_]{0,62}\Z")
 WEB_MERCATOR = CRS.from_epsg(3857)
 QUICKLOOK_PX = 1600  # long side of a scene's quicklook before warping
 MAX_LAYER_PX = 2048  # long side of a warped map layer
+TILE_IMAGE_PX = 128  # a tile without a chip, cut from its scene
 MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".tif": "image/tiff",
                ".geojson": "application/geo+json", ".json": "application/json",
                ".parquet": "application/vnd.apache.parquet", ".md": "text/markdown"}
@@ -187,10 +188,10 @@ def layer_png(report: Report, name: str) -> bytes:
             lut[i] = rgba
         lut[int(src.nodata or 0), 3] = 0
         rgba = np.moveaxis(lut[codes], -1, 0)
-        return _warp_png(rgba, src.crs, src.transform, Resampling.nearest)[0]
+        return warp_png(rgba, src.crs, src.transform, Resampling.nearest)[0]
 
 
-def _warp_png(bands: np.ndarray, crs: CRS, transform: Any, resampling: Resampling,
+def warp_png(bands: np.ndarray, crs: CRS, transform: Any, resampling: Resampling,
               max_zoom: float = 8.0, fmt: str = "PNG") -> tuple[bytes, list[list[float]]]:
     """RGBA bands warped to Web Mercator: the image (``fmt``) and its
     [[south, west], [north, east]]."""
@@ -240,8 +241,9 @@ def tile_record(report: Report, tile_id: str) -> dict[str, Any]:
     """Everything the report's tile table holds about one tile, without storage URLs;
     ``images`` says which years have a tile image to show."""
     row = _tile_row(report, tile_id)
-    record = scrub({str(k): _json_value(v) for k, v in row.items()})
+    record = scrub({str(k): json_value(v) for k, v in row.items()})
     record["images"] = {which: isinstance(row.get(f"image_url_{which}"), str)
+                        or _scene_tile(report, tile_id, which) is not None
                         for which in ("a", "b")}
     return record
 
@@ -257,7 +259,11 @@ def tile_image(report: Report, tile_id: str, which: str) -> tuple[bytes, str]:
         raise NotFound(f"{which!r} is not a year of the report (a or b)")
     url = _tile_row(report, tile_id).get(f"image_url_{which}")
     if not isinstance(url, str):
-        raise NotFound(f"tile {tile_id} has no image in year {which.upper()}")
+        # Tiling keeps chips only for training tiles; the others are cut from their scene.
+        place = _scene_tile(report, tile_id, which)
+        if place is None:
+            raise NotFound(f"tile {tile_id} has no image in year {which.upper()}")
+        return _cut_from_scene(*place), "image/png"
     _inside(url, "tile image", [report.root])
     ext = os.path.splitext(url)[1].lower()
     if ext in (".png", ".jpg", ".jpeg"):
@@ -269,6 +275,37 @@ def tile_image(report: Report, tile_id: str, which: str) -> tuple[bytes, str]:
     return buf.getvalue(), "image/png"
 
 
+def _scene_tile(report: Report, tile_id: str,
+                which: str) -> tuple[str, tuple[float, float, float, float]] | None:
+    """The scene and bounds of a tile in year A or B, from that year's tile manifest."""
+    from landuse.tiling import manifest_url
+
+    url = manifest_url(report.root, report.county, report.year_a if which == "a"
+                       else report.year_b)
+    if not storage.exists(url):
+        return None
+    m = storage.read_parquet(url).select(
+        ["tile_id", "scene_url", "minx", "miny", "maxx", "maxy"]).to_pandas()
+    rows = m[m["tile_id"] == tile_id]
+    if rows.empty or not isinstance(rows["scene_url"].iloc[0], str):
+        return None
+    r = rows.iloc[0]
+    return str(r["scene_url"]), (float(r["minx"]), float(r["miny"]), float(r["maxx"]),
+                                 float(r["maxy"]))
+
+
+def _cut_from_scene(scene_url: str, bounds: tuple[float, float, float, float]) -> bytes:
+    """A tile's RGB pixels read from its scene as tiling reads them, as PNG."""
+    from landuse.tiling import read_tile
+
+    _inside(scene_url, "scene", None)
+    with open_raster(scene_url) as src:
+        rgb = read_tile(src, scene_url, bounds, ["red", "green", "blue"], TILE_IMAGE_PX)
+    buf = io.BytesIO()
+    Image.fromarray(np.moveaxis(rgb, 0, -1)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _inside(url: str, what: str, roots: list[str] | None) -> None:
     """Refuse a location from a report's tables that lies outside the allowed roots."""
     try:
@@ -277,7 +314,9 @@ def _inside(url: str, what: str, roots: list[str] | None) -> None:
         raise PermissionError(f"the report names a {what} outside the storage root") from err
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
+    """A table cell as plain JSON: NaN as null, numpy scalars as Python ones, floats to 4
+    places."""
     if isinstance(value, (float, np.floating)):
         return None if math.isnan(value) else round(float(value), 4)
     if isinstance(value, np.integer):
@@ -330,7 +369,7 @@ def quicklook(scene_url: str, cache_dir: str | None = None) -> tuple[bytes, list
         crs = src.crs
     alpha = np.where(rgb.any(axis=0), 255, 0).astype(np.uint8)  # NAIP's no data is black
     bands = np.concatenate([_stretch(rgb), alpha[None]])
-    png, bounds = _warp_png(bands, crs, transform, Resampling.bilinear, max_zoom=1.0,
+    png, bounds = warp_png(bands, crs, transform, Resampling.bilinear, max_zoom=1.0,
                             fmt="WEBP")
     # The meta file goes last: a reader that finds it finds the whole quicklook.
     storage.write_bytes(png_path, png)

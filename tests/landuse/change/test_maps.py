@@ -202,3 +202,22 @@ def test_share_and_transition_charts_are_drawn_in_the_group_colours():
         maps.shares_chart([{"map": "x", "Developed": 3}], "t")
     with pytest.raises(ValueError, match="empty"):
         maps.transitions_chart({}, "t")
+
+
+@pytest.mark.parametrize(("epsg", "lon", "lat"), [(32614, -98.7, 46.9), (32755, 147.3, -42.9),
+                                                  (3857, 10.0, 0.0)])
+def test_every_geojson_ring_is_counter_clockwise(epsg, lon, lat):
+    # a 3x2 block of tiles north and south of the equator, and in Web Mercator
+    (x,), (y,) = warp("EPSG:4326", f"EPSG:{epsg}", [lon], [lat])
+    col, row = int(x // 224), int(y // 224)
+    tiles = pd.DataFrame([
+        {"tile_id": f"{epsg}_{col + i}_{row + j}", "crs": f"EPSG:{epsg}",
+         "minx": (col + i) * 224.0, "miny": (row + j) * 224.0,
+         "maxx": (col + i + 1) * 224.0, "maxy": (row + j + 1) * 224.0}
+        for i in range(3) for j in range(2)])
+    collection = maps.tiles_geojson(tiles, [])
+    assert len(collection["features"]) == 6
+    for f in collection["features"]:
+        [ring] = f["geometry"]["coordinates"]
+        x, y = np.array(ring, dtype=float).T
+        assert np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]) > 0, f["id"]  # shoelace: CCW

@@ -71,6 +71,9 @@ def test_outputs_are_georeferenced_on_the_window_centres(collage, colour_bundle,
     assert ring.shape == (5, 2) and (ring[0] == ring[-1]).all()
     assert (-99.3 < ring[:, 0]).all() and (ring[:, 0] < -99.1).all()  # lon, lat (RFC 7946)
     assert (47.0 < ring[:, 1]).all() and (ring[:, 1] < 47.1).all()
+    for feature in collection["features"]:  # exterior rings counter-clockwise (RFC 7946)
+        x, y = np.array(feature["geometry"]["coordinates"][0]).T
+        assert np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]) > 0
     parquet = pd.read_parquet(out / "detections.parquet")
     first = parquet.iloc[0]
     x0, y0 = transform * (first["col0"], first["row0"])

@@ -50,3 +50,34 @@ def test_geojson_without_a_crs_is_refused_before_anything_is_written(tmp_path):
         write_outputs(str(tmp_path / "out"), probs, grid, ("a", "b"), EMPTY, crs=None,
                       transform=None, geojson=True, image="plain.png", model_id="m@1")
     assert not (tmp_path / "out").exists()
+
+
+def _signed_area(ring: list[list[float]]) -> float:
+    """Twice the shoelace area: positive for a counter-clockwise ring."""
+    x, y = np.asarray(ring, dtype=np.float64).T
+    return float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
+
+
+@pytest.mark.parametrize("epsg", [26914, 32755])  # UTM 14N, and 55S south of the equator
+def test_geojson_rings_are_counter_clockwise_boxes_in_wgs84(epsg: int):
+    # Three boxes, one of them a row of pixels wide: every exterior ring must be
+    # counter-clockwise (RFC 7946 3.1.6) and cover the box's place in lon/lat.
+    from rasterio.warp import transform as reproject_points
+
+    crs = CRS.from_epsg(epsg)
+    image = from_origin(500_000.0, 5_200_000.0 if epsg == 26914 else 6_200_000.0, 0.6, 0.6)
+    detections = pd.DataFrame({
+        "class": ["Developed", "Water", "Forest"], "score": [0.9, 0.8, 0.7],
+        "windows": [3, 1, 2], "row0": [0.0, 100.0, 5.0], "col0": [0.0, 40.0, 300.0],
+        "row1": [64.0, 101.0, 69.0], "col1": [64.0, 120.0, 364.0]})
+    collection = detections_geojson(detections[list(DETECTION_COLUMNS)], crs, image, image="x.tif",
+                                    model_id="m@1")
+    assert len(collection["features"]) == 3
+    for feature, box in zip(collection["features"], detections.itertuples(), strict=True):
+        [ring] = feature["geometry"]["coordinates"]
+        assert len(ring) == 5 and list(ring[0]) == list(ring[-1])
+        assert _signed_area(ring) > 0, f"ring of {box.Index} is clockwise"
+        x, y = image * ((box.col0 + box.col1) / 2, (box.row0 + box.row1) / 2)
+        (lon,), (lat,) = reproject_points(crs, "EPSG:4326", [x], [y])
+        lons, lats = np.asarray(ring).T
+        assert lons.min() < lon < lons.max() and lats.min() < lat < lats.max()

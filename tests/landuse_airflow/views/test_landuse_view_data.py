@@ -121,3 +121,20 @@ def test_a_root_without_reports_lists_none(tmp_path: Path):
     assert view_data.list_reports(str(tmp_path)) == []
     with pytest.raises(view_data.NotFound, match="no change report"):
         view_data.open_report(str(tmp_path), COUNTY, "2010-2016")
+
+
+def test_a_tile_without_a_chip_is_cut_from_its_scene(tmp_path: Path, synthetic: Path):
+    # Tiling keeps chips of training tiles only: the view cuts the others from the scene.
+    root = str(tmp_path)
+    tile_and_predict(root, synthetic, chips="trainable")
+    run_change(root, COUNTY, 2010, 2016, embeddings=False)
+    report = view_data.open_report(root, COUNTY, "2010-2016")
+    tiles = storage.read_parquet(storage.join(report.url, "tiles.parquet")).to_pandas()
+    chipless = tiles[tiles["image_url_b"].isna()]
+    assert len(chipless), "the synthetic county has tiles that are not for training"
+    tile_id = chipless["tile_id"].iloc[0]
+    assert view_data.tile_record(report, tile_id)["images"]["b"] is True
+    data, media = view_data.tile_image(report, tile_id, "b")
+    image = Image.open(io.BytesIO(data))
+    assert media == "image/png" and image.size == (view_data.TILE_IMAGE_PX,) * 2
+    assert np.asarray(image).std() > 0  # imagery, not a blank square

@@ -77,25 +77,140 @@
   async function runPage() {
     const data = await getJSON(`${api}/runs/${enc(view.dag_id, view.run_id)}`);
     main.replaceChildren();
-    if (!data.reports.length) {
+    if (data.kind === "training") return renderTraining(main, data);
+    const items = data.kind === "scoring"
+      ? (data.scored || []).map((s) => ({ label: `${s.county} ${s.year}`, item: s,
+          render: (body) => renderScoring(body, s.county, String(s.year), s) }))
+      : data.reports.map((r) => ({ label: `${r.county} ${r.pair}`, item: r,
+          render: (body) => renderReport(body, r.county, r.pair) }));
+    if (!items.length) {
+      const what = data.kind === "scoring" ? "predictions" : "change report";
       main.append(el("p", { class: "muted", text: data.note ||
-        (data.elsewhere ? "This run wrote its reports under another storage root than this server serves."
-                        : "This run published no change report.") }));
+        (data.elsewhere ? `This run wrote its ${what} under another storage root than this server serves.`
+                        : `This run published no ${what}.`) }));
       return;
     }
     const tabs = el("div", { class: "tabs", role: "tablist" });
     const body = el("div");
     main.append(tabs, body);
-    const buttons = data.reports.map((r) => el("button", {
-      type: "button", text: `${r.county} ${r.pair}`,
-      onclick: () => show(r),
-    }));
+    const buttons = items.map((it) => el("button", { type: "button", text: it.label,
+                                                     onclick: () => show(it) }));
     tabs.append(...buttons);
-    function show(r) {
-      buttons.forEach((b, i) => b.setAttribute("aria-pressed", String(data.reports[i] === r)));
-      renderReport(body, r.county, r.pair).catch((err) => fail(body, err));
+    function show(it) {
+      buttons.forEach((b, i) => b.setAttribute("aria-pressed", String(items[i] === it)));
+      it.render(body).catch((err) => fail(body, err));
     }
-    show(data.reports[0]);
+    show(items[0]);
+  }
+
+  // --- a scoring run: one county-year's class map and class shares ---------------------
+
+  async function renderScoring(target, county, year, event) {
+    const root = `${api}/scoring/${enc(county, year)}`;
+    const data = await getJSON(root);
+    if (map) { map.remove(); map = null; }
+    const mapDiv = el("div", { id: "map" });
+    const aside = el("aside");
+    target.replaceChildren(
+      el("h1", { text: `${data.county} ${data.year}: predicted land use` }),
+      el("div", { class: "report" }, el("div", { class: "report-map" }, mapDiv), aside));
+    map = L.map(mapDiv, { zoomSnap: 0.25 });
+    map.attributionControl.setPrefix(false);
+    const everything = L.latLngBounds([]);
+    const overlays = {};
+    if (data.basemap.length) {
+      overlays[`NAIP ${data.year} imagery`] = L.layerGroup(data.basemap.map((s) => {
+        everything.extend(s.bounds);
+        return L.imageOverlay(`${root}/basemap/${s.index}.webp`, s.bounds,
+          { className: "landuse-basemap", attribution: `${data.year} scenes` });
+      })).addTo(map);
+    }
+    const classes = L.layerGroup(data.layers.map((layer) => {
+      everything.extend(layer.bounds);
+      return L.imageOverlay(`${root}/layers/${encodeURIComponent(layer.name)}.png`, layer.bounds,
+        { className: "landuse-layer landuse-layer-classes", opacity: 0.8 });
+    })).addTo(map);
+    const title = `Predicted classes ${data.year}`;
+    overlays[title] = classes;
+    const present = new Set(data.shares.map((s) => s.class));
+    const legend = new Map([[classes, { title, entries: data.legend.filter((e) => present.has(e.name)) }]]);
+    L.control.layers(null, overlays, { collapsed: false }).addTo(map);
+    legendControl(legend).addTo(map);
+    L.control.scale({ imperial: false }).addTo(map);
+    if (everything.isValid()) map.fitBounds(everything); else map.setView([0, 0], 2);
+
+    const figures = [`${fmt(data.scored)} of ${fmt(data.tiles)} tiles scored`];
+    if (data.models.length) figures.push(`model ${data.models.join(", ")}`);
+    if (event && event.seconds !== undefined) figures.push(`${fmt(event.seconds)} s on Spark`);
+    aside.append(el("p", { text: figures.join("; ") + "." }));
+    if (data.agreement_with_labels) {
+      const a = data.agreement_with_labels;
+      aside.append(el("p", { class: "muted", text: `Agreement with the NLCD labels of ${fmt(a.tiles)} ` +
+        `labelled tiles: ${fmt(a.accuracy)} (NLCD labels of the tiles, not field truth).` }));
+    }
+    aside.append(el("h2", { text: "Class shares" }), el("table", { class: "shares" },
+      el("thead", {}, el("tr", {}, ["class", "tiles", "share", ""].map((c) => el("th", { text: c })))),
+      el("tbody", {}, data.shares.map((s) => el("tr", {},
+        el("td", {}, el("span", { class: "swatch", style: s.colour ? `background:${s.colour}` : "" }), s.class),
+        el("td", { text: fmt(s.tiles) }),
+        el("td", { text: `${(100 * s.share).toFixed(1)} %` }),
+        el("td", { class: "share-bar" }, el("span", { class: "bar" },
+          el("span", { style: `width:${Math.round(100 * s.share)}%` }))))))));
+  }
+
+  // --- a training run: candidates, decision, the champion's held-out figures -------------
+
+  function renderTraining(target, data) {
+    const t = data.training;
+    target.append(el("h1", { text: "Training run: candidates and champion" }));
+    if (!t.candidates.length) {
+      target.append(el("p", { class: "muted", text: data.note || "This run tracked no candidate." }));
+      return;
+    }
+    if (t.decision) {
+      const d = t.decision;
+      target.append(el("p", { class: "decision" }, el("strong", { text: `Decision: ${d.decision}. ` }),
+        `Challenger ${d.challenger}; champion now ${d.champion || "none"}. ${d.reason || ""}`));
+    }
+    const rows = t.candidates.map((c) => ({ candidate: c.name, backbone: c.backbone, method: c.method,
+      accuracy: c.accuracy, group_accuracy: c.group_accuracy, test_accuracy: c.test_accuracy,
+      decision: c.decision || "", model_id: c.model_id }));
+    target.append(el("h2", { text: "Candidates (validation, from MLflow)" }),
+      table(rows, ["candidate", "backbone", "method", "accuracy", "group_accuracy", "test_accuracy",
+                   "decision", "model_id"]));
+    const classes = [...new Set(t.candidates.flatMap((c) => Object.keys(c.per_class || {})))];
+    if (classes.length) {
+      target.append(el("h2", { text: "Precision / recall per class" }),
+        table(t.candidates.map((c) => Object.fromEntries([["candidate", c.name],
+          ...classes.map((k) => [k, c.per_class[k] ? `${fmt(c.per_class[k].precision)} / ${fmt(c.per_class[k].recall)}` : ""])])),
+        ["candidate", ...classes]));
+    }
+    const champion = t.champion && t.champion.test;
+    if (champion && champion.metrics) {
+      const m = champion.metrics;
+      target.append(el("h2", { text: `Champion ${t.champion.model_id} on held-out test counties` }),
+        el("p", { text: `Accuracy ${fmt(m.accuracy)}, group accuracy ${fmt(m.group_accuracy)} on ` +
+          `${fmt(m.tiles)} tiles of ${(m.counties || []).join(", ")}` +
+          (champion.trained_on_synthetic ? " (trained on synthetic imagery only)." : ".") }));
+      if (Array.isArray(m.confusion) && m.classes) target.append(confusionTable(m.confusion, m.classes));
+    } else if (t.champion) {
+      target.append(el("p", { class: "muted", text: `No held-out evaluation of ${t.champion.model_id}` +
+        (champion && champion.note ? `: ${champion.note}` : ".") }));
+    }
+    target.append(el("h2", { text: "Confusion matrices (validation, MLflow artifacts)" }),
+      el("div", { class: "confusions" }, t.candidates.map((c) => el("figure", {},
+        el("img", { class: "confusion", alt: `confusion matrix of ${c.name}`,
+                    src: `${api}/training/${enc(data.run_id)}/candidates/${enc(c.mlflow_run_id)}/confusion.png` }),
+        el("figcaption", { text: c.name })))));
+  }
+
+  function confusionTable(matrix, classes) {
+    const max = Math.max(1, ...matrix.flat());
+    return el("table", { class: "confusion-table" },
+      el("thead", {}, el("tr", {}, el("th", { text: "truth \\ predicted" }), classes.map((c) => el("th", { text: c })))),
+      el("tbody", {}, matrix.map((row, i) => el("tr", {}, el("th", { text: classes[i] }),
+        row.map((v, j) => el("td", { text: fmt(v), class: i === j ? "diagonal" : "",
+          style: `background:rgba(11,107,203,${(0.6 * v / max).toFixed(3)})` }))))));
   }
 
   // --- one change report -----------------------------------------------------------------
