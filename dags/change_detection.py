@@ -61,9 +61,13 @@ log = logging.getLogger(__name__)
 )
 def change_detection() -> None:
     @task
-    def plan() -> list[dict[str, Any]]:
-        """The (county, year A, year B) comparisons of this run."""
+    def plan() -> list[list[dict[str, Any]]]:
+        """The (county, year A, year B) comparisons of this run, in at most
+        ``[core] max_map_length`` batches (one comparison each, while they fit)."""
+        from airflow.sdk.configuration import conf
+
         from landuse import storage
+        from landuse.refresh import batches
 
         context = get_current_context()
         p = context["params"]
@@ -98,51 +102,58 @@ def change_detection() -> None:
                     continue
                 jobs.append({"root": root, "county": county, "year_a": year_a,
                              "year_b": year_b})
-        return jobs
+        return batches(jobs, conf.getint("core", "max_map_length"))
 
     @task(max_active_tis_per_dagrun=2, outlets=[CHANGE_REPORTS])
-    def detect(job: dict[str, Any]) -> dict[str, Any]:
-        """Detect, map and report one county's change; publish it as an Asset."""
-        from landuse import counties
-        from landuse.change.run import run_change
-
+    def detect(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Detect, map and report the change of a batch of counties (one, while they fit);
+        publish each report as an Asset."""
         context = get_current_context()
-        p = context["params"]
-        county, year_a, year_b = job["county"], job["year_a"], job["year_b"]
-        with fail_fast_on_bad_input():
-            registry = counties.load_registry(p["registry"])
-            truth = registry[county].truth if county in registry else None
-            result = run_change(job["root"], county, year_a, year_b, reference=p["reference"],
-                                threshold=p["threshold"], smooth=p["smooth"],
-                                centre_weight=p["centre_weight"], embeddings=p["embeddings"],
-                                truth=truth)
-        s = result.summary
-        headline = {
-            "county": county, "year_a": year_a, "year_b": year_b, "url": result.url,
-            "reference": s["reference"], "tiles": s["tiles"],
-            "newly_developed": s["newly_developed"], "changed": s["changed"],
-            "expected_from_model_error": s["expected_from_model_error"].get(
-                "newly_developed", {}).get("expected"),
-            "test_accuracy": s["model"].get("accuracy"),  # on the model's held-out counties
-            "label_agreement": s["accuracy"].get(str(year_b), {}).get("accuracy"),
-            "planted_recall": s.get("planted_change", {}).get("recall"),
-            "planted_precision": s.get("planted_change", {}).get("precision"),
-            "water_iou": s.get("embedding_change", {}).get("water", {}).get("iou"),
-        }
-        context["outlet_events"][CHANGE_REPORTS].add(change_asset(county, year_a, year_b),
-                                                     extra=headline)
-        return headline
+        return [_detect_one(context, job) for job in jobs]
 
     @task
-    def report(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def report(results: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         """One line per county in the log: where its report is and the headline figures."""
-        for r in results:
+        flat = [r for batch in results for r in batch]
+        for r in flat:
             log.info("%s %d->%d: %d newly developed of %d tiles; report %s/report.md",
                      r["county"], r["year_a"], r["year_b"], r["newly_developed"], r["tiles"],
                      r["url"])
-        return list(results)
+        return flat
 
-    report(detect.expand(job=plan()))
+    report(detect.expand(jobs=plan()))
+
+
+def _detect_one(context: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """Detect, map and report one county's change; add its Asset event; its headline."""
+    from landuse import counties
+    from landuse.change.run import run_change
+
+    p = context["params"]
+    county, year_a, year_b = job["county"], job["year_a"], job["year_b"]
+    with fail_fast_on_bad_input():
+        registry = counties.load_registry(p["registry"])
+        truth = registry[county].truth if county in registry else None
+        result = run_change(job["root"], county, year_a, year_b, reference=p["reference"],
+                            threshold=p["threshold"], smooth=p["smooth"],
+                            centre_weight=p["centre_weight"], embeddings=p["embeddings"],
+                            truth=truth)
+    s = result.summary
+    headline = {
+        "county": county, "year_a": year_a, "year_b": year_b, "url": result.url,
+        "reference": s["reference"], "tiles": s["tiles"],
+        "newly_developed": s["newly_developed"], "changed": s["changed"],
+        "expected_from_model_error": s["expected_from_model_error"].get(
+            "newly_developed", {}).get("expected"),
+        "test_accuracy": s["model"].get("accuracy"),  # on the model's held-out counties
+        "label_agreement": s["accuracy"].get(str(year_b), {}).get("accuracy"),
+        "planted_recall": s.get("planted_change", {}).get("recall"),
+        "planted_precision": s.get("planted_change", {}).get("precision"),
+        "water_iou": s.get("embedding_change", {}).get("water", {}).get("iou"),
+    }
+    context["outlet_events"][CHANGE_REPORTS].add(change_asset(county, year_a, year_b),
+                                                 extra=headline)
+    return headline
 
 
 def _previous_year(root: str, county: str, year_b: int) -> int | None:

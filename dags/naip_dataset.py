@@ -1,8 +1,9 @@
 """naip_dataset: NAIP imagery + NLCD labels -> labelled tiles, manifests and a training split.
 
-One mapped task per county tiles every requested year and commits a manifest per
-county-year; the last task balances a county-held-out train/validation split and emits the
-``naip_dataset`` Asset, on which training is scheduled.
+One mapped task per county (per batch of counties beyond ``[core] max_map_length``) tiles
+every requested year and commits a manifest per county-year; the last task balances a
+county-held-out train/validation split and emits the ``naip_dataset`` Asset, on which
+training is scheduled.
 """
 
 from __future__ import annotations
@@ -70,15 +71,28 @@ from landuse_airflow.errors import fail_fast_on_bad_input
             "expected-error figure comes from them. Chosen when four or more counties have "
             "trainable tiles.",
         ),
+        "classes": Param(
+            ["Developed", "Barren", "Forest", "Shrub", "Herbaceous", "Cultivated", "Water"],
+            type="array",
+            items={"type": "string", "enum": ["Developed", "Barren", "Forest", "Shrub",
+                                              "Herbaceous", "Cultivated", "Water"]},
+            minItems=2,
+            title="Classes the dataset teaches",
+            description="The seed's six and Water; drop Water for the seed's own class set.",
+        ),
         "seed": Param(0, type="integer", minimum=0, title="Split seed"),
         "storage_root": params.storage_root(),
     },
 )
 def naip_dataset() -> None:
     @task
-    def plan() -> list[str]:
-        """Validate the params and the registry; return the counties to tile."""
+    def plan() -> list[list[str]]:
+        """Validate the params and the registry; return the counties to tile, in at most
+        ``[core] max_map_length`` batches."""
+        from airflow.sdk.configuration import conf
+
         from landuse import counties
+        from landuse.refresh import batches
 
         p = get_current_context()["params"]
         with fail_fast_on_bad_input():
@@ -89,23 +103,26 @@ def naip_dataset() -> None:
 
                 parse_crs(p["nlcd_crs"])
             chosen = counties.select(counties.load_registry(p["registry"]), p["counties"])
-        return [c.name for c in chosen]
+        return batches([c.name for c in chosen], conf.getint("core", "max_map_length"))
 
     @task(max_active_tis_per_dagrun=2)
-    def tile_county(county: str) -> list[dict[str, Any]]:
-        """Tile every requested year of one county; commit one manifest per year."""
+    def tile_county(counties: list[str]) -> list[dict[str, Any]]:
+        """Tile every requested year of a batch of counties (one, while they fit); commit
+        one manifest per county-year (a retry skips those already committed)."""
         from dataclasses import asdict
 
-        from landuse import counties
+        from landuse import counties as registries
         from landuse.tiling import build_county
 
         p = get_current_context()["params"]
+        results = []
         with fail_fast_on_bad_input():
-            registry = counties.load_registry(p["registry"])
-            results = build_county(
-                registry[county], p["years"], p["storage_root"], _tiling_config(p),
-                nlcd=p["nlcd"], nlcd_crs=p["nlcd_crs"],
-            )
+            registry = registries.load_registry(p["registry"])
+            for county in counties:
+                results += build_county(
+                    registry[county], p["years"], p["storage_root"], _tiling_config(p),
+                    nlcd=p["nlcd"], nlcd_crs=p["nlcd_crs"],
+                )
         return [asdict(r) for r in results]
 
     @task(outlets=[NAIP_DATASET])
@@ -122,6 +139,7 @@ def naip_dataset() -> None:
                 storage.join(p["storage_root"], "naip", "dataset"),
                 val_counties=p["val_counties"] or None,
                 test_counties=p["test_counties"],
+                classes=tuple(p["classes"]),
                 tiles_per_class=p["tiles_per_class"],
                 seed=p["seed"],
             )
@@ -135,7 +153,7 @@ def naip_dataset() -> None:
         }
         return {"url": dataset.url, **counts}
 
-    make_split(tile_county.expand(county=plan()))
+    make_split(tile_county.expand(counties=plan()))
 
 
 def _tiling_config(p: Any) -> Any:

@@ -3,11 +3,15 @@
 Runs once a year. ``discover`` lists the NAIP vintages in each county's catalogue (local or
 blob) for the configured states and keeps those not processed yet: the years of the run's
 data interval, and any older vintage newer than the last processed one (NAIP is often
-published late). Each new county-year is tiled (manifest committed atomically), then
-scored with the champion on Spark, one county-year at a time across all runs (a backfill's
-runs and the scheduled one may overlap; a vintage finished by another run is skipped); its
-predictions Asset (``landuse_predictions`` alias)
-schedules ``change_detection``, which compares it with the county's previous year.
+published late). Counties fan out: ``process`` is mapped over batches of counties (one
+county per task while they fit in ``[core] max_map_length``, batches beyond), its tasks
+run in the ``county_refresh`` pool (its slots, set by ``LANDUSE_REFRESH_POOL_SLOTS`` in
+scripts/setup.sh and docker-compose.yaml, bound how many county-years run at once), and
+each county's new years are tiled and scored in order, so its change report has the year
+before. Each county-year is processed once across all runs (a backfill's runs and the
+scheduled one may overlap): it is done under a lease held in storage, and whoever holds
+the lease processes it only if storage has no committed predictions for it. Its
+predictions Asset (``landuse_predictions`` alias) schedules ``change_detection``.
 
 Backfill over years with ``airflow backfill create --dag-id naip_refresh --from-date
 2010-01-01 --to-date 2016-12-31``: each yearly run processes that year's vintages, once.
@@ -27,6 +31,9 @@ from landuse_airflow.assets import PREDICTIONS
 from landuse_airflow.errors import fail_fast_on_bad_input
 
 log = logging.getLogger(__name__)
+
+# Bounds how many county-years run at once, across all runs (scripts/setup.sh makes it).
+POOL = "county_refresh"
 
 
 @dag(
@@ -57,10 +64,13 @@ log = logging.getLogger(__name__)
 )
 def naip_refresh() -> None:
     @task
-    def discover() -> list[dict[str, Any]]:
-        """County-years to process in this run (empty: nothing new, the rest is skipped)."""
+    def discover() -> list[list[dict[str, Any]]]:
+        """Counties with years to process in this run, in batches: at most
+        ``[core] max_map_length`` of them (empty: nothing new, the rest is skipped)."""
+        from airflow.sdk.configuration import conf
+
         from landuse import counties
-        from landuse.refresh import plan_refresh
+        from landuse.refresh import batches, plan_refresh
         from landuse_airflow.stages import resolve_model
 
         context = get_current_context()
@@ -69,43 +79,56 @@ def naip_refresh() -> None:
             params.check_places(p)  # before anything is read or written
             chosen = counties.select(counties.load_registry(p["registry"]), p["counties"])
             if p["years"]:
-                jobs = [{"county": c.name, "year": y} for c in chosen for y in p["years"]]
+                years = sorted(set(p["years"]))
+                jobs = [{"county": c.name, "years": years} for c in chosen]
             else:
                 start, end = _interval_years(context)
                 jobs = plan_refresh(chosen, p["storage_root"], start, end, p["states"])
             if jobs:  # work to do but no model to do it with: say so now, not per county
                 resolve_model(p["model"], p["storage_root"])
-        log.info("to process: %s", jobs or "nothing new")
-        return jobs
+        planned = batches(jobs, conf.getint("core", "max_map_length"))
+        log.info("to process: %d counties in %d tasks: %s", len(jobs), len(planned),
+                 jobs or "nothing new")
+        return planned
 
-    @task(max_active_tis_per_dag=1, outlets=[PREDICTIONS])
-    def process(job: dict[str, Any]) -> dict[str, Any]:
-        """Tile one county-year, score it with the model and publish its predictions Asset.
-
-        One at a time across *all* runs of this DAG (backfill runs are not limited by the
-        DAG's max_active_runs), and a vintage another run finished meanwhile is skipped.
-        """
-        from airflow.sdk.exceptions import AirflowSkipException
-
+    @task(pool=POOL, outlets=[PREDICTIONS])
+    def process(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Tile and score each new year of a batch of counties, publishing an Asset per
+        county-year; a county-year whose predictions are committed (by another run, or
+        before a retry) is skipped. Returns what happened to each county-year."""
         from landuse import counties
-        from landuse.refresh import processed_vintages
+        from landuse.refresh import county_year_lease, is_processed
         from landuse.tiling import TilingConfig, build_county
         from landuse_airflow.stages import resolve_model, score_and_publish
 
         context = get_current_context()
-        p = context["params"]
-        root, year = p["storage_root"], job["year"]
-        if not p["years"] and year in processed_vintages(root, job["county"]):
-            raise AirflowSkipException(f"{job['county']} {year} was processed by another run")
+        p, ti = context["params"], context["ti"]
+        root = p["storage_root"]
+        owner = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}"
         with fail_fast_on_bad_input():
             bundle, _ = resolve_model(p["model"], root)
-            county = counties.load_registry(p["registry"])[job["county"]]
+            registry = counties.load_registry(p["registry"])
             config = TilingConfig(tile_size_m=p["tile_size_m"], tile_px=p["tile_px"])
-            build_county(county, [year], root, config)
-        return score_and_publish(context, county.name, year, bundle, root=root,
-                                 master=p["spark_master"])
+        done: list[dict[str, Any]] = []
+        for job in jobs:
+            county = registry[job["county"]]
+            for year in job["years"]:
+                with county_year_lease(root, county.name, year, owner) as lease:
+                    if not p["years"] and is_processed(root, county.name, year):
+                        log.info("%s %d: already processed, skipped", county.name, year)
+                        lease.record["outcome"] = "skipped"
+                        done.append({"county": county.name, "year": year,
+                                     "outcome": "skipped"})
+                        continue
+                    with fail_fast_on_bad_input():
+                        build_county(county, [year], root, config)
+                    summary = score_and_publish(context, county.name, year, bundle,
+                                                root=root, master=p["spark_master"])
+                    lease.record["outcome"] = "processed"
+                    done.append({**summary, "outcome": "processed"})
+        return done
 
-    process.expand(job=discover())
+    process.expand(jobs=discover())
 
 
 def _interval_years(context: Any) -> tuple[int, int]:

@@ -48,5 +48,6 @@ python -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA jou
   "$AIRFLOW_HOME/airflow.db"
 # Training tasks run in the gpu pool (one slot: one GPU, or one heavy CPU job here).
 airflow pools set gpu 1 "training tasks; size it to the GPUs of the training workers" >/dev/null
+airflow pools set county_refresh "${LANDUSE_REFRESH_POOL_SLOTS:-2}" "naip_refresh county-years at once" >/dev/null
 # So that `airflow dags list` shows the project's DAGs before a DAG processor has run.
 airflow dags reserialize >"$AIRFLOW_HOME/reserialize.log" 2>&1 || { cat "$AIRFLOW_HOME/reserialize.log"; exit 1; }

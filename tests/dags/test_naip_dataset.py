@@ -32,14 +32,22 @@ def _run(dag_id: str, conf: dict):
     return dag.test(run_conf=conf)
 
 
-def test_builds_manifests_split_and_emits_asset(airflow_db, registry, tmp_path):
+def test_builds_manifests_split_and_emits_asset(airflow_db, registry, tmp_path, monkeypatch):
+    """Also past ``[core] max_map_length`` (2 here): three counties tiled by two tasks."""
     from airflow.models.asset import AssetEvent
+    from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "2")
     root = tmp_path / "out"
     run = _run("naip_dataset", {"registry": str(registry), "years": [2010, 2016],
                                 "storage_root": str(root)})
     assert run.state == "success"
+    with create_session() as session:
+        tiled = session.query(TaskInstance).filter_by(run_id=run.run_id,
+                                                      task_id="tile_county").all()
+        assert sorted((t.map_index, str(t.state)) for t in tiled) == [(0, "success"),
+                                                                      (1, "success")]
     for county in ("stutsman-nd", "synthetic-county-1", "synthetic-county-2"):
         for year in (2010, 2016):
             manifest = pd.read_parquet(root / "naip" / county / str(year) / "manifest.parquet")
