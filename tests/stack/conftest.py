@@ -179,6 +179,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowS
     with sqlite3.connect(home / "airflow.db") as db:  # as scripts/setup.sh does
         db.execute("PRAGMA journal_mode=WAL")
     stack.cli("pools", "set", "gpu", "1", "training tasks")
+    stack.cli("pools", "set", "county_refresh", "2", "naip_refresh county-years at once")
     stack.cli("dags", "reserialize", timeout=300)
     try:
         yield stack
