@@ -84,7 +84,10 @@ def landuse_scoring() -> None:
     @task
     def plan() -> list[dict[str, Any]]:
         """The model, the county-years to score and the Spark master, resolved once."""
+        from airflow.sdk.configuration import conf
+
         from landuse import storage
+        from landuse.refresh import batches
         from landuse_airflow.stages import resolve_model
 
         p = get_current_context()["params"]
@@ -102,8 +105,10 @@ def landuse_scoring() -> None:
             if missing or not counties:
                 raise ValueError(f"no manifests for {missing or 'any county'} in {year} under "
                                  f"{root}: run naip_dataset first")
-        return [{"county": c, "bundle_path": bundle, "model_id": model_id,
-                 "spark_master": master} for c in counties]
+        # one county per task, in batches beyond what Airflow maps (3,143 US counties)
+        return [{"county": batch[0] if len(batch) == 1 else batch, "bundle_path": bundle,
+                 "model_id": model_id, "spark_master": master}
+                for batch in batches(counties, conf.getint("core", "max_map_length"))]
 
     planned = plan()
     # Waiting is a separate task from the setup, so that a cluster that never gets there

@@ -105,6 +105,13 @@ def test_county_operator_renders_its_params_and_rejects_bad_ones(
     with pytest.raises(AirflowFailException, match="no manifest for nowhere in 2016"):
         county_operator(bundle_path=str(onnx_bundle),
                         storage_root=str(tmp_path)).execute({})  # type: ignore[arg-type]
+    # a batch of counties is checked whole before Spark starts
+    manifest = tmp_path / "naip" / "here" / "2016" / "manifest.parquet"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_bytes(b"")
+    with pytest.raises(AirflowFailException, match="no manifest for nowhere in 2016"):
+        county_operator(county=["here", "nowhere"], bundle_path=str(onnx_bundle),
+                        storage_root=str(tmp_path)).execute({})  # type: ignore[arg-type]
 
 
 def test_county_operator_on_kill_cancels_the_running_spark_job() -> None:

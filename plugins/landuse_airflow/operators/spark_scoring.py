@@ -124,7 +124,8 @@ def spark_submit_scoring(
 
 
 class SparkScoringOperator(BaseOperator):
-    """Score one county-year's tiles on Spark and publish its predictions Asset.
+    """Score one county-year's tiles (or those of a batch of counties, in turn) on Spark and
+    publish each one's predictions Asset.
 
     Runs :func:`landuse_airflow.stages.score_and_publish`: the manifest
     ``{storage_root}/naip/{county}/{year}/manifest.parquet`` is scored with the bundle, the
@@ -134,7 +135,8 @@ class SparkScoringOperator(BaseOperator):
     manifest, an invalid bundle) fails at once, without retries.
 
     Args:
-        county: the county's registry name (templated).
+        county: the county's registry name, or a list of names (a batch, so that a DAG
+            maps more counties than ``[core] max_map_length``) (templated).
         year: NAIP year (templated; a rendered string is read as an integer).
         bundle_path: model bundle folder or URL (templated).
         storage_root: the storage root, local or ``abfs://`` (templated).
@@ -145,7 +147,7 @@ class SparkScoringOperator(BaseOperator):
         **kwargs: BaseOperator arguments.
 
     Returns (XCom): the Asset event's ``extra`` (county, year, url, tiles, errors, seconds,
-    storage_root, accuracy, group_accuracy) and ``model_id``.
+    storage_root, accuracy, group_accuracy) and ``model_id``; a list of them for a batch.
     """
 
     template_fields: Sequence[str] = ("county", "year", "bundle_path", "storage_root",
@@ -155,7 +157,7 @@ class SparkScoringOperator(BaseOperator):
     def __init__(
         self,
         *,
-        county: str,
+        county: str | Sequence[str],
         year: int | str,
         bundle_path: str,
         storage_root: str,
@@ -175,23 +177,28 @@ class SparkScoringOperator(BaseOperator):
         self.batch_size = batch_size
         self.model_id = model_id
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        """Score, commit and publish; returns the summary."""
+    def execute(self, context: Context) -> dict[str, Any] | list[dict[str, Any]]:
+        """Score, commit and publish each county; returns the summary (a list for a batch)."""
         from landuse import storage
         from landuse.tiling import manifest_url
 
+        names = [self.county] if isinstance(self.county, str) else list(self.county)
         with fail_fast_on_bad_input():  # checked before Spark starts: none of it would heal
             year, batch_size = _whole(self.year, "year"), _whole(self.batch_size, "batch_size")
             if batch_size < 1:
                 raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-            manifest = manifest_url(self.storage_root, self.county, year)
-            if not storage.exists(manifest):
-                raise ValueError(f"no manifest for {self.county} in {year} ({manifest}): "
-                                 "run naip_dataset first")
-        summary = score_and_publish(
-            context, self.county, year, self.bundle_path, root=self.storage_root,
-            master=self.spark_master, framework=self.framework, batch_size=batch_size)
-        return {**summary, "model_id": self.model_id}
+            for county in names:
+                manifest = manifest_url(self.storage_root, county, year)
+                if not storage.exists(manifest):
+                    raise ValueError(f"no manifest for {county} in {year} ({manifest}): "
+                                     "run naip_dataset first")
+        summaries = [
+            {**score_and_publish(context, county, year, self.bundle_path,
+                                 root=self.storage_root, master=self.spark_master,
+                                 framework=self.framework, batch_size=batch_size),
+             "model_id": self.model_id}
+            for county in names]
+        return summaries[0] if isinstance(self.county, str) else summaries
 
     def on_kill(self) -> None:
         """Cancel the Spark jobs of this task's process (its only Spark application), so
