@@ -1,15 +1,19 @@
-"""Scoring throughput: PNG tiles in storage to Parquet rows on Spark local[2], against the ceiling.
+"""Scoring throughput: tiles read straight from NAIP scenes to Parquet rows on Spark local[2].
 
 For SqueezeNet (shipped ImageNet weights) and ResNet-50 (weights="random": ImageNet weights
 cannot be downloaded offline; speed does not depend on the weights), each with a fresh,
-untrained 6-class softmax head, exported to ONNX and written as a bundle. Tiles are real
-NAIP: the bundled Stutsman County scenes (2010, 2016, 2020) tiled by landuse.tiling at
-224 m / 224 px, unlabelled (no NLCD offline), shuffled, first --tiles of them.
+untrained softmax head over landuse.labels.CLASSES, exported to ONNX and written as a bundle.
+Tiles are real NAIP: the bundled Stutsman County scenes (2010, 2016, 2020) tiled by
+landuse.tiling at 224 m / 224 px (with a PNG chip for every tile, for the seed-style
+baseline), unlabelled (no NLCD offline), shuffled, first --tiles of them. The benchmark makes
+everything it needs (county, tiles, bundles): it runs on a fresh clone after set-up alone.
 
 Measured in one run, on the same tiles, same bundle, batch --batch-size:
-  spark    landuse.scoring.spark.score_on_spark on local[2]: load the manifest, read and
-           decode each PNG, preprocess, ONNX Runtime (1 thread per worker, 2 workers), one
-           committed Parquet per county-year. Timed after a warm-up job on 64 other tiles that
+  spark    landuse.scoring.spark.score_on_spark on local[2], scene-direct: the driver plans
+           tasks per scene, each task reads its tiles' windows from the scene with tiling's
+           read_tile, preprocesses, runs ONNX Runtime (1 thread per worker, 2 workers) and
+           stages its predictions; one committed Parquet per county-year. Timed after a
+           warm-up job on 64 other tiles that
            starts the Python workers and loads the model in each (a one-off cost, printed);
            a second, warm run on those 64 tiles splits the job into a fixed cost per job
            and a per-tile rate, which the 11,760-tile projection uses;
@@ -21,7 +25,11 @@ Measured in one run, on the same tiles, same bundle, batch --batch-size:
            is the ceiling; each is measured before and after the Spark run and the best kept,
            so a busy machine flatters neither side.
 
-Run:  .venv/bin/python bench/scoring.py [--tiles N] [--batch-size 32]
+  seed     a seed-style baseline: Keras, one image per model call, one PNG read and decoded
+           per tile, in one process (TensorFlow uses both cores), on --seed-tiles tiles; the
+           speed-up of Spark over it is printed beside it.
+
+Run:  .venv/bin/python bench/scoring.py [--tiles N] [--batch-size 32] [--seed-tiles 60]
 Prints both rates, Spark's per-core rate beside the seed's (about 1 image/s per core), the
 projected time for 11,760 ResNet-50 tiles on this machine, and ends with
 ``ratio=<spark/ceiling>`` for ResNet-50.
@@ -51,6 +59,7 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 from landuse import storage  # noqa: E402
+from landuse.counties import County  # noqa: E402
 from landuse.labels import CLASSES  # noqa: E402
 from landuse.models.bundle import Bundle, BundleSpec, write_bundle  # noqa: E402
 from landuse.models.preprocessing import decode, to_tensor  # noqa: E402
@@ -65,22 +74,23 @@ MODELS = (("squeezenet", "imagenet", 600), ("resnet50", "random", 200))
 
 def make_tiles(work: Path) -> pd.DataFrame:
     """Real NAIP tiles of the bundled sample scenes, in a shuffled manifest frame."""
-    from landuse.counties import load_registry
     from landuse.tiling import TilingConfig, build_county
 
-    county = load_registry(str(PROJECT / "sample" / "counties.json"))["stutsman-nd"]
-    results = build_county(county, YEARS, str(work / "tiles"), TilingConfig())
+    # The sample county, made here: sample/counties.json also includes the synthetic
+    # counties, which only exist after the demo ran.
+    county = County(name="stutsman-nd", state="nd", bbox=(-99.482, 46.631, -98.439, 47.329),
+                    naip=str(PROJECT / "sample" / "naip"))
+    results = build_county(county, YEARS, str(work / "tiles"), TilingConfig(chips="all"))
     frame = pd.concat([storage.read_parquet(r.manifest_url).to_pandas() for r in results])
-    frame = frame[frame["image_url"].notna()]
+    frame = frame[frame["image_url"].notna()]  # tiles with imagery (every one has a chip)
     return frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
 
 
-def build_bundle(name: str, weights: str, dest: Path) -> Bundle:
-    """Backbone + a fresh Dense softmax head over the six classes, as an ONNX bundle."""
+def keras_model(name: str, weights: str) -> tuple[Any, Any]:
+    """Backbone + a fresh Dense softmax head over the classes: (Keras model, preprocessing)."""
     import keras
 
     from landuse.models.backbones import build_backbone
-    from landuse.models.keras_trainer import _set_onnx_names
 
     backbone = build_backbone(name, weights)
     spec = backbone.preprocessing
@@ -90,6 +100,14 @@ def build_bundle(name: str, weights: str, dest: Path) -> Bundle:
         features)
     model = keras.Model(inputs, outputs)
     model(np.zeros((1, *spec.input_shape), np.float32))  # one call builds it for export
+    return model, spec
+
+
+def build_bundle(name: str, weights: str, dest: Path) -> Bundle:
+    """Backbone + a fresh Dense softmax head over the classes, as an ONNX bundle."""
+    from landuse.models.keras_trainer import _set_onnx_names
+
+    model, spec = keras_model(name, weights)
     bundle_spec = BundleSpec(
         schema_version=1, name=f"bench-{name}", classes=CLASSES, preprocessing=spec,
         backbone=name, method="finetune-head", formats=("onnx",), onnx_input="image",
@@ -103,6 +121,18 @@ def build_bundle(name: str, weights: str, dest: Path) -> Bundle:
         _set_onnx_names(folder, bundle_spec)
 
     return write_bundle(dest, bundle_spec, write_models)
+
+
+def seed_baseline(name: str, weights: str, urls: list[str]) -> float:
+    """Images/s the seed's way: Keras, one image per model call, each PNG read and decoded
+    on its own, in one process (after one warm-up call)."""
+    model, spec = keras_model(name, weights)
+    model.predict(np.zeros((1, *spec.input_shape), np.float32), verbose=0)
+    start = time.perf_counter()
+    for url in urls:
+        x = to_tensor(decode(storage.read_bytes(url), spec, url)[None], spec)
+        model.predict(x, verbose=0)
+    return len(urls) / (time.perf_counter() - start)
 
 
 def ceiling(bundle: Bundle, batches: list[np.ndarray], threads: int) -> float:
@@ -181,7 +211,7 @@ def spark_run(spark: Any, rows: pd.DataFrame, bundle: Bundle, work: Path, tag: s
 
 
 def bench(name: str, weights: str, n: int, tiles: pd.DataFrame, spark: Any, work: Path,
-          batch: int) -> float:
+          batch: int, seed_tiles: int) -> float:
     if len(tiles) < n + WARMUP_TILES:
         raise SystemExit(f"only {len(tiles)} tiles; ask for at most {len(tiles) - WARMUP_TILES}")
     t0 = time.perf_counter()
@@ -205,14 +235,15 @@ def bench(name: str, weights: str, n: int, tiles: pd.DataFrame, spark: Any, work
     ceiling_rate = max(best.values())
     rate = n / seconds
     ratio = rate / ceiling_rate
+    seed_rate = seed_baseline(name, weights, list(rows["image_url"].iloc[:seed_tiles]))
     # Two warm runs of different sizes split a job into a fixed cost (bundle check and
     # shipping, manifest, Spark stages, commit) and a per-tile rate, which is what a
     # county-scale job runs at.
     marginal = (n - WARMUP_TILES) / max(seconds - small, 1e-9)
     fixed = max(small - WARMUP_TILES / marginal, 0.0)
     first_job = max(cold - small, 0.0)
-    print(f"{name:<10} ({weights} weights, untrained 6-class head; bundle built in {built:.0f} s)"
-          f" {n} tiles, batch {batch}\n"
+    print(f"{name:<10} ({weights} weights, untrained {len(CLASSES)}-class head; bundle built in "
+          f"{built:.0f} s) {n} tiles, batch {batch}\n"
           f"  spark local[2] end to end  {rate:7.1f} img/s  = {rate / SPARK_CORES:6.1f} img/s per "
           f"core (seed: about {SEED_RATE_PER_CORE:.0f} img/s per core)\n"
           f"  ceiling, preloaded tensors {ceiling_rate:7.1f} img/s  (1 session x 2 threads "
@@ -222,6 +253,8 @@ def bench(name: str, weights: str, n: int, tiles: pd.DataFrame, spark: Any, work
           f"({marginal / ceiling_rate:.2f} of the ceiling); first job on new workers "
           f"+{first_job:.1f} s\n"
           f"  read + decode + preprocess alone: {decode_rate:.0f} img/s on one core\n"
+          f"  seed-style baseline (Keras, 1 image per call, PNG per tile, {seed_tiles} tiles): "
+          f"{seed_rate:.1f} img/s; spark scene-direct is {rate / seed_rate:.1f}x faster\n"
           f"  ratio {ratio:.3f}")
     if name == "resnet50":
         projected = first_job + fixed + COUNTY_TILES / marginal
@@ -269,6 +302,8 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=None,
                         help="tiles per model (default 600 SqueezeNet, 200 ResNet-50)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed-tiles", type=int, default=60,
+                        help="tiles for the seed-style baseline (one model call each)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
@@ -287,7 +322,7 @@ def main() -> None:
         ratios = {}
         for name, weights, default in MODELS:
             ratios[name] = bench(name, weights, args.tiles or default, tiles, spark, work,
-                                 args.batch_size)
+                                 args.batch_size, args.seed_tiles)
         spark.stop()
         standalone_speedup(tiles, work, args.batch_size)
         print(f"load average {os.getloadavg()[0]:.1f} at end")

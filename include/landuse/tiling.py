@@ -3,8 +3,11 @@
 The tile grid is anchored to multiples of the tile size in the scene's projected CRS, so a
 tile id (``{epsg}_{col}_{row}``) names the same ground in every NAIP vintage: change
 detection compares tiles by id. Each tile is read with a windowed read (a county never has
-to fit in memory), resampled to ``tile_px`` pixels and written as PNG. Labels come from NLCD
-reprojected once per scene onto a label grid aligned with the tiles.
+to fit in memory) by :func:`read_tile` and resampled to ``tile_px`` pixels; trainable tiles
+(every tile with ``chips='all'``) are written as PNG chips for training, while scoring reads
+the same windows from the scenes with the same function (the manifest holds each tile's scene
+and bounds). Labels come from NLCD reprojected once per scene onto a label grid aligned with
+the tiles.
 
 A county-year is committed by its manifest: tiles are written first, the manifest last and
 atomically, and both are deterministic, so a failed run leaves no manifest and a rerun
@@ -19,6 +22,7 @@ import io
 import json
 import logging
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +33,7 @@ from affine import Affine
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rasterio.enums import Resampling
+from rasterio.errors import NodataShadowWarning
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window, from_bounds
 
@@ -93,6 +98,10 @@ class TilingConfig(BaseModel):
     max_nodata_fraction: float = Field(
         0.01, ge=0, le=1, description="training tiles may have at most this share of no-data"
     )
+    chips: Literal["trainable", "all"] = Field(
+        "trainable", description="which tiles get a PNG chip: scoring reads the scenes directly, "
+        "so only training needs chips ('all' for tools that want every tile as an image)"
+    )
 
     @field_validator("bands")
     @classmethod
@@ -106,7 +115,7 @@ _LOOKUP = labels.category_lookup()
 
 # Bump when the same inputs would give other tiles or manifest rows (a new resampling, a new
 # column): manifests of an older version are then tiled again.
-TILING_VERSION = 1
+TILING_VERSION = 3  # 2: open water is a class (trainable); 3: chips per config.chips
 INPUTS_KEY = b"landuse.tiling.inputs"
 
 
@@ -147,6 +156,45 @@ def encode_png(pixels: np.ndarray) -> bytes:
         buf, format="PNG", compress_level=3
     )
     return buf.getvalue()
+
+
+def read_tile(
+    src: Any, url: str, bounds: tuple[float, float, float, float], bands: Iterable[str],
+    tile_px: int,
+) -> np.ndarray:
+    """The (bands, tile_px, tile_px) uint8 pixels of the tile covering ``bounds``.
+
+    The one read that cuts training chips and that scoring uses on the scenes directly, so
+    a tile scored from its scene is byte for byte the chip it was trained on. Outside the
+    scene is filled with its no-data value (0 when it has none).
+
+    Raises:
+        RasterError: the scene's data is corrupt or truncated.
+    """
+    indexes = [BAND_INDEX[b] for b in bands]
+    window = from_bounds(*bounds, transform=src.transform)
+    # A boundless read goes through a VRT per call (about 5x slower, and on blob storage new
+    # requests each time); inside the scene a plain read gives the same bytes.
+    inside = (window.col_off >= 0 and window.row_off >= 0
+              and window.col_off + window.width <= src.width
+              and window.row_off + window.height <= src.height)
+    with warnings.catch_warnings():  # NAIP's 4th band is NIR, not an alpha: nothing is lost
+        warnings.simplefilter("ignore", NodataShadowWarning)
+        return read_checked(
+            src,
+            url,
+            indexes=indexes,
+            window=window,
+            out_shape=(len(indexes), tile_px, tile_px),
+            resampling=Resampling.bilinear,
+            boundless=not inside,
+            fill_value=src.nodata if src.nodata is not None else 0,
+        )
+
+
+def chip_rgb(pixels: np.ndarray) -> np.ndarray:
+    """A tile read by :func:`read_tile` as the (H, W, 3) RGB array a decoded chip gives."""
+    return np.ascontiguousarray(pixels[:3].transpose(1, 2, 0))
 
 
 @dataclass(frozen=True)
@@ -212,7 +260,8 @@ def tile_scene(
     skip_ids: set[str] | None = None,
     nlcd_crs: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Tile one scene: write a PNG per tile with imagery, return manifest rows.
+    """Tile one scene: return manifest rows (one per tile), writing a PNG chip for each
+    trainable tile (each tile with imagery when ``config.chips`` is 'all').
 
     Raises:
         RasterError: the scene is unreadable, has no CRS, has too few bands, or the NLCD
@@ -240,7 +289,6 @@ def tile_scene(
             c = config.label_cells
             codes = read_labels(nlcd_url, src.crs, grid.label_transform(c),
                                 (grid.nrows * c, grid.ncols * c), nlcd_crs)
-        indexes = [BAND_INDEX[b] for b in config.bands]
         nodata = src.nodata if src.nodata is not None else 0
         crs = src.crs.to_string()
         epsg = src.crs.to_epsg() or 0
@@ -251,16 +299,7 @@ def tile_scene(
                 continue  # already cut from an overlapping scene of this county-year
             skip_ids.add(tile_id)
             window: Window = from_bounds(*bounds, transform=src.transform)
-            pixels = read_checked(
-                src,
-                scene.url,
-                indexes=indexes,
-                window=window,
-                out_shape=(len(indexes), config.tile_px, config.tile_px),
-                resampling=Resampling.bilinear,
-                boundless=True,
-                fill_value=nodata,
-            )
+            pixels = read_tile(src, scene.url, bounds, config.bands, config.tile_px)
             nodata_fraction = float(np.mean(np.all(pixels == nodata, axis=0)))
             row_dict: dict[str, Any] = {
                 "tile_id": tile_id,
@@ -283,12 +322,14 @@ def tile_scene(
                 "synthetic": county.synthetic,
             }
             row_dict.update(_label_fields(codes, grid, col, row, config, nodata_fraction))
-            if nodata_fraction < 1.0:
+            if nodata_fraction >= 1.0:
+                row_dict.update(status="empty", trainable=False, note="no imagery", image_url=None)
+            elif config.chips == "all" or row_dict["trainable"]:
                 url = storage.join(tiles_url, f"{tile_id}.png")
                 storage.write_bytes(url, encode_png(pixels))
                 row_dict["image_url"] = url
             else:
-                row_dict.update(status="empty", trainable=False, note="no imagery", image_url=None)
+                row_dict["image_url"] = None  # scored from the scene; no chip needed
             rows.append(row_dict)
     return rows
 

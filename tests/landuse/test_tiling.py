@@ -7,6 +7,7 @@ import io
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -146,6 +147,8 @@ def test_config_validation():
         TilingConfig(tile_px=8)
     with pytest.raises(ValueError):
         TilingConfig(purity=0.5)  # type: ignore[call-arg]
+    with pytest.raises(ValueError):
+        TilingConfig(chips="some")  # type: ignore[arg-type]
 
 
 # --- tiling the synthetic counties --------------------------------------------------------
@@ -223,12 +226,17 @@ def test_same_tile_ids_in_both_years(tiled, registry):
         assert list(frames[(name, 2010)]["tile_id"]) == list(frames[(name, 2016)]["tile_id"])
 
 
-def test_pngs_are_tile_px_square(tiled):
+def test_chips_of_trainable_tiles_are_tile_px_square_pngs(tiled):
     root, _, frames = tiled
     m = frames[("synthetic-county-1", 2010)]
     folder = f"{root}/naip/synthetic-county-1/2010/tiles"
-    assert list(m["image_url"]) == [f"{folder}/{t}.png" for t in m["tile_id"]]
-    for url in m["image_url"]:
+    chips = m[m["trainable"]]
+    assert 0 < len(chips) < len(m)
+    assert list(chips["image_url"]) == [f"{folder}/{t}.png" for t in chips["tile_id"]]
+    assert m.loc[~m["trainable"], "image_url"].isna().all()  # scoring reads the scene
+    assert sorted(p.name for p in Path(folder).glob("*.png")) == sorted(
+        f"{t}.png" for t in chips["tile_id"])
+    for url in chips["image_url"]:
         with Image.open(io.BytesIO(storage.read_bytes(url))) as img:
             assert img.format == "PNG"
             assert img.size == (CONFIG.tile_px, CONFIG.tile_px)
@@ -250,16 +258,14 @@ def test_trainable_tiles_are_pure_classes(tiled):
     assert (impure["purity"] < CONFIG.purity_threshold).all()
 
 
-def test_water_tiles_are_kept_but_not_trainable(tiled):
+def test_water_is_a_class_of_its_own_group(tiled):
     _, _, frames = tiled
     all_rows = pd.concat(frames.values())
     water = all_rows[all_rows["label"] == "Water"]
     assert len(water) > 0
-    assert not water["trainable"].any()
-    assert water["group"].isna().all()
-    assert water["image_url"].notna().all()
-    assert (water["note"] == "water is not a land-use class").all()
-    assert (water["purity"] >= CONFIG.purity_threshold).any()  # pure water is still excluded
+    assert (water["group"] == "Water").all()
+    pure = water["purity"] >= CONFIG.purity_threshold
+    assert pure.any() and (water["trainable"] == pure).all()  # trainable like any class
 
 
 def _nlcd_at(url, xs, ys):
@@ -283,7 +289,7 @@ def test_labels_agree_with_the_synthetic_truth(tiled, registry, synthetic):
             xs = train["minx"] + fx * SIZE
             ys = train["miny"] + fy * SIZE
             codes = _nlcd_at(nlcd, xs, ys)
-            assert [labels.NLCD_TO_CLASS.get(c) for c in codes] == list(train["label"])
+            assert [labels.NLCD_CLASSES.get(c) for c in codes] == list(train["label"])
         # 2. The imagery of each tile looks like its label's parcels (R, G, B, NIR means).
         with rasterio.open(storage.join(county.naip, m["scene"].iloc[0])) as src:
             for row in train.itertuples():
@@ -311,7 +317,8 @@ def test_labels_follow_the_nlcd_vintage_of_the_year(tiled):
 
 def test_nir_is_the_fourth_png_channel(registry, tmp_path):
     county = registry["synthetic-county-1"]
-    config = TilingConfig(tile_px=int(SIZE / RES), bands=("red", "green", "blue", "nir"))
+    config = TilingConfig(tile_px=int(SIZE / RES), bands=("red", "green", "blue", "nir"),
+                          chips="all")
     [result] = build_county(county, [2010], str(tmp_path), config)
     m = pd.read_parquet(result.manifest_url)
     assert (m["bands"] == "red,green,blue,nir").all()
@@ -326,7 +333,7 @@ def test_nir_is_the_fourth_png_channel(registry, tmp_path):
         assert np.array_equal(png, expected), row.tile_id  # 56 px = no resampling
         assert png[3].min() < 255
     # Resampled to other sizes, the 4th channel is still band 4, not an opaque alpha.
-    config = TilingConfig(tile_px=32, bands=("red", "green", "blue", "nir"))
+    config = TilingConfig(tile_px=32, bands=("red", "green", "blue", "nir"), chips="all")
     [result] = build_county(county, [2010], str(tmp_path / "small"), config)
     row = pd.read_parquet(result.manifest_url).iloc[7]
     with Image.open(row["image_url"]) as img:
@@ -426,7 +433,7 @@ def test_nlcd_override_none_gives_unlabelled_tiles(registry, tmp_path):
 def test_real_sample_scene_without_nlcd(real_scene, tmp_path):
     bbox = (-99.17, 47.01, -99.15, 47.03)
     county = County(name="stutsman-nd", state="nd", bbox=bbox, naip=str(real_scene.parent))
-    [result] = build_county(county, [2016], str(tmp_path), TilingConfig(tile_px=32))
+    [result] = build_county(county, [2016], str(tmp_path), TilingConfig(tile_px=32, chips="all"))
     m = pd.read_parquet(result.manifest_url)
     assert result.scenes == (real_scene.name,)
     assert 10 <= len(m) == result.tiles
@@ -449,7 +456,7 @@ def test_tiles_with_no_imagery_are_marked_empty(registry, synthetic, tmp_path):
     naip = tmp_path / "naip"
     _rewrite(synthetic / "naip" / name, naip / name, _blank)
     [result] = build_county(county.model_copy(update={"naip": str(naip)}), [2010],
-                            str(tmp_path / "out"), CONFIG)
+                            str(tmp_path / "out"), CONFIG.model_copy(update={"chips": "all"}))
     m = pd.read_parquet(result.manifest_url).set_index("tile_id")
     corner = m.loc[m["row_off"].eq(0) & m["col_off"].eq(0)].iloc[0]
     assert corner["status"] == "empty" and corner["image_url"] is None
@@ -545,7 +552,7 @@ def test_corrupt_scene_failing_half_way(real_scene, tmp_path):
     root = str(tmp_path / "out")
     with pytest.raises(RasterError, match="corrupt or truncated") as err:
         # 48 px: full-resolution reads (a smaller tile_px is served from the intact overview)
-        build_county(county, [2016], root, TilingConfig(tile_px=48))
+        build_county(county, [2016], root, TilingConfig(tile_px=48, chips="all"))
     assert str(naip / real_scene.name) in str(err.value)
     # Tiles before the damage were written; without a manifest they are not committed.
     assert list((tmp_path / "out" / "naip" / "stutsman-nd" / "2016" / "tiles").glob("*.png"))
@@ -599,7 +606,8 @@ def test_tile_scene_returns_rows_without_committing(registry, synthetic, tmp_pat
     county = registry["synthetic-county-1"]
     scene = parse_scene_name(str(synthetic / "naip" / SCENE_2010))
     seen = {"26914_2585_22756"}
-    rows = tile_scene(scene, county, 2010, CONFIG, str(tmp_path / "tiles"), None, seen)
+    rows = tile_scene(scene, county, 2010, CONFIG.model_copy(update={"chips": "all"}),
+                      str(tmp_path / "tiles"), None, seen)
     assert len(rows) == 35 and "26914_2585_22756" not in {r["tile_id"] for r in rows}
     assert len(seen) == 36
     assert not list(tmp_path.rglob("*.parquet"))

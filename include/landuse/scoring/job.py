@@ -45,7 +45,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Score image tiles with a model bundle on Spark.",
     )
     parser.add_argument("--source", required=True,
-                        help="a manifest, a glob of manifests, or a folder / glob of PNG tiles")
+                        help="a manifest, a glob of manifests (tiles read from their scenes), "
+                        "or a folder / glob of PNG chips")
     parser.add_argument("--bundle", required=True, help="model bundle folder (driver-local)")
     parser.add_argument("--out", required=True, help="storage root of the predictions")
     parser.add_argument("--framework", default="onnx", choices=FRAMEWORKS)

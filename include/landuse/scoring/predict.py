@@ -1,13 +1,20 @@
 """In-process scoring: the batch loop every scorer shares, Spark workers included.
 
+Tiles come two ways. A manifest's tiles are read straight from their NAIP scene
+(:func:`score_scene`: the scene is opened once, each tile's window read with
+:func:`landuse.tiling.read_tile`, the function that cut the training chips); a folder of
+chips, or a manifest of chips without scenes, is read chip by chip (:func:`score_frame`).
+
 A tile that cannot be read or decoded becomes an error row (its ``error`` says why), never a
 failed county; every other tile gets the bundle's class probabilities, the predicted class
-and its group, and the model id.
+and its group, and the model id. Probability columns follow :data:`landuse.labels.CLASSES`.
 """
 
 from __future__ import annotations
 
 import io
+import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,6 +24,7 @@ import pyarrow as pa
 from landuse import labels, storage
 from landuse.models.preprocessing import ImageError, PreprocessSpec, decode
 from landuse.models.runners import Runner
+from landuse.raster import RasterError
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -34,23 +42,77 @@ PREDICTION_SCHEMA = pa.schema(
     ]
 )
 INPUT_COLUMNS = ("tile_id", "county", "year", "image_url", "label")
+# What reading a tile from its scene needs, besides INPUT_COLUMNS.
+SCENE_COLUMNS = ("scene_url", "minx", "miny", "maxx", "maxy")
+RGB = ("red", "green", "blue")  # the network's channels; a NIR band is not read
+
+
+def manifest_tile_px(url: str, schema: pa.Schema | None = None) -> int | None:
+    """The tile size a manifest's tiles were cut at (its recorded tiling config), or None
+    for a manifest without one (hand-made manifests of chips)."""
+    from landuse.tiling import INPUTS_KEY
+
+    if schema is None:
+        import pyarrow.parquet as pq
+
+        fs, path = storage.filesystem(url)
+        schema = storage.with_retries(f"cannot read {url}",
+                                      lambda: pq.read_schema(path, filesystem=fs))
+    recorded = (schema.metadata or {}).get(INPUTS_KEY)
+    if not recorded:
+        return None
+    return int(json.loads(recorded)["config"]["tile_px"])
+
+
+def is_scene_manifest(schema: pa.Schema) -> bool:
+    """Whether a manifest locates its tiles in scenes (tiling's manifests), so its tiles can
+    be read straight from the scenes, chips or not."""
+    return all(c in schema.names for c in SCENE_COLUMNS)
+
+
+def is_manifest_source(source: str) -> bool:
+    """Whether ``source`` names manifests (Parquet) rather than a folder / glob of chips."""
+    return source.endswith(".parquet") or "*.parquet" in source
+
+
+def scoreable(frame: pd.DataFrame) -> pd.DataFrame:
+    """A manifest's tiles that have imagery: a chip, or a window in a scene (tiles tiling
+    found empty have neither)."""
+    has = frame["image_url"].notna() if "image_url" in frame else pd.Series(False, frame.index)
+    if "scene_url" in frame:
+        empty = frame["status"] == "empty" if "status" in frame else False
+        has |= frame["scene_url"].notna() & ~empty
+    return frame[has]
 
 
 def load_source(source: str) -> pd.DataFrame:
     """Tiles to score from a manifest (or a glob of manifests), or a folder / glob of images.
 
+    Holds every tile in memory: for in-process scoring (Spark plans per scene instead).
+
     Returns:
-        One row per tile with tile_id, county, year, image_url and label (None when absent).
+        One row per tile with tile_id, county, year, image_url and label (None when absent);
+        for manifests that locate tiles in scenes also scene_url, the tile's bounds and
+        tile_px (the size tiling cut them at, None where the manifest does not record it).
 
     Raises:
         ValueError: nothing to score at ``source``.
     """
-    if source.endswith(".parquet") or "*.parquet" in source:
+    columns = list(INPUT_COLUMNS)
+    if is_manifest_source(source):
         urls = storage.glob(source) if "*" in source else [source]
-        frames = [storage.read_parquet(u).to_pandas() for u in urls]
+        frames = []
+        for url in urls:
+            table = storage.read_parquet(url)
+            part = table.to_pandas()
+            if is_scene_manifest(table.schema):
+                part["tile_px"] = manifest_tile_px(url, table.schema)
+            frames.append(part)
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         if not frame.empty:
-            frame = frame[frame["image_url"].notna()]
+            frame = scoreable(frame)
+            if "scene_url" in frame:
+                columns += [*SCENE_COLUMNS, "tile_px"]
     else:
         pattern = source if "*" in source else storage.join(source, "*.png")
         images = storage.glob(pattern)
@@ -60,10 +122,10 @@ def load_source(source: str) -> pd.DataFrame:
         })
     if frame.empty:
         raise ValueError(f"nothing to score at {source}: no tiles with images")
-    for column in INPUT_COLUMNS:
+    for column in columns:
         if column not in frame:
             frame[column] = None
-    return frame.loc[:, list(INPUT_COLUMNS)].reset_index(drop=True)
+    return frame.loc[:, columns].reset_index(drop=True)
 
 
 def check_tiles_fit(rows: pd.DataFrame, bundle_path: str, spec: PreprocessSpec,
@@ -80,7 +142,12 @@ def check_tiles_fit(rows: pd.DataFrame, bundle_path: str, spec: PreprocessSpec,
     from PIL import Image
 
     size = spec.input_size
-    for url in rows["image_url"].head(probe):
+    if "tile_px" in rows:
+        for tile_px in rows["tile_px"].dropna().unique():
+            if int(tile_px) != size:
+                raise ValueError(f"tiles were cut at {int(tile_px)}x{int(tile_px)} px but bundle "
+                                 f"{bundle_path} expects {size}x{size}: tile at the model's size")
+    for url in rows["image_url"].dropna().head(probe):
         try:
             with Image.open(io.BytesIO(storage.read_bytes(url))) as img:
                 width, height, bands = img.width, img.height, len(img.getbands())
@@ -96,28 +163,99 @@ def check_tiles_fit(rows: pd.DataFrame, bundle_path: str, spec: PreprocessSpec,
 
 
 def score_frame(rows: pd.DataFrame, runner: Runner, batch_size: int = 32) -> pd.DataFrame:
-    """Score tiles (rows with ``image_url``) in batches; unreadable tiles become error rows.
+    """Score tiles in batches; unreadable tiles become error rows.
+
+    Rows with a ``scene_url`` (a manifest's tiles) are read from their scene, one scene at a
+    time (:func:`score_scene`); the others from their chip (``image_url``).
 
     Raises:
         StorageUnavailable: storage stayed unreachable through the retries: a tile that
             could not be fetched is not a bad tile, so the whole batch fails to be retried.
     """
+    if "scene_url" not in rows or rows["scene_url"].isna().all():
+        return score_chips(rows, runner, batch_size)
+    from_scene = rows["scene_url"].notna()
+    parts = [score_scene(group, runner, batch_size)
+             for _, group in rows[from_scene].groupby("scene_url", sort=True)]
+    if not from_scene.all():
+        parts.append(score_chips(rows[~from_scene], runner, batch_size))
+    # Through Arrow: concatenating pandas frames would re-guess all-null columns' dtypes.
+    return pa.concat_tables([to_table(p) for p in parts]).to_pandas()
+
+
+def score_chips(rows: pd.DataFrame, runner: Runner, batch_size: int = 32) -> pd.DataFrame:
+    """Score chips (rows with ``image_url``): each read and decoded from storage."""
+    spec = runner.bundle.spec.preprocessing
+
+    def load(row: dict[str, Any]) -> np.ndarray:
+        return decode(storage.read_bytes(row["image_url"]), spec, row["image_url"])
+
+    return _score_records(rows.to_dict("records"), load, runner, batch_size)
+
+
+def score_scene(rows: pd.DataFrame, runner: Runner, batch_size: int = 32,
+                tile_px: int | None = None) -> pd.DataFrame:
+    """Score tiles of one scene (rows with ``scene_url`` and bounds) read from the scene.
+
+    The scene is opened once and the tiles read in raster order, so neighbouring windows come
+    from GDAL's block cache; each window is read by :func:`landuse.tiling.read_tile` at
+    ``tile_px`` (default: the bundle's input size), exactly as tiling cut the chips.
+
+    Raises:
+        ValueError: the rows span more than one scene.
+        StorageUnavailable: storage stayed unreachable through the retries.
+    """
+    from landuse.raster import open_raster
+    from landuse.tiling import chip_rgb, read_tile
+
+    if rows.empty:
+        return _score_records([], _unreadable, runner, batch_size)
+    scenes = rows["scene_url"].unique()
+    if len(scenes) != 1:
+        raise ValueError(f"score_scene takes the tiles of one scene, got {len(scenes)}")
+    url = str(scenes[0])
+    size = tile_px or runner.bundle.spec.preprocessing.input_size
+    ordered = rows.sort_values(["maxy", "minx"], ascending=[False, True])  # raster order
+    records = ordered.to_dict("records")
+    try:
+        with open_raster(url) as src:
+            def load(row: dict[str, Any]) -> np.ndarray:
+                bounds = (row["minx"], row["miny"], row["maxx"], row["maxy"])
+                return chip_rgb(read_tile(src, url, bounds, RGB, size))
+
+            return _score_records(records, load, runner, batch_size)
+    except storage.StorageUnavailable:
+        raise
+    except (RasterError, OSError) as err:  # the scene itself: every tile is an error row
+        message = f"scene {url}: {err}"
+
+        def fail(row: dict[str, Any]) -> np.ndarray:
+            raise ImageError(message)
+
+        return _score_records(records, fail, runner, batch_size)
+
+
+def _unreadable(row: dict[str, Any]) -> np.ndarray:
+    raise ImageError(f"tile {row.get('tile_id')}: nothing to read")
+
+
+def _score_records(records: list[dict[str, Any]], load: Callable[[dict[str, Any]], np.ndarray],
+                   runner: Runner, batch_size: int) -> pd.DataFrame:
+    """The batch loop: ``load`` each row's (H, W, 3) uint8 tile, predict, one row per tile."""
     spec = runner.bundle.spec
     classes = list(spec.classes)
     model_id = runner.bundle.model_id
     out: list[dict[str, Any]] = []
-    records = rows.to_dict("records")
     for start in range(0, len(records), batch_size):
         batch = records[start:start + batch_size]
         tiles, good = [], []
         for row in batch:
             try:
-                tiles.append(decode(storage.read_bytes(row["image_url"]), spec.preprocessing,
-                                    row["image_url"]))
+                tiles.append(load(row))
                 good.append(row)
             except storage.StorageUnavailable:
                 raise  # not the tile's fault: the task fails and is retried, no error row
-            except (ImageError, storage.StorageError, OSError) as err:
+            except (ImageError, RasterError, storage.StorageError, OSError) as err:
                 out.append({**_base(row), "model_id": model_id, "error": str(err)})
         if not good:
             continue

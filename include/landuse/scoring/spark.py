@@ -1,22 +1,35 @@
 """Scoring on Spark: the embarrassingly parallel heart of the pipeline.
 
-Tiles are spread over partitions sized by work; each partition is scored with
-``mapInPandas`` (Arrow batches) through :func:`~landuse.scoring.predict.score_frame`, the
-same loop in-process scoring uses. The bundle travels to the workers with
-``SparkContext.addArchive`` and is loaded once per Python worker (cached by its ONNX hash),
-never per row; each worker runs one inference thread.
+The driver only plans: from each manifest it reads the scene column and makes tasks of up to
+:data:`TILES_PER_TASK` neighbouring tiles of one scene (a manifest of chips, or a folder of
+chips, is split into slices instead). Each Spark task reads its tiles' rows from the manifest,
+opens the scene once and reads every window with :func:`landuse.tiling.read_tile`, the read
+that cut the training chips, scores them in batches through the bundle's preprocessing, and
+writes its predictions itself, as one Parquet part per county-year under a staging prefix
+named by the task (a retried or speculative attempt rewrites the same part, atomically).
 
-Each county-year is committed as one Parquet file,
-``{out}/county={county}/year={year}/predictions.parquet``, written atomically after the
-whole job succeeded: a retried task or a rerun leaves exactly one row per tile.
+The bundle travels to the workers with ``SparkContext.addArchive`` and is loaded once per
+Python worker (cached by its ONNX hash), never per row; each worker runs one inference thread.
+
+The driver collects one small summary per task (counts and a confusion count table), never a
+tile or a prediction. After the job succeeded it commits each county-year as
+``{out}/county={county}/year={year}/predictions.parquet``: the parts its tasks reported are
+streamed, one at a time, into one file that replaces the old one atomically (local: rename;
+blob: one upload), so a retried task or a rerun leaves exactly one row per tile and the
+driver's memory does not grow with the county.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
+import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,10 +40,14 @@ from landuse import storage
 from landuse.models.bundle import Bundle, load_bundle
 from landuse.scoring.predict import (
     PREDICTION_SCHEMA,
-    accuracy_report,
     check_tiles_fit,
+    is_manifest_source,
+    is_scene_manifest,
     load_source,
-    score_frame,
+    manifest_tile_px,
+    score_chips,
+    score_scene,
+    scoreable,
     to_table,
 )
 
@@ -38,7 +55,8 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
-TILES_PER_PARTITION = 256
+TILES_PER_TASK = 512
+TILES_PER_PARTITION = TILES_PER_TASK  # the earlier name, kept for callers
 # Runners of this Python worker, by (unpacked bundle, framework): built once, reused.
 _RUNNERS: dict[tuple[str, str], Any] = {}
 
@@ -52,6 +70,27 @@ class ScoreResult:
     errors: int
     seconds: float
     report: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One Spark task's tiles: slice ``part`` of ``parts`` of one scene's tiles in a manifest
+    (``scene`` set), of a manifest's tiles without a scene (``scene`` None), or a list of chips
+    (``urls``, for a folder source)."""
+
+    manifest: str | None
+    scene: str | None
+    part: int
+    parts: int
+    tiles: int
+    tile_px: int | None = None
+    urls: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Names the task's staged parts: the same for every attempt of the task."""
+        text = f"{self.manifest}|{self.scene}|{self.part}/{self.parts}|{self.urls}"
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def predictions_url(out: str, county: str, year: int) -> str:
@@ -72,6 +111,96 @@ def worker_runner(bundle_dir: str, framework: str, threads: int) -> Any:
     return _RUNNERS[key]
 
 
+def plan_tasks(source: str, tiles_per_task: int = TILES_PER_TASK) -> list[Task]:
+    """The tasks that score ``source``, largest first, without loading its tiles: a
+    manifest's scene column (dictionary-encoded) is all the driver reads of it.
+
+    Raises:
+        ValueError: nothing to score at ``source``.
+    """
+    import pyarrow.compute as pc
+
+    tasks: list[Task] = []
+    if is_manifest_source(source):
+        for url in storage.glob(source) if "*" in source else [source]:
+            schema = _manifest_schema(url)
+            counts: dict[str | None, int] = {}
+            tile_px = None
+            if is_scene_manifest(schema):
+                tile_px = manifest_tile_px(url, schema)
+                table = _read_manifest(url, ["scene_url", "image_url", "status"])
+                if "status" in table.column_names:  # tiles tiling found empty: nothing to read
+                    empty = pc.fill_null(pc.equal(table["status"], "empty"), False)
+                    table = table.filter(pc.invert(empty))
+                scenes = table["scene_url"].combine_chunks()
+                for item in pc.value_counts(scenes).to_pylist():
+                    counts[item["values"]] = item["counts"]
+                if scenes.null_count:  # rows without a scene: scored from their chips
+                    counts[None] = scenes.null_count
+            else:
+                counts[None] = _manifest_rows(url)
+            for scene, n in counts.items():
+                parts = math.ceil(n / tiles_per_task)
+                tasks += [Task(url, scene, i, parts, math.ceil(n / parts), tile_px)
+                          for i in range(parts)]
+    else:
+        pattern = source if "*" in source else storage.join(source, "*.png")
+        images = storage.glob(pattern)  # a folder of chips: the URLs are the plan
+        tasks += [Task(None, None, 0, 1, len(chunk), None, tuple(chunk))
+                  for chunk in (images[i:i + tiles_per_task]
+                                for i in range(0, len(images), tiles_per_task))]
+    tasks = [t for t in tasks if t.tiles]
+    if not tasks:
+        raise ValueError(f"nothing to score at {source}: no tiles with images")
+    return sorted(tasks, key=lambda t: -t.tiles)
+
+
+def task_rows(task: Task) -> pd.DataFrame:
+    """The rows of a task's tiles, read on the worker (neighbouring tiles of one scene)."""
+    if task.urls:
+        return pd.DataFrame({
+            "tile_id": [u.rsplit("/", 1)[-1].rsplit(".", 1)[0] for u in task.urls],
+            "image_url": list(task.urls),
+        })
+    assert task.manifest is not None
+    schema = _manifest_schema(task.manifest)
+    if is_scene_manifest(schema):
+        import pyarrow.compute as pc
+
+        table = _read_manifest(task.manifest)
+        mask = (pc.is_null(table["scene_url"]) if task.scene is None
+                else pc.fill_null(pc.equal(table["scene_url"], task.scene), False))
+        rows = scoreable(table.filter(mask).to_pandas())
+        rows = rows.sort_values(["maxy", "minx", "tile_id"], ascending=[False, True, True])
+    else:
+        rows = scoreable(_read_manifest(task.manifest).to_pandas())
+    bounds = [len(rows) * i // task.parts for i in range(task.parts + 1)]
+    return rows.iloc[bounds[task.part]:bounds[task.part + 1]].reset_index(drop=True)
+
+
+def score_task(task: Task, runner: Any, batch_size: int, staging: str) -> list[dict[str, Any]]:
+    """Score one task's tiles and stage its predictions (one part per county-year);
+    returns a summary per part: where it is, its counts and its confusion counts."""
+    rows = task_rows(task)
+    if task.scene is not None:
+        scored = score_scene(rows, runner, batch_size, task.tile_px)
+    else:
+        scored = score_chips(rows, runner, batch_size)
+    classes = set(runner.bundle.spec.classes)
+    keys = scored[["county", "year"]].fillna({"county": "unknown", "year": 0})
+    summaries = []
+    for (county, year), part in scored.groupby([keys["county"], keys["year"]], sort=True):
+        url = storage.join(staging, f"county={storage.safe_name(str(county))}",
+                           f"year={int(year)}", f"part-{task.key}.parquet")
+        storage.write_parquet(url, to_table(part.sort_values("tile_id")))
+        ok = part[part["error"].isna() & part["label"].isin(classes)]
+        confusion = Counter(zip(ok["label"], ok["predicted"], strict=True))
+        summaries.append({"county": str(county), "year": int(year), "url": url,
+                          "tiles": len(part), "errors": int(part["error"].notna().sum()),
+                          "confusion": dict(confusion)})
+    return summaries
+
+
 def score_on_spark(
     spark: SparkSession,
     source: str,
@@ -83,54 +212,57 @@ def score_on_spark(
     threads: int = 1,
     partitions: int | None = None,
 ) -> ScoreResult:
-    """Score every tile of ``source`` (manifest(s) or images) with ``bundle`` on Spark.
+    """Score every tile of ``source`` (manifest(s) or chips) with ``bundle`` on Spark.
 
     Args:
         spark: the session (``local[N]`` or a ``spark://`` cluster).
-        source: a manifest, a glob of manifests, or a folder / glob of images.
+        source: a manifest, a glob of manifests, or a folder / glob of chips (PNG).
         bundle: bundle folder or URL (e.g. the champion's ``abfs://`` URL): fetched to the
             driver's bundle cache, then shipped to the workers by Spark as an archive.
-        out: storage root of the predictions (local or ``abfs://``).
+        out: storage root of the predictions (local or ``abfs://``); the workers write there.
         framework: runner to use on the workers (onnx, keras, tflite).
         batch_size: tiles per model call.
         threads: inference threads per Python worker.
-        partitions: override the work-sized partition count.
+        partitions: at most this many Spark tasks (default: one per planned task of up to
+            :data:`TILES_PER_TASK` tiles of one scene).
 
     Raises:
-        ValueError: nothing to score, or the bundle is invalid.
+        ValueError: nothing to score, tiles that do not fit the bundle, or an invalid bundle.
     """
     from pyspark import SparkFiles
 
     started = time.perf_counter()
     checked: Bundle = load_bundle(bundle)  # fail on the driver, not on every worker
-    rows = load_source(source)
-    check_tiles_fit(rows, str(checked.path), checked.spec.preprocessing)
+    tasks = plan_tasks(source)
+    _check_fit(tasks, checked)
     sc = spark.sparkContext
     name = ship_bundle(sc, checked)
-    n_parts = partitions or max(sc.defaultParallelism, math.ceil(len(rows) / TILES_PER_PARTITION))
-    frame = spark.createDataFrame(rows.astype({"year": "Int32"})).repartition(n_parts)
-    schema = _spark_schema()
+    staging = storage.join(out, "_staging", uuid.uuid4().hex)  # this run's parts only
 
-    def score_partitions(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def score_partition(part: Iterable[Task]) -> Iterator[dict[str, Any]]:
         runner = worker_runner(SparkFiles.get(name), framework, threads)
-        for batch in batches:
-            yield score_frame(batch, runner, batch_size)
+        for task in part:
+            yield from score_task(task, runner, batch_size, staging)
 
-    scored: pd.DataFrame = frame.mapInPandas(score_partitions, schema=schema).toPandas()
-    outputs = _commit(scored, out)
-    errors = int(scored["error"].notna().sum())
-    report = accuracy_report(scored, list(checked.spec.classes))
+    slices = min(partitions, len(tasks)) if partitions else len(tasks)
+    try:
+        summaries = sc.parallelize(tasks, slices).mapPartitions(score_partition).collect()
+        outputs = _commit(summaries, out)
+    finally:
+        _remove(staging)
+    tiles = sum(s["tiles"] for s in summaries)
+    errors = sum(s["errors"] for s in summaries)
+    report = _report(summaries, list(checked.spec.classes))
     seconds = time.perf_counter() - started
-    log.info("scored %d tiles (%d errors) in %.1f s on %s", len(scored), errors, seconds,
-             sc.master)
-    return ScoreResult(outputs, len(scored), errors, seconds, report)
+    log.info("scored %d tiles (%d errors) in %d tasks in %.1f s on %s", tiles, errors,
+             len(tasks), seconds, sc.master)
+    return ScoreResult(outputs, tiles, errors, seconds, report)
 
 
 def ship_bundle(sc: Any, bundle: Bundle) -> str:
     """Send the bundle to every executor as a zip archive (unpacked there by Spark; cluster
     mode cannot ship folders). Named by content, so a bundle ships once per context; stored
     uncompressed, since weights barely compress."""
-    import tempfile
     import zipfile
 
     name = f"bundle-{bundle.onnx_sha256[:16]}.zip"
@@ -144,19 +276,105 @@ def ship_bundle(sc: Any, bundle: Bundle) -> str:
     return name
 
 
-def _spark_schema() -> Any:
-    from pyspark.sql.pandas.types import from_arrow_schema
+def _check_fit(tasks: list[Task], bundle: Bundle) -> None:
+    """Refuse tiles of another size than the bundle's: by the manifests' recorded tile size,
+    and by a few chips of the first task that has chips."""
+    sizes = {t.tile_px for t in tasks if t.tile_px is not None}
+    probe = pd.DataFrame({"tile_px": sorted(sizes), "image_url": [None] * len(sizes)})
+    check_tiles_fit(probe, str(bundle.path), bundle.spec.preprocessing)
+    chips = next((t for t in tasks if t.scene is None), None)
+    if chips is not None:
+        rows = (task_rows(chips) if chips.urls
+                else load_source(chips.manifest or "").head(5))
+        check_tiles_fit(rows, str(bundle.path), bundle.spec.preprocessing)
 
-    return from_arrow_schema(PREDICTION_SCHEMA)
 
-
-def _commit(scored: pd.DataFrame, out: str) -> dict[tuple[str, int], str]:
-    """One atomic Parquet file per county-year, rows sorted by tile id (one row per tile)."""
+def _commit(summaries: list[dict[str, Any]], out: str) -> dict[tuple[str, int], str]:
+    """Each county-year's staged parts, merged into one file committed atomically."""
+    parts: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for s in summaries:
+        parts[(s["county"], s["year"])].append(s["url"])
     outputs = {}
-    scored = scored.drop_duplicates("image_url")  # a speculative task's twin cannot double a tile
-    keys = scored[["county", "year"]].fillna({"county": "unknown", "year": 0})
-    for (county, year), part in scored.groupby([keys["county"], keys["year"]], sort=True):
-        url = predictions_url(out, str(county), int(year))
-        storage.write_parquet(url, to_table(part.sort_values("tile_id")))
-        outputs[(str(county), int(year))] = url
+    for (county, year), urls in sorted(parts.items()):
+        url = predictions_url(out, county, year)
+        _merge_parts(sorted(set(urls)), url)  # set: a part is named by its task, read once
+        outputs[(county, year)] = url
     return outputs
+
+
+def _merge_parts(parts: list[str], url: str) -> None:
+    """Stream ``parts`` into one Parquet file at ``url``, one part in memory at a time; the
+    file appears whole or not at all (local: rename; blob: one upload of a local file)."""
+    import pyarrow.parquet as pq
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = storage.filesystem(url)
+    local = isinstance(fs, LocalFileSystem)
+    folder = os.path.dirname(path) if local else None
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    try:
+        with pq.ParquetWriter(tmp, PREDICTION_SCHEMA, compression="zstd") as writer:
+            for part in parts:
+                writer.write_table(storage.read_parquet(part).cast(PREDICTION_SCHEMA))
+        if local:
+            os.chmod(tmp, 0o644)  # mkstemp makes files private; predictions are shared data
+            os.replace(tmp, path)
+        else:
+            storage.with_retries(f"cannot write {url}", lambda: fs.put_file(tmp, path))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _remove(prefix: str) -> None:
+    """Delete a run's staging prefix (best effort: leftovers are never read again)."""
+    fs, path = storage.filesystem(prefix)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except Exception as err:  # debris, not a failed job
+        log.warning("could not remove staging %s: %s", prefix, err)
+
+
+def _report(summaries: list[dict[str, Any]], classes: list[str]) -> dict[str, Any] | None:
+    """The accuracy report from the tasks' confusion counts (labelled, scored tiles)."""
+    from landuse.models.metrics import report
+
+    counts: Counter[tuple[str, str]] = Counter()
+    for s in summaries:
+        counts.update(s["confusion"])
+    if not counts:
+        return None
+    truth = [t for (t, _), n in counts.items() for _ in range(n)]
+    predicted = [p for (_, p), n in counts.items() for _ in range(n)]
+    return report(truth, predicted, classes)
+
+
+def _manifest_schema(url: str) -> Any:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(url)
+    return storage.with_retries(f"cannot read {url}", lambda: pq.read_schema(path, filesystem=fs))
+
+
+def _manifest_rows(url: str) -> int:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(url)
+    return int(storage.with_retries(
+        f"cannot read {url}", lambda: pq.ParquetFile(path, filesystem=fs).metadata.num_rows))
+
+
+def _read_manifest(url: str, columns: list[str] | None = None) -> Any:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(url)
+    if columns is not None:
+        columns = [c for c in columns if c in _manifest_schema(url).names]
+    return storage.with_retries(
+        f"cannot read {url}",
+        lambda: pq.read_table(path, columns=columns, filesystem=fs,
+                              read_dictionary=["scene_url"] if columns else None))

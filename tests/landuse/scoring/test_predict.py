@@ -23,9 +23,67 @@ def test_manifest_glob_and_image_folder_sources(tiled):
     assert set(one["county"]) == {"synthetic-county-1"}
     assert set(both["county"]) == {"synthetic-county-1", "synthetic-county-2"}
     assert len(both) > len(one) > 0
+    assert one["scene_url"].notna().all()  # scored from the scenes, chips or not
     folder = load_source(str(tiled / "naip" / "synthetic-county-1" / "2010" / "tiles"))
-    assert sorted(folder["tile_id"]) == sorted(one["tile_id"])
+    chips = one[one["image_url"].notna()]
+    assert 0 < len(chips) < len(one)  # tiling wrote chips of the trainable tiles only
+    assert sorted(folder["tile_id"]) == sorted(chips["tile_id"])
     assert folder["county"].isna().all()
+
+
+def test_tensor_read_from_the_scene_is_the_chip_byte_for_byte(tiled_all, bundle):
+    """Scoring reads each tile's window from its scene with tiling's own read: for every
+    tile the network's input equals the one decoded from the chip tiling wrote."""
+    from landuse import storage
+    from landuse.models.preprocessing import decode, to_tensor
+    from landuse.raster import open_raster
+    from landuse.tiling import chip_rgb, read_tile
+
+    spec = load_bundle(bundle).spec.preprocessing
+    rows = load_source(str(tiled_all / "naip" / "*" / "*" / "manifest.parquet"))
+    assert rows["image_url"].notna().all() and len(rows) > 50
+    for scene, tiles in rows.groupby("scene_url"):
+        with open_raster(scene) as src:
+            for tile in tiles.itertuples():
+                bounds = (tile.minx, tile.miny, tile.maxx, tile.maxy)
+                from_scene = chip_rgb(read_tile(src, scene, bounds, ("red", "green", "blue"),
+                                                int(tile.tile_px)))
+                from_chip = decode(storage.read_bytes(tile.image_url), spec, tile.image_url)
+                assert from_scene.tobytes() == from_chip.tobytes(), tile.tile_id
+                x_scene = to_tensor(from_scene[None], spec)
+                assert x_scene.tobytes() == to_tensor(from_chip[None], spec).tobytes()
+
+
+def test_scene_scoring_equals_chip_scoring(tiled_all, bundle):
+    from landuse.scoring.predict import score_chips, score_scene
+
+    rows = load_source(str(tiled_all / "naip" / "synthetic-county-1" / "2016" /
+                           "manifest.parquet"))
+    runner = OnnxRunner(load_bundle(bundle))
+    probs = [f"p_{c}" for c in runner.bundle.spec.classes]
+    scenes = pd.concat([score_scene(g, runner, 8) for _, g in rows.groupby("scene_url")])
+    chips = score_chips(rows, runner, 8)
+    a, b = scenes.set_index("tile_id").sort_index(), chips.set_index("tile_id").sort_index()
+    assert a.index.equals(b.index) and a["error"].isna().all()
+    np.testing.assert_array_equal(a[probs].to_numpy(), b[probs].to_numpy())
+
+
+def test_an_unreadable_scene_makes_error_rows(tiled, bundle, tmp_path):
+    from landuse.scoring.predict import score_scene
+
+    rows = load_source(str(tiled / "naip" / "synthetic-county-2" / "2010" / "manifest.parquet"))
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00 not a tiff")
+    rows = rows.assign(scene_url=str(broken)).head(9)
+    out = score_scene(rows, OnnxRunner(load_bundle(bundle)), 4)
+    assert len(out) == 9 and out["error"].str.contains("broken.tif").all()
+
+
+def test_probability_columns_follow_the_class_list():
+    from landuse import labels
+
+    probs = [n for n in PREDICTION_SCHEMA.names if n.startswith("p_")]
+    assert probs == [f"p_{c}" for c in labels.CLASSES]
 
 
 def test_nothing_to_score_is_an_error(tmp_path):

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from landuse.models.bundle import BundleError
-from landuse.scoring.spark import predictions_url, score_on_spark
+from landuse.models.bundle import BundleError, load_bundle
+from landuse.scoring.spark import (
+    _commit,
+    plan_tasks,
+    predictions_url,
+    score_on_spark,
+    score_task,
+    task_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +30,8 @@ def test_scores_counties_and_commits_one_file_per_county_year(spark, tiled, bund
     out = str(tmp_path / "predictions")
     result = score_on_spark(spark, source, bundle, out, batch_size=16, partitions=5)
     manifests = pd.concat(pd.read_parquet(p) for p in tiled.glob("naip/*/*/manifest.parquet"))
-    expected = manifests[manifests["image_url"].notna()]
+    expected = manifests[manifests["status"] != "empty"]  # every tile with imagery, chip or not
+    assert manifests["image_url"].notna().sum() < len(expected)
     assert result.tiles == len(expected) and result.errors == 0
     assert set(result.outputs) == {(c, y) for c in ("synthetic-county-1", "synthetic-county-2")
                                    for y in (2010, 2016)}
@@ -33,6 +41,8 @@ def test_scores_counties_and_commits_one_file_per_county_year(spark, tiled, bund
         tiles = expected[(expected["county"] == county) & (expected["year"] == year)]
         assert sorted(part["tile_id"]) == sorted(tiles["tile_id"])  # exactly one row per tile
     assert result.report is not None and result.report["tiles"] > 0
+    assert not (tmp_path / "predictions" / "_staging").exists() or not any(
+        (tmp_path / "predictions" / "_staging").iterdir())  # staged parts are cleaned up
 
 
 def test_rerun_leaves_exactly_one_row_per_tile(spark, tiled, bundle, tmp_path):
@@ -46,18 +56,54 @@ def test_rerun_leaves_exactly_one_row_per_tile(spark, tiled, bundle, tmp_path):
     assert part["tile_id"].is_unique and len(part) == first.tiles
 
 
-def test_corrupt_tile_is_an_error_row_not_a_failed_job(spark, tiled, bundle, tmp_path):
+def test_corrupt_scene_or_chip_is_an_error_row_not_a_failed_job(spark, tiled, bundle, tmp_path):
     manifest = pd.read_parquet(tiled / "naip" / "synthetic-county-2" / "2016" / "manifest.parquet")
-    manifest = manifest[manifest["image_url"].notna()].head(12).copy()
-    broken = tmp_path / "broken.png"
+    manifest = manifest[manifest["status"] != "empty"].head(12).copy()
+    broken = tmp_path / "broken.tif"
     broken.write_bytes(b"garbage")
-    manifest.loc[manifest.index[0], "image_url"] = str(broken)
+    manifest.loc[manifest.index[0], "scene_url"] = str(broken)
     source = tmp_path / "manifest.parquet"
     manifest.to_parquet(source)
     result = score_on_spark(spark, str(source), bundle, str(tmp_path / "out"))
     part = pd.read_parquet(result.outputs[("synthetic-county-2", 2016)])
     assert len(part) == 12 and result.errors == 1
-    assert "broken.png" in part.loc[part["image_url"] == str(broken), "error"].iloc[0]
+    assert "broken.tif" in part.set_index("tile_id").loc[manifest["tile_id"].iloc[0], "error"]
+    # A manifest of chips alone (no scenes) is still scoreable: the chip is read.
+    chips = manifest[manifest["image_url"].notna()][["tile_id", "county", "year", "image_url"]]
+    chips.loc[chips.index[0], "image_url"] = str(broken)
+    chips.to_parquet(tmp_path / "chips.parquet")
+    again = score_on_spark(spark, str(tmp_path / "chips.parquet"), bundle, str(tmp_path / "c"))
+    assert again.tiles == len(chips) and again.errors == 1
+
+
+def test_tasks_hold_neighbouring_tiles_of_one_scene_and_cover_each_tile_once(tiled):
+    source = str(tiled / "naip" / "*" / "*" / "manifest.parquet")
+    tasks = plan_tasks(source, tiles_per_task=7)
+    seen: list[str] = []
+    for task in tasks:
+        rows = task_rows(task)
+        assert len(rows) <= 7 and set(rows["scene_url"]) == {task.scene}
+        seen += [f"{task.manifest}|{t}" for t in rows["tile_id"]]
+    manifests = {str(p): pd.read_parquet(p) for p in tiled.glob("naip/*/*/manifest.parquet")}
+    expected = [f"{url}|{t}" for url, m in manifests.items()
+                for t in m.loc[m["status"] != "empty", "tile_id"]]
+    assert sorted(seen) == sorted(expected)  # every tile with imagery, exactly once
+
+
+def test_a_speculative_twin_cannot_double_a_row(tiled, bundle, tmp_path):
+    """Two attempts of one task stage the same part (named by the task); the commit reads it
+    once: exactly one row per tile."""
+    from landuse.models.runners import OnnxRunner
+
+    task = plan_tasks(str(tiled / "naip" / "synthetic-county-1" / "2016" / "manifest.parquet"))[0]
+    runner = OnnxRunner(load_bundle(bundle))
+    staging = str(tmp_path / "out" / "_staging" / "run")
+    first = score_task(task, runner, 16, staging)
+    twin = score_task(task, runner, 16, staging)
+    assert [s["url"] for s in first] == [s["url"] for s in twin]
+    outputs = _commit(first + twin, str(tmp_path / "out"))
+    part = pd.read_parquet(outputs[("synthetic-county-1", 2016)])
+    assert part["tile_id"].is_unique and len(part) == len(task_rows(task))
 
 
 def test_invalid_bundle_fails_on_the_driver(spark, tiled, tmp_path):
@@ -76,3 +122,20 @@ def test_tiles_of_another_size_than_the_model_are_refused(spark, tiled, onnx_kit
         score_on_spark(spark, str(tiled / "naip" / "*" / "2010" / "manifest.parquet"), folder,
                        str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()  # nothing published
+
+
+def test_the_driver_never_holds_the_tiles_or_the_predictions(spark, tiled, bundle, tmp_path,
+                                                             monkeypatch):
+    """The driver plans from the scene column and commits part by part: no DataFrame of
+    the tiles built on the driver, no predictions collected to it, no manifest loaded."""
+    from pyspark.sql import DataFrame, SparkSession
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver must not hold every tile or prediction")
+
+    monkeypatch.setattr(SparkSession, "createDataFrame", refuse)
+    monkeypatch.setattr(DataFrame, "toPandas", refuse)
+    monkeypatch.setattr("landuse.scoring.spark.load_source", refuse)
+    source = str(tiled / "naip" / "*" / "*" / "manifest.parquet")
+    result = score_on_spark(spark, source, bundle, str(tmp_path / "out"), batch_size=16)
+    assert result.tiles > 0 and result.errors == 0
