@@ -83,7 +83,7 @@ def ceiling(scene: Path, config: TilingConfig) -> int:
 
 
 def measure(label: str, scene_dir: Path, nlcd: Path, repeats: int) -> float:
-    config = TilingConfig()
+    config = TilingConfig(chips="all")  # every tile written as a PNG, as the seed did
     with rasterio.open(next(scene_dir.glob("*.tif"))) as src:
         bbox = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
     county = County(name="bench", state="nd", bbox=bbox, naip=str(scene_dir), nlcd=str(nlcd))

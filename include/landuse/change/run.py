@@ -120,7 +120,11 @@ def run_change(
         summary["planted_change"] = {"truth": truth_url, **embedding.agreement(
             change.tiles["newly_developed"].to_numpy(), planted.to_numpy())}
     if embeddings:
-        summary["embedding_change"] = _embedding_change(change, manifest_a, manifest_b)
+        from landuse.scoring.predict import manifest_tile_px
+        from landuse.tiling import manifest_url
+
+        summary["embedding_change"] = _embedding_change(
+            change, manifest_a, manifest_b, manifest_tile_px(manifest_url(root, county, year_b)))
     url = out or change_url(root, county, year_a, year_b)
     files = _render(change, summary)
     summary["files"] = sorted(files)
@@ -294,14 +298,18 @@ def _planted(truth_url: str, tiles: pd.DataFrame) -> pd.Series:
     return out
 
 
-def _embedding_change(change: Change, manifest_a: pd.DataFrame,
-                      manifest_b: pd.DataFrame) -> dict[str, Any]:
+def _embedding_change(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.DataFrame,
+                      tile_px: int | None = None) -> dict[str, Any]:
     t = change.tiles
-    both = t["image_url_a"].notna() & t["image_url_b"].notna()
+    a, b = (_with_imagery(m).reindex(t["tile_id"]) for m in (manifest_a, manifest_b))
+    both = pd.Series(a["has"].fillna(False).to_numpy() & b["has"].fillna(False).to_numpy(),
+                     index=t.index)
     if both.sum() < 3:
         return {"tiles": int(both.sum()), "note": "too few tiles with imagery in both years"}
     n = int(both.sum())  # one backbone for both years: build it once
-    features = embedding.embed([*t.loc[both, "image_url_a"], *t.loc[both, "image_url_b"]])
+    ids = t.loc[both, "tile_id"]
+    features = embedding.embed_tiles(pd.concat([a.loc[ids], b.loc[ids]], ignore_index=True),
+                                     tile_px=tile_px)
     features_a, features_b = features[:n], features[n:]
     try:
         distance, hot = embedding.change_hotspots(
@@ -338,6 +346,20 @@ def _embedding_change(change: Change, manifest_a: pd.DataFrame,
                               t.loc[scored, "water_changed"].to_numpy()),
     }
     return result
+
+
+def _with_imagery(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Manifest rows by tile id with where their pixels are, and ``has``: the tile has
+    imagery (a scene window, or a chip for manifests of chips)."""
+    m = manifest.set_index("tile_id")
+    cols = [c for c in ("scene_url", "image_url", "minx", "miny", "maxx", "maxy") if c in m]
+    out = m[cols].copy()
+    has = m["image_url"].notna() if "image_url" in m else pd.Series(False, index=m.index)
+    if "scene_url" in m:
+        empty = m["status"] == "empty" if "status" in m else False
+        has |= m["scene_url"].notna() & ~empty
+    out["has"] = has
+    return out
 
 
 # --- rendering ------------------------------------------------------------------------

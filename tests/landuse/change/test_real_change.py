@@ -42,8 +42,10 @@ def test_embedding_change_finds_water_change(stutsman):
     both = check_grids(COUNTY, a, b, 2010, 2016)
     assert len(both) >= 200
 
+    ids = both["tile_id"]
     _, hot = embedding.change_hotspots(
-        embedding.embed(list(both["image_url_a"])), embedding.embed(list(both["image_url_b"])),
+        embedding.embed_tiles(a.set_index("tile_id").loc[ids]),
+        embedding.embed_tiles(b.set_index("tile_id").loc[ids]),
         both[["minx", "miny", "maxx", "maxy"]].to_numpy(float), list(both["crs"]))
     hotspot = hot.mask  # the rule change reports use
 
