@@ -15,7 +15,10 @@ source scripts/env.sh
 if [ "$(grep -c '"truth"' sample/synthetic/counties.json 2>/dev/null)" -lt 5 ]; then
   landuse synth --out sample/synthetic --counties 5
 fi
-conf="${1:-{\}}"
+# Counties 1, 2 and 4 train (only 1 and 2 have pure water tiles, and every class is cut to
+# the rarest one's count), 3 chooses the champion, 5 is held out for the figures. Without
+# names the seed chooses (test and validation first), which can leave one county to train.
+conf="${1:-{\"val_counties\": [\"synthetic-county-3\"], \"test_counties\": [\"synthetic-county-5\"]\}}"
 airflow dags reserialize >/dev/null 2>&1
 run_dag() {  # dag_id conf
   local log="$AIRFLOW_HOME/demo-$1.log"
@@ -57,12 +60,14 @@ for c in champion["candidates"]:
     print(f"  {c['accuracy']:.3f}  {c['bundle']}")
 test = read_evaluation(str(root / "models"), champion["model_id"])["metrics"]
 print(f"champion: {champion['model_id']} (MLflow model 'landuse' version {champion['version']})")
-decision = champion.get("decision", {})
-print(f"champion decision: {decision.get('decision')} ({decision.get('reason')}); history in "
+latest = sorted((root / "models" / "decisions").glob("*.json"))[-1]  # this run's decision
+decision = json.loads(latest.read_text())
+print(f"champion decision: {decision['decision']} ({decision['reason']}); history in "
       f"{root / 'models' / 'decisions'}")
 print(f"champion on its held-out test counties ({', '.join(test['counties'])}, "
       f"{test['tiles']} tiles, never seen in training or choice): accuracy "
-      f"{test['accuracy']:.3f} (6 classes), {test['group_accuracy']:.3f} (3 groups)")
+      f"{test['accuracy']:.3f} ({len(test['classes'])} classes), {test['group_accuracy']:.3f} "
+      "(groups)")
 
 print("\npredictions 2016 (Spark local[2], champion; 2010 scored too):")
 for path in sorted(root.glob("predictions/county=*/year=2016/predictions.parquet")):
@@ -97,7 +102,7 @@ for folder, s in real:
     e = s.get("embedding_change", {})
     w = e.get("water", {})
     print(f"    label-free change: {e.get('hotspots')} of {e.get('tiles')} tiles flagged "
-          f"({e.get('rule', 'embedding distance')})")
+          f"({e.get('share_flagged', 0):.1%}; bars from the county's own neighbouring tiles)")
     if "iou" in w:
         print(f"    water {w['share_a']:.1%} of the area in 2010, {w['share_b']:.1%} in 2016; "
               f"flagged tiles vs NDWI water change: precision {w['precision']:.2f}, recall "
@@ -105,8 +110,8 @@ for folder, s in real:
     print(f"    maps: {folder}/change.png, changes.geojson (hotspots); report {folder}/report.md")
 print(f"\nmaps (COG + PNG), changes.geojson, comparison.png: {root / 'change'}/county=*/2010-2016/")
 print("\nheadline (held-out test counties only):")
-print(f"  champion accuracy {test['accuracy']:.3f} (6 classes), {test['group_accuracy']:.3f} "
-      f"(3 groups) on test counties {', '.join(test['counties'])}")
+print(f"  champion accuracy {test['accuracy']:.3f} ({len(test['classes'])} classes), "
+      f"{test['group_accuracy']:.3f} (groups) on test counties {', '.join(test['counties'])}")
 if planted:
     found = sum(p["both"] for p in planted)
     print(f"  planted new development: recall {found / sum(p['reference'] for p in planted):.3f},"
