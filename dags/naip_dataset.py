@@ -50,6 +50,10 @@ from landuse_airflow.errors import fail_fast_on_bad_input
         ),
         "tile_px": Param(224, type="integer", minimum=16, maximum=4096, title="Tile pixels"),
         "nir": Param(False, type="boolean", title="Add NIR as a 4th channel"),
+        "chips": Param("trainable", type="string", enum=["trainable", "all"],
+                       title="Tiles written as PNG chips",
+                       description="Training needs chips of trainable tiles only (scoring reads "
+                       "the scenes); 'all' for tools that want every tile as an image."),
         "purity_threshold": Param(
             1.0, type="number", exclusiveMinimum=0, maximum=1, title="Purity threshold"
         ),
@@ -164,6 +168,7 @@ def _tiling_config(p: Any) -> Any:
         tile_px=p["tile_px"],
         bands=("red", "green", "blue", "nir") if p["nir"] else ("red", "green", "blue"),
         purity_threshold=p["purity_threshold"],
+        chips=p["chips"],
     )
 
 

@@ -127,7 +127,7 @@ def _reference(connection_string: str, container: str, root: str, registry: Path
         manifests = [
             r.manifest_url
             for name in COUNTIES
-            for r in build_county(chosen[name], YEARS, root, TilingConfig(), nlcd=None)
+            for r in build_county(chosen[name], YEARS, root, TilingConfig(chips="all"), nlcd=None)
         ]
         splits.build_dataset(manifests, storage.join(root, "naip", "dataset"))
     return _objects(_container(connection_string, container))
@@ -194,7 +194,7 @@ def test_blob_store_killed_mid_county_then_the_task_retry_completes(
     root = f"abfs://{name}/landuse"
     registry = synthetic / "counties.json"
     conf = {"registry": str(registry), "counties": COUNTIES, "years": YEARS,
-            "storage_root": root}
+            "storage_root": root, "chips": "all"}  # every tile uploaded: a window to kill in
     live = _container(store.connection_string, name)
     live.create_container()
 
@@ -347,14 +347,14 @@ def test_blob_store_killed_while_scenes_are_read_then_the_run_completes(
     registry = f"abfs://{name}/src/counties.json"
     root = tmp_path / "out"
     conf = {"registry": registry, "counties": COUNTIES, "years": YEARS,
-            "storage_root": str(root)}
+            "storage_root": str(root), "chips": "all"}  # a tile written per tile read
 
     # The healthy run, in this process, to the same root: what the DAG run must leave.
     with monkeypatch.context() as env:
         env.setenv("AZURE_STORAGE_CONNECTION_STRING", store.connection_string)
         chosen = counties.load_registry(registry)
         manifests = [r.manifest_url for c in COUNTIES
-                     for r in build_county(chosen[c], YEARS, str(root), TilingConfig())]
+                     for r in build_county(chosen[c], YEARS, str(root), TilingConfig(chips="all"))]
         splits.build_dataset(manifests, storage.join(str(root), "naip", "dataset"))
     reference = _local_files(root)
     shutil.rmtree(root)

@@ -223,8 +223,9 @@ def score_on_spark(
         framework: runner to use on the workers (onnx, keras, tflite).
         batch_size: tiles per model call.
         threads: inference threads per Python worker.
-        partitions: at most this many Spark tasks (default: one per planned task of up to
-            :data:`TILES_PER_TASK` tiles of one scene).
+        partitions: the number of Spark tasks to aim for: scenes are cut into smaller tasks
+            when they give fewer, tasks are grouped when they give more (default: one task
+            per :data:`TILES_PER_TASK` tiles of one scene).
 
     Raises:
         ValueError: nothing to score, tiles that do not fit the bundle, or an invalid bundle.
@@ -234,6 +235,9 @@ def score_on_spark(
     started = time.perf_counter()
     checked: Bundle = load_bundle(bundle)  # fail on the driver, not on every worker
     tasks = plan_tasks(source)
+    if partitions and len(tasks) < partitions:  # fewer scenes than asked: smaller tasks
+        total = sum(t.tiles for t in tasks)
+        tasks = plan_tasks(source, max(1, math.ceil(total / partitions)))
     _check_fit(tasks, checked)
     sc = spark.sparkContext
     name = ship_bundle(sc, checked)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from landuse import storage
+from landuse import labels, storage
 from landuse.models import featurize as route
 from landuse.models.backbone_onnx import export_backbone_onnx
 from landuse.models.bundle import load_bundle
@@ -71,8 +71,8 @@ def split_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     ]
     dataset = build_dataset(manifests, str(out / "dataset"), val_counties=[VAL_COUNTY], seed=0)
     split = pd.read_parquet(dataset.url)
-    # The fixture's contract: all six classes, balanced, on both sides.
-    assert split.groupby(["split", "label"]).size().unstack().shape == (2, 6)
+    # The fixture's contract: all seven classes (Water too), balanced, on both sides.
+    assert split.groupby(["split", "label"]).size().unstack().shape == (2, len(labels.CLASSES))
     return dataset.url
 
 
@@ -224,7 +224,7 @@ def test_one_bundle_per_method_loads_and_describes_itself(trained, split_url):
         assert spec.preprocessing.input_size == INPUT_SIZE
         # The seed's class order, restricted to the classes training saw (all six here).
         assert spec.classes == (
-            "Developed", "Barren", "Forest", "Shrub", "Herbaceous", "Cultivated"
+            "Developed", "Barren", "Forest", "Shrub", "Herbaceous", "Cultivated", "Water"
         )
         assert spec.lineage.split_sha256 == split_sha
         assert spec.params["classifier"] and spec.params["route"] == "featurize-and-classify"
@@ -252,7 +252,7 @@ def test_onnx_bundle_equals_spark_probabilities(trained, features, split_name):
         ).orderBy("image_url")
         spark_probs = np.stack([v.toArray() for v in spark_rows.toPandas()["probability"]])
         onnx_probs = OnnxRunner(load_bundle(result.bundle.path)).predict(tiles)
-        assert onnx_probs.shape == spark_probs.shape == (len(rows), 6)
+        assert onnx_probs.shape == spark_probs.shape == (len(rows), len(labels.CLASSES))
         np.testing.assert_allclose(onnx_probs, spark_probs, rtol=0, atol=1e-4)
         np.testing.assert_allclose(onnx_probs.sum(axis=1), 1.0, atol=1e-5)
 

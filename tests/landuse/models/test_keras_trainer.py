@@ -138,8 +138,8 @@ def test_validation_class_training_never_saw(tiny_dataset, tmp_path):
 
 def test_training_labels_that_are_not_classes(tiny_dataset, tmp_path):
     split = tiny_dataset.split.copy()
-    split.loc[split.index[0], "label"] = "Water"
-    _fails(split, tmp_path, r"training labels \['Water'\] are not land-use classes")
+    split.loc[split.index[0], "label"] = "Ice"  # perennial ice/snow: NLCD, but not a class
+    _fails(split, tmp_path, r"training labels \['Ice'\] are not land-use classes")
 
 
 def test_corrupt_png_in_the_training_set(tiny_dataset, tmp_path):
