@@ -84,8 +84,9 @@ _TRANSIENT_NAMES = frozenset({
 })
 
 
-def retry_policy() -> tenacity.Retrying:
-    """Bounded exponential back-off with jitter for transient storage errors.
+def retry_policy(what: str = "storage call") -> tenacity.Retrying:
+    """Bounded exponential back-off with jitter for transient storage errors; each retry is
+    logged with ``what`` was being done (the object it names), whatever the error says.
 
     ``LANDUSE_STORAGE_RETRIES`` attempts in all (default 6), waits of 1, 2, 4, ... s plus up
     to 1 s of jitter (so that many workers do not come back at once), each capped at
@@ -99,22 +100,22 @@ def retry_policy() -> tenacity.Retrying:
         wait=tenacity.wait_exponential_jitter(initial=min(1.0, max_wait), max=max_wait,
                                               jitter=min(1.0, max_wait)),
         stop=tenacity.stop_after_attempt(max(1, attempts)),
-        before_sleep=_log_retry,
+        before_sleep=lambda state: _log_retry(what, state),
         reraise=True,
     )
 
 
-def _log_retry(state: tenacity.RetryCallState) -> None:
+def _log_retry(what: str, state: tenacity.RetryCallState) -> None:
     err = state.outcome.exception() if state.outcome else None
-    log.warning("storage unavailable (attempt %d), retrying in %.1f s: %s",
-                state.attempt_number, state.upcoming_sleep, err)
+    log.warning("storage unavailable (attempt %d), retrying in %.1f s: %s: %s",
+                state.attempt_number, state.upcoming_sleep, what, err)
 
 
 def with_retries(what: str, call: Callable[[], T]) -> T:
     """``call()`` retried on transient storage errors; when they outlast the retries, a
     :class:`StorageUnavailable` naming ``what``. Other errors pass through at once."""
     try:
-        return retry_policy()(call)
+        return retry_policy(what)(call)
     except Exception as err:
         if is_transient(err) and not isinstance(err, StorageUnavailable):
             raise StorageUnavailable(f"{what}: storage unavailable ({err})") from err
