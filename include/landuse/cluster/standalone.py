@@ -365,8 +365,11 @@ def start_master(
         webui_port = webui_port or free_port(host)
         (folder / "logs").mkdir(parents=True, exist_ok=True)
         log_path = folder / "logs" / f"master-{port}.log"
+        # A worker stopped by a signal can stay ALIVE on the master until it misses heartbeats
+        # for spark.worker.timeout (60 s by default, as long as a scale-down's wait): 15 s.
         env = _daemon_env(home, host, "SPARK_MASTER_OPTS",
-                          f"-Dspark.master.rest.enabled=false {_EXACT_PORTS}")
+                          f"-Dspark.master.rest.enabled=false -Dspark.worker.timeout=15 "
+                          f"{_EXACT_PORTS}")
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
                 [str(home / "bin" / "spark-class"), MASTER_CLASS, "--host", host,
