@@ -93,12 +93,10 @@ def landuse_training() -> None:
     @task(pool="gpu", queue=GPU_QUEUE, executor=GPU_EXECUTOR, max_active_tis_per_dagrun=2)
     def train_candidate(candidate: dict[str, Any]) -> list[dict[str, Any]]:
         """Train, evaluate and track one candidate; its bundles go under this run's folder."""
-        import tensorflow as tf
-
         from landuse.models.tracking import models_root
-        from landuse.models.training import run_candidate, run_folder
+        from landuse.models.training import run_candidate, run_folder, visible_gpus
 
-        print("GPUs visible to TensorFlow:", tf.config.list_physical_devices("GPU"))
+        print("GPUs visible to TensorFlow:", visible_gpus())
         context = get_current_context()
         p = context["params"]
         options = {"epochs": p["epochs"], "learning_rate": p["learning_rate"],

@@ -32,6 +32,14 @@ SPARK_METHODS = ("logreg", "random-forest")
 BACKBONES = ("squeezenet", "resnet50")
 
 
+def visible_gpus() -> list[Any]:
+    """The GPUs TensorFlow sees (``tf.config.list_physical_devices('GPU')``): empty means
+    training runs on the CPU. Logged by every training task."""
+    import tensorflow as tf
+
+    return list(tf.config.list_physical_devices("GPU"))
+
+
 def plan_candidates(backbones: list[str], methods: list[str]) -> list[dict[str, Any]]:
     """One candidate per (backbone, Keras method); one per backbone for all Spark methods.
 
