@@ -32,6 +32,22 @@ logging.getLogger("azure").setLevel(logging.WARNING)
 logging.getLogger("py4j").setLevel(logging.WARNING)  # its shutdown message outlives pytest
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Kill multiprocessing children that tests left running, and say so: at exit,
+    multiprocessing waits for each of them without a timeout, so one that survived its
+    test's teardown would keep pytest (and CI) from ever finishing."""
+    import multiprocessing
+
+    left = multiprocessing.active_children()
+    for child in left:
+        child.kill()
+        child.join(10)
+    if left:
+        names = ", ".join(f"{c.name} (pid {c.pid})" for c in left)
+        session.config.get_terminal_writer().line(
+            f"conftest: killed processes that tests left running: {names}", yellow=True)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """Real NAIP GeoTIFFs and the seed's sample tile (see tests/fixtures/LICENSE.*)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import multiprocessing
+import signal
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -61,6 +62,10 @@ class StacApi:
         self.process.start()
 
     def _serve(self) -> None:
+        # A fork keeps the parent's Python signal handlers; one for SIGTERM (tests of Airflow
+        # tasks install them) would let this process outlive terminate(), and then
+        # multiprocessing's exit handler waits for it forever: pytest never exits.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         self.server.serve_forever()
 
     @property
@@ -252,6 +257,9 @@ class StacApi:
     def close(self) -> None:
         self.process.terminate()
         self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
         self.server.server_close()
 
 
