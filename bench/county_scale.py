@@ -14,7 +14,8 @@ Stages, each against its in-process ceiling measured in the same run:
            linear -> softmax, so the data plane is what is measured): plan on the driver,
            read windows straight from the scenes, executors stage predictions, commit per
            county-year. Ceiling: the same bundle reading the same windows in this process
-           with two threads (score_scene per scene, nothing written). After a warm-up job.
+           with two threads (score_scene per scene, nothing written), on whole scenes up to
+           12,000 tiles. After a warm-up job.
   change   run_change (predictions of both vintages, no embeddings); ceiling: reading both
            predictions and comparing their classes in pandas.
 Then SqueezeNet (ImageNet backbone, untrained head) on a ``--squeezenet-tiles`` subset, and on
@@ -307,14 +308,20 @@ def tiling_ceiling(rows: pd.DataFrame, limit: int = 3000) -> float:
     return len(rows) / (time.perf_counter() - start)
 
 
-def scoring_ceiling(rows: pd.DataFrame, bundle: Bundle, batch: int) -> float:
+def scoring_ceiling(rows: pd.DataFrame, bundle: Bundle, batch: int,
+                    limit: int = 12_000) -> float:
     """Tiles/s of the same bundle reading the same windows in this process, all cores (one
-    thread per core, scenes shared out), nothing written."""
+    thread per core, scenes shared out), nothing written; whole scenes up to about
+    ``limit`` tiles (a rate: the full county would only repeat the same scenes' pixels)."""
     from landuse.models.runners import OnnxRunner
     from landuse.scoring.predict import score_scene
 
     runner = OnnxRunner(bundle, threads=1)
-    groups = [g for _, g in rows.groupby("scene_url")]
+    groups: list[pd.DataFrame] = []
+    for _, group in rows.groupby("scene_url"):
+        if sum(len(g) for g in groups) >= limit:
+            break
+        groups.append(group)
     score_scene(groups[0].head(batch), runner, batch)  # warm-up
     start = time.perf_counter()
     with ThreadPoolExecutor(SPARK_CORES) as pool:

@@ -63,6 +63,7 @@ from landuse.counties import County  # noqa: E402
 from landuse.labels import CLASSES  # noqa: E402
 from landuse.models.bundle import Bundle, BundleSpec, write_bundle  # noqa: E402
 from landuse.models.preprocessing import decode, to_tensor  # noqa: E402
+from machine import cpu_info  # noqa: E402
 
 SEED_RATE_PER_CORE = 1.0  # images/s per core, the seed's figure for ResNet-50 on Spark
 COUNTY_TILES = 11_760  # the seed's county-scale ResNet-50 job
@@ -193,7 +194,7 @@ def ceilings(bundle: Bundle, batches: list[np.ndarray], tensors: Path, batch: in
 
 
 def spark_run(spark: Any, rows: pd.DataFrame, bundle: Bundle, work: Path, tag: str,
-              batch: int) -> float:
+              batch: int, framework: str = "onnx") -> float:
     """Seconds for score_on_spark on ``rows``, manifest on disk to committed Parquet."""
     from landuse.scoring.spark import score_on_spark
 
@@ -202,7 +203,7 @@ def spark_run(spark: Any, rows: pd.DataFrame, bundle: Bundle, work: Path, tag: s
     out = work / f"out-{tag}"
     start = time.perf_counter()
     result = score_on_spark(spark, str(manifest), bundle.path, str(out), batch_size=batch,
-                            threads=1)
+                            threads=1, framework=framework)
     seconds = time.perf_counter() - start
     if result.tiles != len(rows) or result.errors:
         raise RuntimeError(f"{tag}: {result.tiles} rows, {result.errors} errors for {len(rows)}")
@@ -231,6 +232,7 @@ def bench(name: str, weights: str, n: int, tiles: pd.DataFrame, spark: Any, work
     small = spark_run(spark, warm, bundle, work, f"{name}-small", batch)  # warm workers now
     seconds = spark_run(spark, rows, bundle, work, name, batch)
     after = ceilings(bundle, batches, tensors, batch)
+    int8 = int8_run(spark, bundle, decoded, rows, warm, work, name, batch)
     best = {k: max(before[k], after[k]) for k in before}
     ceiling_rate = max(best.values())
     rate = n / seconds
@@ -255,6 +257,7 @@ def bench(name: str, weights: str, n: int, tiles: pd.DataFrame, spark: Any, work
           f"  read + decode + preprocess alone: {decode_rate:.0f} img/s on one core\n"
           f"  seed-style baseline (Keras, 1 image per call, PNG per tile, {seed_tiles} tiles): "
           f"{seed_rate:.1f} img/s; spark scene-direct is {rate / seed_rate:.1f}x faster\n"
+          f"{int8(rate)}\n"
           f"  ratio {ratio:.3f}")
     if name == "resnet50":
         projected = first_job + fixed + COUNTY_TILES / marginal
@@ -263,6 +266,25 @@ def bench(name: str, weights: str, n: int, tiles: pd.DataFrame, spark: Any, work
               f"{COUNTY_TILES / rate / 60:.1f} min; the seed at 1 img/s per core: "
               f"{COUNTY_TILES / (SEED_RATE_PER_CORE * SPARK_CORES) / 60:.0f} min)")
     return ratio
+
+
+def int8_run(spark: Any, bundle: Bundle, decoded: np.ndarray, rows: pd.DataFrame,
+             warm: pd.DataFrame, work: Path, name: str, batch: int) -> Any:
+    """The same Spark job on the bundle's int8 form (quantized here as training does, on 32
+    of the tiles); returns a function that prints it beside the fp32 rate of the same run."""
+    from landuse.models.quantize import INT8, add_int8
+
+    n = min(len(decoded), 256)  # unlabelled tiles: agreement with fp32 is the check
+    quantized = add_int8(bundle, decoded[:32], decoded[:n], [""] * n)
+    if INT8 not in quantized.spec.formats:
+        return lambda fp32: f"  int8: none ({quantized.spec.metrics['int8']['error']})"
+    spark_run(spark, warm, quantized, work, f"{name}-int8-warmup", batch, "onnx-int8")
+    rate = len(rows) / spark_run(spark, rows, quantized, work, f"{name}-int8", batch,
+                                 "onnx-int8")
+    agreement = quantized.spec.metrics["int8"]["agreement"]
+    return lambda fp32: (f"  int8 (framework onnx-int8) end to end {rate:7.1f} img/s = "
+                         f"{rate / fp32:.2f}x fp32 in this run; top-1 agreement with fp32 "
+                         f"{agreement:.3f} on {n} tiles")
 
 
 def standalone_speedup(tiles: pd.DataFrame, work: Path, batch: int, n: int = 400) -> None:
@@ -315,6 +337,7 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         tiles = make_tiles(work)
+        print(f"cpu: {cpu_info()}")
         print(f"{len(tiles)} real NAIP tiles (Stutsman County ND, {', '.join(map(str, YEARS))}; "
               f"224 px PNG) tiled in {time.perf_counter() - t0:.0f} s; {os.cpu_count()} CPUs; "
               f"load average {os.getloadavg()[0]:.1f} at start")

@@ -57,7 +57,6 @@ import argparse
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +74,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's matmul on one thre
 from landuse.labels import CLASSES  # noqa: E402
 from landuse.models.bundle import Bundle, BundleSpec, write_bundle  # noqa: E402
 from landuse.models.preprocessing import PreprocessSpec  # noqa: E402
+from machine import cpu_info  # noqa: E402
 
 SCENE = PROJECT / "sample" / "naip" / "m_4709963_se_14_1_20160816.tif"
 SIZE, STRIDE = 32, 16
@@ -251,18 +251,6 @@ def spark_rate(image: str, bundle: Bundle, workers: int, batch_size: int,
     finally:
         spark.stop()
     return best, spread, warm
-
-
-def cpu_info() -> str:
-    """``lscpu``'s model name and the AVX / FMA flags."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "lscpu unavailable"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    flags = sorted(f for f in fields.get("Flags", "").split() if f.startswith(("avx", "fma")))
-    return (f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} "
-            f"CPU(s); {' '.join(flags) or 'no AVX'}")
 
 
 def matmul_rates(n: int = 1024, repeats: int = 5) -> dict[str, float]:

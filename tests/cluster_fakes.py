@@ -101,16 +101,21 @@ class FakeCluster:
         """One read of the cluster: a resize in progress moves one step on."""
         if self.state == self.resizing and not self.stuck:
             self.pending -= 1
-            if self.pending <= 0:
-                self.state, self.workers = self.running, self.target
+            if self.pending <= 0:  # a failed resize brings up no worker
+                self.state = self.running
+                self.workers = self.workers if self.operation_fails else self.target
 
     def hdinsight_body(self) -> dict[str, Any]:
         done = self.state == "Running"
+        failed = done and self.operation_fails and bool(self.resizes)
+        errors = [{"code": "InsufficientCoreQuota",
+                   "message": "the subscription has no cores left"}] if failed else []
         return {
             "id": HDI_PATH, "name": NAME, "type": "Microsoft.HDInsight/clusters",
             "properties": {
                 "clusterState": self.state,
-                "provisioningState": "Succeeded" if done else "InProgress",
+                "provisioningState": "Failed" if failed else "Succeeded" if done else "InProgress",
+                "errors": errors,
                 "computeProfile": {"roles": [
                     {"name": "headnode", "targetInstanceCount": 2},
                     # ARM shows the new target as soon as the resize is accepted.

@@ -667,6 +667,25 @@ def test_executors_honour_queues_with_a_broker_inside_the_stack(compose, example
     assert executor_problems(compose, example) == []
 
 
+def test_the_broker_password_is_needed_only_where_the_broker_runs(compose, tmp_path):
+    # Compose resolves ${VAR:?} in every service whatever the profiles, so a required
+    # REDIS_PASSWORD would stop a stack without the gpu profile: it is optional in the file,
+    # and the broker itself refuses to start without it.
+    refs = [r for r in references(compose) if (r.group("name") or r.group("bare"))
+            == "REDIS_PASSWORD"]
+    assert refs and all(r.group("op") == ":-" for r in refs)
+    script = interpolate(argv_of(compose["services"]["redis"])[-1], {})
+    (tmp_path / "redis-server").write_text('#!/bin/sh\necho "serving with $*"\n')
+    (tmp_path / "redis-server").chmod(0o755)
+    path = {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    refused = subprocess.run(["sh", "-c", script], env={**path, "REDISCLI_AUTH": ""},
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "set REDIS_PASSWORD" in refused.stderr
+    served = subprocess.run(["sh", "-c", script], env={**path, "REDISCLI_AUTH": "s3cret"},
+                            capture_output=True, text=True, timeout=30)
+    assert served.returncode == 0 and "--requirepass s3cret" in served.stdout
+
+
 def test_gpu_image_is_the_project_image_with_cuda_tensorflow(compose):
     assert project_gpu_dockerfile_problems(compose) == []
 

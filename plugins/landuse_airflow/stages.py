@@ -12,14 +12,16 @@ from landuse_airflow.assets import PREDICTIONS, predictions_asset
 from landuse_airflow.errors import fail_fast_on_bad_input
 
 
-def resolve_model(model: str, root: str) -> tuple[str, str]:
-    """The bundle (folder or URL) and model id for ``champion`` or a named bundle; the
-    champion's bundle is a URL under the storage root, which any worker can load.
+def resolve_model(model: str, root: str, framework: str = "onnx") -> tuple[str, str]:
+    """The bundle (folder or URL) for ``champion`` or a named bundle, and the model id its
+    predictions in ``framework`` will carry; the champion's bundle is a URL under the storage
+    root, which any worker can load.
 
     Raises:
-        ValueError: no champion yet, or an invalid bundle.
+        ValueError: no champion yet, an invalid bundle, or one without that model form.
     """
     from landuse.models.bundle import load_bundle
+    from landuse.models.runners import predictions_model_id
     from landuse.models.tracking import models_root, read_champion
 
     bundle = model
@@ -28,7 +30,7 @@ def resolve_model(model: str, root: str) -> tuple[str, str]:
         if champion is None:
             raise ValueError(f"no champion under {models_root(root)}: train first")
         bundle = champion["bundle"]
-    return str(bundle), load_bundle(bundle).model_id
+    return str(bundle), predictions_model_id(load_bundle(bundle), framework)
 
 
 def score_and_publish(context: Any, county: str, year: int, bundle: str, *, root: str,
@@ -48,7 +50,7 @@ def score_and_publish(context: Any, county: str, year: int, bundle: str, *, root
                                 batch_size=batch_size)
     report = result.report or {}
     summary = {"county": county, "year": year, "url": result.outputs[(county, year)],
-               "tiles": result.tiles, "errors": result.errors,
+               "model_id": result.model_id, "tiles": result.tiles, "errors": result.errors,
                "seconds": round(result.seconds, 1), "storage_root": root,
                "accuracy": report.get("accuracy"),
                "group_accuracy": report.get("group_accuracy")}

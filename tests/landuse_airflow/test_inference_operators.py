@@ -151,6 +151,8 @@ def test_hook_caches_bundle_and_runners(onnx_bundle: Path) -> None:
         hook.get_runner("torch")
     with pytest.raises(BundleError, match="no keras model"):
         hook.get_runner("keras")
+    with pytest.raises(BundleError, match="no onnx-int8 model"):
+        hook.get_runner("onnx-int8")
 
 
 def test_base_operator_needs_a_framework_and_a_sane_batch(tmp_path: Path) -> None:

@@ -121,10 +121,12 @@ def _cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
-    """(value - median) / (1.4826 MAD): a z-score that a few big changes do not inflate."""
-    median = float(np.median(values))
-    mad = 1.4826 * float(np.median(np.abs(values - median)))
-    return np.asarray((values - median) / (mad if mad > 0 else 1e-12))
+    """(value - median) / (MAD scaled to a normal's sigma): a z-score that a few big changes
+    do not inflate."""
+    from scipy.stats import median_abs_deviation
+
+    mad = float(median_abs_deviation(values, scale="normal"))
+    return np.asarray((values - np.median(values)) / (mad if mad > 0 else 1e-12))
 
 
 def adjacent_pairs(bounds: np.ndarray, groups: Sequence[object] | None = None) -> np.ndarray:

@@ -21,16 +21,13 @@ GREEN, NIR = 2, 4
 _OTSU_SAMPLE = 1024
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of 8-bit values (the split maximising between-class variance)."""
-    hist, edges = np.histogram(values, bins=bins, range=(0, 256))
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    s0 = np.cumsum(hist * centres)
-    m0 = s0 / np.maximum(w0, 1)
-    m1 = (s0[-1] - s0) / np.maximum(w1, 1)
-    return float(edges[int(np.argmax(w0 * w1 * (m0 - m1) ** 2)) + 1])
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of 8-bit values (the split maximising between-class variance), as
+    an exclusive bound: values below it are the dark class (scikit-image's own threshold
+    keeps values equal to it in that class, hence the + 1)."""
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(np.asarray(values, dtype=np.uint8))) + 1.0
 
 
 def water_mask(green: np.ndarray, nir: np.ndarray, nir_threshold: float) -> np.ndarray:

@@ -130,15 +130,26 @@ class HDInsightCluster(ClusterScaler):
             raise _cluster_error(self.name, what, err) from err
 
     def _role_target(self) -> tuple[str, str | None, int]:
-        """``clusterState``, ``provisioningState`` and the worker role's target count."""
+        """``clusterState``, ``provisioningState`` and the worker role's target count.
+
+        Raises:
+            ClusterError: the cluster is in ``Error`` or its provisioning ``Failed`` (after a
+                failed resize, say): no wait could end well, so it ends now with the
+                cluster's own errors. This is what a wait sees without the resize's poller
+                (a deferred wait, in the triggerer).
+        """
         cluster = self._api("reading the cluster", self._client.clusters.get)
         props = cluster.properties
         roles = (props.compute_profile.roles or []) if props and props.compute_profile else []
         worker = next((r for r in roles if r.name == WORKER_ROLE), None)
         if worker is None or props is None:
             raise ClusterError(f"{self.name} has no {WORKER_ROLE} role in its compute profile")
-        return (str(props.cluster_state or "Unknown"), props.provisioning_state,
-                int(worker.target_instance_count or 0))
+        state = str(props.cluster_state or "Unknown")
+        if state == "Error" or props.provisioning_state == "Failed":
+            errors = "; ".join(f"{e.code}: {e.message}" for e in props.errors or [])
+            raise ClusterError(f"{self.name} is {state}, provisioning "
+                               f"{props.provisioning_state}: {errors or 'no errors listed'}"[:500])
+        return state, props.provisioning_state, int(worker.target_instance_count or 0)
 
     def live_workers(self) -> int:
         """Worker hosts the cluster lists now (``virtual_machines.list_hosts``)."""
@@ -156,16 +167,17 @@ class HDInsightCluster(ClusterScaler):
         cluster does not count as running.
 
         Raises:
-            ClusterError: the cluster cannot be read, or the resize operation failed.
+            ClusterError: the cluster cannot be read, is in error, or the resize operation
+                failed.
         """
+        if self._resize is not None and self._resize.done():
+            self._raise_if_resize_failed()  # the operation's own words first
         state, provisioning, desired = self._role_target()
         settled = provisioning in (None, "Succeeded")
         shown = state if settled else f"{state}/{provisioning}"
         running = state == "Running" and settled
         if self._resize is not None and not self._resize.done():
             shown, running = f"{shown} (resize operation {self._resize.status()})", False
-        elif self._resize is not None:
-            self._raise_if_resize_failed()
         return ClusterStatus(state=shown, running=running, workers=self.live_workers(),
                              desired=desired)
 

@@ -9,6 +9,7 @@ serve bundles that carry those forms.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 
 import numpy as np
@@ -16,7 +17,8 @@ import numpy as np
 from landuse.models.bundle import Bundle, BundleError
 from landuse.models.preprocessing import to_tensor
 
-FRAMEWORKS = ("onnx", "keras", "tflite")
+# "onnx-int8" is the bundle's int8 form (landuse.models.quantize) through ONNX Runtime.
+FRAMEWORKS = ("onnx", "onnx-int8", "keras", "tflite")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -30,6 +32,11 @@ class Runner(Protocol):
     """What scoring operators wrap."""
 
     bundle: Bundle
+
+    @property
+    def model_id(self) -> str:
+        """The id this runner's predictions carry."""
+        ...
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) for uint8 RGB tiles (N, H, W, 3)."""
@@ -45,6 +52,10 @@ class _Base:
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
+
+    @property
+    def model_id(self) -> str:
+        return self.bundle.model_id
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
         return self.predict_tensor(to_tensor(tiles, self.bundle.spec.preprocessing))
@@ -94,8 +105,7 @@ class OnnxRunner(_Base):
 
     @property
     def model_id(self) -> str:
-        """The id predictions carry: the bundle's, marked when the int8 form runs."""
-        return f"{self.bundle.model_id}+int8" if self.int8 else self.bundle.model_id
+        return predictions_model_id(self.bundle, "onnx-int8" if self.int8 else "onnx")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run([self._output], {self._input: x})[0])
@@ -154,13 +164,26 @@ class TFLiteRunner(_Base):
         return out
 
 
+def predictions_model_id(bundle: Bundle, framework: str) -> str:
+    """The model id that predictions of ``bundle`` run in ``framework`` carry: the bundle's,
+    marked ``+int8`` for the int8 form, so that change detection never compares int8 calls
+    with fp32 ones as if one model made both.
+
+    Raises:
+        BundleError: the bundle lacks that model form.
+    """
+    bundle.file(framework)
+    return f"{bundle.model_id}+int8" if framework == "onnx-int8" else bundle.model_id
+
+
 def open_runner(bundle: Bundle, framework: str = "onnx", **options: Any) -> Runner:
     """A runner for ``bundle`` in the given framework.
 
     Raises:
         BundleError: unknown framework, or the bundle lacks that model form.
     """
-    runners: dict[str, Any] = {"onnx": OnnxRunner, "keras": KerasRunner, "tflite": TFLiteRunner}
+    runners: dict[str, Any] = {"onnx": OnnxRunner, "keras": KerasRunner, "tflite": TFLiteRunner,
+                               "onnx-int8": functools.partial(OnnxRunner, int8=True)}
     if framework not in runners:
         raise BundleError(f"unknown framework {framework!r}; use one of {FRAMEWORKS}")
     bundle.file(framework)  # a clear error when the bundle lacks this form

@@ -88,6 +88,7 @@ def summary(result: ScoreResult, args: argparse.Namespace) -> dict[str, Any]:
         "errors": result.errors,
         "seconds": round(result.seconds, 3),
         "framework": args.framework,
+        "model_id": result.model_id,
         "out": args.out,
         "outputs": {f"{county}/{year}": url for (county, year), url in result.outputs.items()},
         "report": result.report,

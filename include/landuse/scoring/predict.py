@@ -244,7 +244,7 @@ def _score_records(records: list[dict[str, Any]], load: Callable[[dict[str, Any]
     """The batch loop: ``load`` each row's (H, W, 3) uint8 tile, predict, one row per tile."""
     spec = runner.bundle.spec
     classes = list(spec.classes)
-    model_id = runner.bundle.model_id
+    model_id = runner.model_id  # the int8 form has an id of its own
     out: list[dict[str, Any]] = []
     for start in range(0, len(records), batch_size):
         batch = records[start:start + batch_size]

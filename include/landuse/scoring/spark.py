@@ -70,6 +70,7 @@ class ScoreResult:
     errors: int
     seconds: float
     report: dict[str, Any] | None
+    model_id: str  # what the predictions carry (marked "+int8" for the int8 form)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def worker_runner(bundle_dir: str, framework: str, threads: int) -> Any:
 
     key = (bundle_dir, framework)
     if key not in _RUNNERS:
-        options = {"threads": threads} if framework in ("onnx", "tflite") else {}
+        options = {"threads": threads} if framework != "keras" else {}
         _RUNNERS[key] = open_runner(load_bundle(bundle_dir), framework, **options)
     return _RUNNERS[key]
 
@@ -220,7 +221,7 @@ def score_on_spark(
         bundle: bundle folder or URL (e.g. the champion's ``abfs://`` URL): fetched to the
             driver's bundle cache, then shipped to the workers by Spark as an archive.
         out: storage root of the predictions (local or ``abfs://``); the workers write there.
-        framework: runner to use on the workers (onnx, keras, tflite).
+        framework: runner to use on the workers (onnx, onnx-int8, keras, tflite).
         batch_size: tiles per model call.
         threads: inference threads per Python worker.
         partitions: the number of Spark tasks to aim for: scenes are cut into smaller tasks
@@ -232,8 +233,11 @@ def score_on_spark(
     """
     from pyspark import SparkFiles
 
+    from landuse.models.runners import predictions_model_id
+
     started = time.perf_counter()
     checked: Bundle = load_bundle(bundle)  # fail on the driver, not on every worker
+    model_id = predictions_model_id(checked, framework)  # a missing model form fails here too
     tasks = plan_tasks(source)
     if partitions and len(tasks) < partitions:  # fewer scenes than asked: smaller tasks
         total = sum(t.tiles for t in tasks)
@@ -260,7 +264,7 @@ def score_on_spark(
     seconds = time.perf_counter() - started
     log.info("scored %d tiles (%d errors) in %d tasks in %.1f s on %s", tiles, errors,
              len(tasks), seconds, sc.master)
-    return ScoreResult(outputs, tiles, errors, seconds, report)
+    return ScoreResult(outputs, tiles, errors, seconds, report, model_id)
 
 
 def ship_bundle(sc: Any, bundle: Bundle) -> str:
@@ -269,7 +273,10 @@ def ship_bundle(sc: Any, bundle: Bundle) -> str:
     uncompressed, since weights barely compress."""
     import zipfile
 
-    name = f"bundle-{bundle.onnx_sha256[:16]}.zip"
+    # bundle.json too: the int8 form is added beside an unchanged model.onnx
+    digest = hashlib.sha256((Path(bundle.path) / "bundle.json").read_bytes())
+    digest.update(bundle.onnx_sha256.encode())
+    name = f"bundle-{digest.hexdigest()[:16]}.zip"
     if name in {Path(f).name for f in sc.listArchives}:
         return name
     archive = Path(tempfile.mkdtemp(prefix="landuse-bundle-")) / name

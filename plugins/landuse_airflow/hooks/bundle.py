@@ -54,6 +54,11 @@ class ModelBundleHook(BaseHook):
         return self._open("onnx", threads=self.threads)
 
     @cached_property
+    def onnx_int8_runner(self) -> Runner:
+        """The bundle's int8 form through ONNX Runtime (its predictions' id ends ``+int8``)."""
+        return self._open("onnx-int8", threads=self.threads)
+
+    @cached_property
     def keras_runner(self) -> Runner:
         """The bundle's Keras model (imports TensorFlow: only paid for when asked)."""
         return self._open("keras")
@@ -64,7 +69,7 @@ class ModelBundleHook(BaseHook):
         return self._open("tflite", threads=self.threads)
 
     def get_runner(self, framework: str) -> Runner:
-        """The cached runner for ``framework`` (onnx, keras or tflite).
+        """The cached runner for ``framework`` (onnx, onnx-int8, keras or tflite).
 
         Raises:
             BundleError: unknown framework, or the bundle has no model in that form.
@@ -74,7 +79,7 @@ class ModelBundleHook(BaseHook):
 
         if framework not in FRAMEWORKS:
             raise BundleError(f"unknown framework {framework!r}; use one of {FRAMEWORKS}")
-        runner: Runner = getattr(self, f"{framework}_runner")
+        runner: Runner = getattr(self, f"{framework.replace('-', '_')}_runner")
         return runner
 
     def _open(self, framework: str, **options: int) -> Runner:

@@ -84,7 +84,7 @@ def spark_submit_scoring(
             the job's arguments and ``conf``).
         bundle_path: model bundle folder, readable by the driver.
         out: storage root of the predictions (``{out}/county=*/year=*/predictions.parquet``).
-        framework: onnx, keras or tflite.
+        framework: onnx, onnx-int8, keras or tflite.
         batch_size: tiles per model call.
         threads: inference threads per Python worker.
         partitions: override the job's work-sized partition count.
@@ -141,17 +141,16 @@ class SparkScoringOperator(BaseOperator):
         bundle_path: model bundle folder or URL (templated).
         storage_root: the storage root, local or ``abfs://`` (templated).
         spark_master: ``local[N]`` or ``spark://host:port`` (templated).
-        framework: onnx, keras or tflite (templated).
+        framework: onnx, onnx-int8, keras or tflite (templated).
         batch_size: tiles per model call (templated).
-        model_id: the bundle's id, passed through to the result (templated).
         **kwargs: BaseOperator arguments.
 
     Returns (XCom): the Asset event's ``extra`` (county, year, url, tiles, errors, seconds,
-    storage_root, accuracy, group_accuracy) and ``model_id``; a list of them for a batch.
+    storage_root, accuracy, group_accuracy, model_id); a list of them for a batch.
     """
 
     template_fields: Sequence[str] = ("county", "year", "bundle_path", "storage_root",
-                                      "spark_master", "framework", "batch_size", "model_id")
+                                      "spark_master", "framework", "batch_size")
     ui_color = "#dae8fc"
 
     def __init__(
@@ -164,7 +163,6 @@ class SparkScoringOperator(BaseOperator):
         spark_master: str = "local[2]",
         framework: str = "onnx",
         batch_size: int | str = 32,
-        model_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -175,7 +173,6 @@ class SparkScoringOperator(BaseOperator):
         self.spark_master = spark_master
         self.framework = framework
         self.batch_size = batch_size
-        self.model_id = model_id
 
     def execute(self, context: Context) -> dict[str, Any] | list[dict[str, Any]]:
         """Score, commit and publish each county; returns the summary (a list for a batch)."""
@@ -193,10 +190,9 @@ class SparkScoringOperator(BaseOperator):
                     raise ValueError(f"no manifest for {county} in {year} ({manifest}): "
                                      "run naip_dataset first")
         summaries = [
-            {**score_and_publish(context, county, year, self.bundle_path,
-                                 root=self.storage_root, master=self.spark_master,
-                                 framework=self.framework, batch_size=batch_size),
-             "model_id": self.model_id}
+            score_and_publish(context, county, year, self.bundle_path, root=self.storage_root,
+                              master=self.spark_master, framework=self.framework,
+                              batch_size=batch_size)
             for county in names]
         return summaries[0] if isinstance(self.county, str) else summaries
 

@@ -87,10 +87,28 @@ def test_hdinsight_failed_operation_fails_the_wait_with_azures_words(serve: Any)
     scaler.request(3)
     with pytest.raises(ClusterError) as caught:
         scaler.wait(3, timeout_s=10, poll_s=POLL_S)
-    assert (f"HDInsight cluster {RG}/{NAME}: the resize operation failed: "
-            "InsufficientCoreQuota: the subscription has no cores left") == str(caught.value)
+    # from the operation's poller, or from the cluster's failed provisioning if that is
+    # read first: Azure's own words either way
+    assert str(caught.value).startswith(f"HDInsight cluster {RG}/{NAME}")
+    assert str(caught.value).endswith("InsufficientCoreQuota: the subscription has no cores left")
     assert not caught.value.transient
     assert fake.errors == []
+
+
+def test_a_wait_without_the_poller_still_ends_on_a_failed_resize(serve: Any) -> None:
+    # A deferred wait polls from the triggerer with a scaler of its own, which never saw
+    # the resize's poller: the cluster's failed provisioning ends it, with Azure's errors.
+    fake = FakeCluster("hdinsight", workers=2, target=2, polls_to_finish=1,
+                       operation_fails=True)
+    endpoint = serve(fake)
+    hdinsight(endpoint).request(3)
+    waiter = hdinsight(endpoint)
+    with pytest.raises(ClusterError) as caught:
+        waiter.wait(3, timeout_s=10, poll_s=POLL_S)
+    assert str(caught.value) == (f"HDInsight cluster {RG}/{NAME} is Running, provisioning "
+                                 "Failed: InsufficientCoreQuota: the subscription has no "
+                                 "cores left")
+    assert not caught.value.transient and fake.workers == 2
 
 
 def test_hdinsight_request_is_idempotent(serve: Any) -> None:

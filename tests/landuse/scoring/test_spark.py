@@ -113,6 +113,34 @@ def test_invalid_bundle_fails_on_the_driver(spark, tiled, tmp_path):
                        tmp_path / "empty", str(tmp_path / "out"))
 
 
+def test_the_int8_form_scores_when_asked_and_names_itself(spark, tiled, bundle, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from landuse.models.data import load_tiles
+    from landuse.models.quantize import add_int8
+
+    source = str(tiled / "naip" / "synthetic-county-1" / "2016" / "manifest.parquet")
+    with pytest.raises(BundleError, match="no onnx-int8 model"):  # on the driver, at once
+        score_on_spark(spark, source, bundle, str(tmp_path / "none"), framework="onnx-int8")
+
+    manifest = pd.read_parquet(source)
+    chips = manifest.dropna(subset=["image_url"])
+    tiles = load_tiles(list(chips["image_url"][:64]), load_bundle(bundle).spec.preprocessing)
+    shutil.copytree(bundle, tmp_path / "int8")  # the fixture's bundle is shared
+    int8 = add_int8(load_bundle(tmp_path / "int8"), tiles[:32], tiles, list(chips["label"][:64]))
+    fp32 = score_on_spark(spark, source, int8.path, str(tmp_path / "fp32"))
+    q = score_on_spark(spark, source, int8.path, str(tmp_path / "q"), framework="onnx-int8")
+    assert fp32.model_id == int8.model_id and q.model_id == f"{int8.model_id}+int8"
+    a = pd.read_parquet(fp32.outputs[("synthetic-county-1", 2016)]).set_index("tile_id")
+    b = pd.read_parquet(q.outputs[("synthetic-county-1", 2016)]).set_index("tile_id")
+    assert set(b["model_id"]) == {q.model_id} and sorted(a.index) == sorted(b.index)
+    b = b.loc[a.index]
+    assert (a["predicted"] == b["predicted"]).mean() >= 0.9  # the same calls, nearly
+    assert np.abs(a["confidence"] - b["confidence"]).max() < 0.1
+
+
 def test_tiles_of_another_size_than_the_model_are_refused(spark, tiled, onnx_kit, tmp_path):
     from landuse.models.preprocessing import PreprocessSpec
 
