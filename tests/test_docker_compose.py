@@ -686,6 +686,18 @@ def test_the_broker_password_is_needed_only_where_the_broker_runs(compose, tmp_p
     assert served.returncode == 0 and "--requirepass s3cret" in served.stdout
 
 
+def test_the_gpu_workers_celery_app_imports_from_the_locked_packages(compose):
+    # The worker's health check names the provider's Celery app: it must import with the
+    # lock's Celery (celery 5.7 broke the provider's import; the lock pins 5.6.3).
+    check = " ".join(compose["services"]["airflow-worker-gpu"]["healthcheck"]["test"])
+    module = re.search(r"--app (\S+)\.app\b", check)
+    assert module, check
+    script = f"import {module.group(1)} as m; print(m.app.main)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_gpu_image_is_the_project_image_with_cuda_tensorflow(compose):
     assert project_gpu_dockerfile_problems(compose) == []
 

@@ -264,6 +264,12 @@ def safe_name(name: str, what: str = "county") -> str:
     return name
 
 
+def run_segment(run_id: str) -> str:
+    """An Airflow run id (``manual__2026-12-02T07:09:44+00:00``) as one path segment: every
+    run of characters other than letters, digits, '_', '.' and '-' becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("._") or "run"
+
+
 def exists(url: str) -> bool:
     """Whether an object or folder exists at ``url``."""
     fs, path = filesystem(url)

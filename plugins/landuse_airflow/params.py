@@ -58,7 +58,8 @@ def years(default: list[int]) -> Param:
 
 
 # Params that name a location the run reads or writes, and values that name none.
-PLACE_PARAMS = ("storage_root", "registry", "nlcd", "split_url", "image", "model", "output")
+PLACE_PARAMS = ("storage_root", "registry", "nlcd", "split_url", "image", "model", "output",
+                "source")
 NOT_A_PLACE = (None, "", "champion")
 
 

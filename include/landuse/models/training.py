@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -155,8 +154,7 @@ def _with_int8(bundle: Bundle, split_url: str) -> Bundle:
 
 def run_folder(models_root: str | Path, run_id: str) -> str:
     """The URL under which one training run's candidates are published."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("._") or "run"
-    return storage.join(str(models_root), "candidates", safe)
+    return storage.join(str(models_root), "candidates", storage.run_segment(run_id))
 
 
 class UnfitModel(ValueError):

@@ -69,7 +69,7 @@ class BundleInferenceOperator(BaseOperator):
         if not self.framework:
             raise TypeError(
                 "BundleInferenceOperator is a base class: use OnnxInferenceOperator, "
-                "KerasInferenceOperator or TFLiteInferenceOperator"
+                "OnnxInt8InferenceOperator, KerasInferenceOperator or TFLiteInferenceOperator"
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -101,7 +101,7 @@ class BundleInferenceOperator(BaseOperator):
             rows = load_source(self.source)
             check_tiles_fit(rows, self.bundle_path, self.hook.bundle.spec.preprocessing)
             runner = self.hook.get_runner(self.framework)
-            model_id = self.hook.bundle.model_id
+            model_id = runner.model_id  # the int8 form's is its own
             classes = list(self.hook.bundle.spec.classes)
         total = len(rows)
         batches = (total + self.batch_size - 1) // self.batch_size
@@ -169,6 +169,13 @@ class OnnxInferenceOperator(BundleInferenceOperator):
     """Score with the bundle's ONNX model through ONNX Runtime (every bundle has one)."""
 
     framework: ClassVar[str] = "onnx"
+
+
+class OnnxInt8InferenceOperator(BundleInferenceOperator):
+    """Score with the bundle's int8 ONNX form (made and checked at training time); its
+    predictions carry the model id ``<bundle id>+int8``."""
+
+    framework: ClassVar[str] = "onnx-int8"
 
 
 class KerasInferenceOperator(BundleInferenceOperator):
