@@ -18,7 +18,9 @@ Stages, each against its in-process ceiling measured in the same run:
            12,000 tiles. After a warm-up job.
   change   run_change (predictions of both vintages, no embeddings); ceiling: reading both
            predictions and comparing their classes in pandas.
-Then SqueezeNet (ImageNet backbone, untrained head) on a ``--squeezenet-tiles`` subset, and on
+Then SqueezeNet (ImageNet backbone, untrained head) on a ``--squeezenet-tiles`` subset and
+ResNet-50 (random weights: none can be downloaded here; speed does not depend on them) on a
+``--resnet50-tiles`` subset, each against its own in-process ceiling, and on
 Azurite a ``--azurite-tiles`` county: blob requests per tile for tiling and for scoring
 (counted from Azurite's access log).
 
@@ -27,7 +29,8 @@ JVM) and the Python workers, peak resident memory sampled every 0.2 s while scor
 tenth-size county runs first, so its peaks are not inflated by the full county's.
 
 Run:  .venv/bin/python bench/county_scale.py [--scale 1.0] [--squeezenet-tiles 6000]
-          [--azurite-tiles 3000] [--skip-squeezenet] [--skip-azurite]
+          [--resnet50-tiles 1500] [--azurite-tiles 3000] [--skip-squeezenet]
+          [--skip-azurite]
 Ends with ``ratio=<scoring end to end / ceiling>`` (cheap bundle, full county).
 """
 
@@ -66,6 +69,7 @@ from landuse import labels, storage  # noqa: E402
 from landuse.counties import County  # noqa: E402
 from landuse.models.bundle import Bundle, BundleSpec, write_bundle  # noqa: E402
 from landuse.models.preprocessing import PreprocessSpec  # noqa: E402
+from machine import cpu_info  # noqa: E402
 
 SEED_TILES = 65_563  # the seed's Middlesex County
 TILE_M, RES_M, PX = 224.0, 5.0, 224
@@ -204,12 +208,14 @@ def cheap_bundle(dest: Path) -> Bundle:
                         lambda f: (f / "model.onnx").write_bytes(model.SerializeToString()))
 
 
-def squeezenet_bundle(dest: Path) -> Bundle:
-    """SqueezeNet (shipped ImageNet weights) + an untrained softmax head over the classes."""
+def network_bundle(backbone: str, weights: str, dest: Path) -> Bundle:
+    """A backbone + an untrained softmax head over the classes, as bench/scoring.py builds
+    it (SqueezeNet with its shipped ImageNet weights; ResNet-50 with random ones, since its
+    ImageNet weights cannot be downloaded here and speed does not depend on them)."""
     sys.path.insert(0, str(PROJECT / "bench"))
-    from scoring import build_bundle  # bench/scoring.py: the same bundle it measures
+    from scoring import build_bundle  # bench/scoring.py: the same bundles it measures
 
-    return build_bundle("squeezenet", "imagenet", dest)
+    return build_bundle(backbone, weights, dest)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -407,8 +413,10 @@ def score_job(source: str, bundle: Bundle, out: str, batch: int
     return json.loads(stdout.strip().splitlines()[-1]), wall, peaks
 
 
-def squeezenet(spark: Any, work: Path, name: str, n: int, batch: int) -> float:
-    """SqueezeNet on the first ``n`` tiles (whole scenes) of the county's 2016 manifest."""
+def network(spark: Any, work: Path, name: str, backbone: str, weights: str, n: int,
+            batch: int) -> float:
+    """A real network on the first ``n`` tiles (whole scenes) of the county's 2016 manifest:
+    Spark local[2] against the same bundle reading the same windows in this process."""
     import pyarrow.parquet as pq
 
     from landuse.scoring.spark import score_on_spark
@@ -421,19 +429,22 @@ def squeezenet(spark: Any, work: Path, name: str, n: int, batch: int) -> float:
     scenes = frame.groupby("scene_url", sort=True).size().cumsum()
     keep = set(scenes[scenes.shift(fill_value=0) < n].index)
     subset = table.filter(pd.Series(table.column("scene_url").to_pylist()).isin(keep).to_numpy())
-    path = work / "squeezenet-subset.parquet"
+    path = work / f"{backbone}-subset.parquet"
     pq.write_table(subset, path)
-    bundle, built = timed(lambda: squeezenet_bundle(work / "bundle-squeezenet"))
-    warm = work / "squeezenet-warm.parquet"
+    bundle, built = timed(lambda: network_bundle(backbone, weights, work / f"bundle-{backbone}"))
+    warm = work / f"{backbone}-warm.parquet"
     pq.write_table(subset.slice(0, 64), warm)
-    score_on_spark(spark, str(warm), bundle.path, str(work / "sq-warm"), batch_size=batch)
+    score_on_spark(spark, str(warm), bundle.path, str(work / f"{backbone}-warm"),
+                   batch_size=batch)
     rows = scoreable_rows_of(str(path))
     result, seconds = timed(lambda: score_on_spark(spark, str(path), bundle.path,
-                                                   str(work / "sq-out"), batch_size=batch))
+                                                   str(work / f"{backbone}-out"),
+                                                   batch_size=batch))
     rate = result.tiles / seconds
     ceiling = scoring_ceiling(rows, bundle, batch)
-    print(f"squeezenet ({built:.0f} s to build): {result.tiles:,} tiles  spark local[2] "
-          f"{rate:.1f} tiles/s  ceiling {ceiling:.1f}  ratio {rate / ceiling:.3f}", flush=True)
+    print(f"{backbone} ({weights} weights; {built:.0f} s to build): {result.tiles:,} tiles  "
+          f"spark local[2] {rate:.1f} tiles/s  ceiling {ceiling:.1f}  "
+          f"ratio {rate / ceiling:.3f}", flush=True)
     return rate / ceiling
 
 
@@ -515,9 +526,12 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0,
                         help="county size as a share of the seed's 65,563 tiles")
     parser.add_argument("--squeezenet-tiles", type=int, default=6000)
+    parser.add_argument("--resnet50-tiles", type=int, default=1500,
+                        help="ResNet-50 runs about 10 tiles/s per core: a subset keeps it short")
     parser.add_argument("--azurite-tiles", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--skip-squeezenet", action="store_true")
+    parser.add_argument("--skip-squeezenet", action="store_true",
+                        help="skip both real networks (SqueezeNet and ResNet-50)")
     parser.add_argument("--skip-azurite", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -526,13 +540,10 @@ def main() -> None:
 
     from landuse.spark import local_spark
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in
-                subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                if ln.startswith("Model name")), "unknown")
     full = max(1, round(SEED_TILES * args.scale))
     tenth = max(1, full // 10)
     print(f"county_scale: --scale {args.scale}: {full:,} tiles (tenth: {tenth:,}) per vintage; "
-          f"{os.cpu_count()} CPUs ({cpu}); load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"cpu: {cpu_info()}; load average {os.getloadavg()[0]:.1f}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-county-"))
     try:
         bundle = cheap_bundle(work / "bundle-cheap")
@@ -549,8 +560,10 @@ def main() -> None:
         print("peak memory, full county / tenth: " +
               ", ".join(f"{k} {v:.2f}x" for k, v in growth.items()), flush=True)
         if not args.skip_squeezenet:
-            squeezenet(spark, work, "county-full", min(args.squeezenet_tiles, full),
-                       args.batch_size)
+            for backbone, weights, n in (("squeezenet", "imagenet", args.squeezenet_tiles),
+                                         ("resnet50", "random", args.resnet50_tiles)):
+                network(spark, work, "county-full", backbone, weights, min(n, full),
+                        args.batch_size)
         spark.stop()
         if not args.skip_azurite:
             azurite_requests(work, args.azurite_tiles, bundle, args.batch_size)
