@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +59,10 @@ TILES_PER_TASK = 512
 TILES_PER_PARTITION = TILES_PER_TASK  # the earlier name, kept for callers
 # Runners of this Python worker, by (unpacked bundle, framework): built once, reused.
 _RUNNERS: dict[tuple[str, str], Any] = {}
+# Manifests of this Python worker's recent jobs, indexed by scene (see task_rows).
+_SCENE_INDEXES: OrderedDict[tuple[str, str], tuple[Any, dict[str | None, list[int]]]] = (
+    OrderedDict())
+_SCENE_INDEXES_KEPT = 4
 
 
 @dataclass(frozen=True)
@@ -156,8 +160,13 @@ def plan_tasks(source: str, tiles_per_task: int = TILES_PER_TASK) -> list[Task]:
     return sorted(tasks, key=lambda t: -t.tiles)
 
 
-def task_rows(task: Task) -> pd.DataFrame:
-    """The rows of a task's tiles, read on the worker (neighbouring tiles of one scene)."""
+def task_rows(task: Task, job: str | None = None) -> pd.DataFrame:
+    """The rows of a task's tiles, read on the worker (neighbouring tiles of one scene).
+
+    ``job`` (a job's staging URL) lets this Python worker keep the manifest, indexed by
+    scene, for the job's other tasks: a county's tasks each want one scene's rows, and
+    reading the whole manifest for every task would grow with the square of the county.
+    """
     if task.urls:
         return pd.DataFrame({
             "tile_id": [u.rsplit("/", 1)[-1].rsplit(".", 1)[0] for u in task.urls],
@@ -166,12 +175,8 @@ def task_rows(task: Task) -> pd.DataFrame:
     assert task.manifest is not None
     schema = _manifest_schema(task.manifest)
     if is_scene_manifest(schema):
-        import pyarrow.compute as pc
-
-        table = _read_manifest(task.manifest)
-        mask = (pc.is_null(table["scene_url"]) if task.scene is None
-                else pc.fill_null(pc.equal(table["scene_url"], task.scene), False))
-        rows = scoreable(table.filter(mask).to_pandas())
+        table, by_scene = _scene_index(task.manifest, job)
+        rows = scoreable(table.take(by_scene.get(task.scene, [])).to_pandas())
         rows = rows.sort_values(["maxy", "minx", "tile_id"], ascending=[False, True, True])
     else:
         rows = scoreable(_read_manifest(task.manifest).to_pandas())
@@ -179,10 +184,29 @@ def task_rows(task: Task) -> pd.DataFrame:
     return rows.iloc[bounds[task.part]:bounds[task.part + 1]].reset_index(drop=True)
 
 
+def _scene_index(manifest: str, job: str | None) -> tuple[Any, dict[str | None, list[int]]]:
+    """A scene manifest and the row positions of each scene's tiles (``None``: tiles without
+    a scene); kept per (manifest, job) in this worker, for the last few manifests."""
+    key = (manifest, job or "")
+    if job is not None and key in _SCENE_INDEXES:
+        _SCENE_INDEXES.move_to_end(key)
+        return _SCENE_INDEXES[key]
+    table = _read_manifest(manifest)
+    by_scene: dict[str | None, list[int]] = defaultdict(list)
+    for position, scene in enumerate(table["scene_url"].to_pylist()):
+        by_scene[scene].append(position)
+    entry = (table, dict(by_scene))
+    if job is not None:
+        _SCENE_INDEXES[key] = entry
+        while len(_SCENE_INDEXES) > _SCENE_INDEXES_KEPT:
+            _SCENE_INDEXES.popitem(last=False)
+    return entry
+
+
 def score_task(task: Task, runner: Any, batch_size: int, staging: str) -> list[dict[str, Any]]:
     """Score one task's tiles and stage its predictions (one part per county-year);
     returns a summary per part: where it is, its counts and its confusion counts."""
-    rows = task_rows(task)
+    rows = task_rows(task, job=staging)
     if task.scene is not None:
         scored = score_scene(rows, runner, batch_size, task.tile_px)
     else:

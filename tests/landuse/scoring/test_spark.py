@@ -90,6 +90,27 @@ def test_tasks_hold_neighbouring_tiles_of_one_scene_and_cover_each_tile_once(til
     assert sorted(seen) == sorted(expected)  # every tile with imagery, exactly once
 
 
+def test_a_worker_reads_each_manifest_once_per_job(tiled, monkeypatch):
+    """A county's tasks each want one scene's rows: reading the whole manifest per task
+    would grow with the square of the county."""
+    from landuse.scoring import spark as scoring_spark
+
+    reads: list[str] = []
+    read = scoring_spark._read_manifest
+    monkeypatch.setattr(scoring_spark, "_read_manifest",
+                        lambda url, columns=None: reads.append(url) or read(url, columns))
+    source = str(tiled / "naip" / "synthetic-county-1" / "2016" / "manifest.parquet")
+    tasks = plan_tasks(source, tiles_per_task=7)
+    reads.clear()
+    kept = [task_rows(t, job="job-1") for t in tasks]
+    assert len(tasks) > 2 and reads == [source]
+    for task, rows in zip(tasks, kept, strict=True):  # the same rows as a fresh read
+        pd.testing.assert_frame_equal(rows, task_rows(task))
+    reads.clear()
+    task_rows(tasks[0], job="job-2")  # another job reads again: the manifest may be new
+    assert reads == [source]
+
+
 def test_a_speculative_twin_cannot_double_a_row(tiled, bundle, tmp_path):
     """Two attempts of one task stage the same part (named by the task); the commit reads it
     once: exactly one row per tile."""
