@@ -175,8 +175,11 @@ def task_rows(task: Task, job: str | None = None) -> pd.DataFrame:
     assert task.manifest is not None
     schema = _manifest_schema(task.manifest)
     if is_scene_manifest(schema):
+        import pyarrow as pa
+
         table, by_scene = _scene_index(task.manifest, job)
-        rows = scoreable(table.take(by_scene.get(task.scene, [])).to_pandas())
+        positions = pa.array(by_scene.get(task.scene, []), type=pa.int64())
+        rows = scoreable(table.take(positions).to_pandas())
         rows = rows.sort_values(["maxy", "minx", "tile_id"], ascending=[False, True, True])
     else:
         rows = scoreable(_read_manifest(task.manifest).to_pandas())

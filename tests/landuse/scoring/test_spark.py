@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 
@@ -109,6 +111,8 @@ def test_a_worker_reads_each_manifest_once_per_job(tiled, monkeypatch):
     reads.clear()
     task_rows(tasks[0], job="job-2")  # another job reads again: the manifest may be new
     assert reads == [source]
+    gone = dataclasses.replace(tasks[0], scene="s3://nowhere/gone.tif")  # a rewritten manifest
+    assert task_rows(gone, job="job-2").empty
 
 
 def test_a_speculative_twin_cannot_double_a_row(tiled, bundle, tmp_path):
