@@ -15,7 +15,8 @@ Stages, each against its in-process ceiling measured in the same run:
            read windows straight from the scenes, executors stage predictions, commit per
            county-year. Ceiling: the same bundle reading the same windows in this process
            with two threads (score_scene per scene, nothing written), on whole scenes up to
-           12,000 tiles. After a warm-up job.
+           12,000 tiles, measured just before and just after the Spark job and averaged
+           (this machine's speed drifts by about 10 % over minutes). After a warm-up job.
   change   run_change (predictions of both vintages, no embeddings); ceiling: reading both
            predictions and comparing their classes in pandas.
 Then SqueezeNet (ImageNet backbone, untrained head) on a ``--squeezenet-tiles`` subset and
@@ -356,19 +357,22 @@ def run_county(spark: Any, work: Path, name: str, tiles: int, bundle: Bundle,
     root = str(work / name / "out")
     county, made = timed(lambda: make_county(work, name, tiles))
     results, tiling_s = timed(lambda: build_county(county, YEARS, root, TilingConfig()))
+    os.sync()  # the chips' write-back would otherwise land on the scoring that follows
     total = sum(r.tiles for r in results)
     trainable = sum(r.trainable for r in results)
     if total != tiles * len(YEARS):
         raise RuntimeError(f"{name}: {total} tiles, expected {tiles * len(YEARS)}")
     rows = scoreable_rows(root, name)
     tile_ceiling = tiling_ceiling(rows)
+    before = scoring_ceiling(rows, bundle, batch)
     scored, wall_s, peaks = score_job(manifests(root, name), bundle, root + "/predictions",
                                       batch)
     scoring_s = scored["seconds"]
     if scored["tiles"] != len(rows) or scored["errors"]:
         raise RuntimeError(f"{name}: scored {scored['tiles']} ({scored['errors']} errors) "
                            f"of {len(rows)}")
-    ceiling = scoring_ceiling(rows, bundle, batch)
+    after = scoring_ceiling(rows, bundle, batch)
+    ceiling = (before + after) / 2  # this machine's speed drifts by 10 % over minutes
     _, change_s = timed(lambda: run_change(root, name, YEARS[0], YEARS[1],
                                                 reference="predictions", embeddings=False))
     out = {
@@ -385,7 +389,8 @@ def run_county(spark: Any, work: Path, name: str, tiles: int, bundle: Bundle,
           f"ratio {out['tiling'] / tile_ceiling:.3f}  (one process)\n"
           f"  scoring  {out['scoring']:8.1f} tiles/s  ceiling {ceiling:8.1f}  "
           f"ratio {out['scoring'] / ceiling:.3f}  (local[2], {scored['tiles']:,} tiles, "
-          f"{scoring_s:.1f} s in score_on_spark; {wall_s:.1f} s with JVM start and exit)\n"
+          f"{scoring_s:.1f} s in score_on_spark; {wall_s:.1f} s with JVM start and exit; "
+          f"ceiling before {before:.1f}, after {after:.1f})\n"
           f"  change   {out['change']:8.1f} tiles/s  ceiling {out['change_ceiling']:8.1f}  "
           f"ratio {out['change'] / out['change_ceiling']:.3f}  (report published, both vintages)\n"
           f"  peak RSS while scoring: driver python {peaks['driver_python']:.0f} MiB, "
@@ -437,14 +442,16 @@ def network(spark: Any, work: Path, name: str, backbone: str, weights: str, n: i
     score_on_spark(spark, str(warm), bundle.path, str(work / f"{backbone}-warm"),
                    batch_size=batch)
     rows = scoreable_rows_of(str(path))
+    before = scoring_ceiling(rows, bundle, batch)
     result, seconds = timed(lambda: score_on_spark(spark, str(path), bundle.path,
                                                    str(work / f"{backbone}-out"),
                                                    batch_size=batch))
     rate = result.tiles / seconds
-    ceiling = scoring_ceiling(rows, bundle, batch)
+    after = scoring_ceiling(rows, bundle, batch)
+    ceiling = (before + after) / 2
     print(f"{backbone} ({weights} weights; {built:.0f} s to build): {result.tiles:,} tiles  "
-          f"spark local[2] {rate:.1f} tiles/s  ceiling {ceiling:.1f}  "
-          f"ratio {rate / ceiling:.3f}", flush=True)
+          f"spark local[2] {rate:.1f} tiles/s  ceiling {ceiling:.1f} (before {before:.1f}, "
+          f"after {after:.1f})  ratio {rate / ceiling:.3f}", flush=True)
     return rate / ceiling
 
 

@@ -9,7 +9,10 @@ import pytest
 
 from landuse.models.bundle import BundleError, load_bundle
 from landuse.scoring.spark import (
+    Task,
     _commit,
+    default_partitions,
+    group_tasks,
     plan_tasks,
     predictions_url,
     score_on_spark,
@@ -192,3 +195,24 @@ def test_the_driver_never_holds_the_tiles_or_the_predictions(spark, tiled, bundl
     source = str(tiled / "naip" / "*" / "*" / "manifest.parquet")
     result = score_on_spark(spark, source, bundle, str(tmp_path / "out"), batch_size=16)
     assert result.tiles > 0 and result.errors == 0
+
+
+def test_tasks_are_grouped_into_even_runs_that_keep_a_manifest_together():
+    tasks = [Task(f"m{m}.parquet", f"scene-{m}-{s}.tif", 0, 1, 304) for m in range(3)
+             for s in range(10)] + [Task("m1.parquet", "scene-1-x.tif", 0, 1, 40)]
+    groups = group_tasks(sorted(tasks, key=lambda t: -t.tiles), 8)
+    assert sorted((t for g in groups for t in g), key=repr) == sorted(tasks, key=repr)
+    sizes = [sum(t.tiles for t in g) for g in groups]
+    assert len(groups) == 8 and sizes == sorted(sizes, reverse=True)
+    assert max(sizes) - min(sizes) < 2 * 304  # each cut overshoots by less than a task
+    for group in groups:  # consecutive: a run spans at most two manifests
+        assert len({t.manifest for t in group}) <= 2
+        assert [t.scene for t in group] == sorted(t.scene for t in group)
+    assert group_tasks(tasks[:3], 8) == [[t] for t in tasks[:3]]  # never more runs than tasks
+
+
+def test_default_partitions_amortise_task_overhead_and_keep_cores_busy():
+    county = [Task("m.parquet", f"s{i}.tif", 0, 1, 304) for i in range(432)]  # ~131k tiles
+    assert default_partitions(county, 2) == 65  # ~2,000 tiles a Spark task
+    assert default_partitions(county[:20], 2) == 8  # small job: four per core
+    assert default_partitions(county[:20], 16) == 64
