@@ -12,7 +12,8 @@ scripts/setup.sh
 source scripts/env.sh
 # Five synthetic counties: training, validation (chooses epochs and champion) and test
 # (held out of both: every accuracy and planted-change figure below comes from it).
-if [ "$(grep -c '"truth"' sample/synthetic/counties.json 2>/dev/null)" -lt 5 ]; then
+synthetic=$(grep -c '"truth"' sample/synthetic/counties.json 2>/dev/null)  # empty if none
+if [ "${synthetic:-0}" -lt 5 ]; then
   landuse synth --out sample/synthetic --counties 5
 fi
 # Counties 1, 2 and 4 train (only 1 and 2 have pure water tiles, and every class is cut to
