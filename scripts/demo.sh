@@ -12,7 +12,7 @@ scripts/setup.sh
 source scripts/env.sh
 # Five synthetic counties: training, validation (chooses epochs and champion) and test
 # (held out of both: every accuracy and planted-change figure below comes from it).
-synthetic=$(grep -c '"truth"' sample/synthetic/counties.json 2>/dev/null)  # empty if none
+synthetic=$(grep -c '"truth"' sample/synthetic/counties.json 2>/dev/null || true)  # empty if none
 if [ "${synthetic:-0}" -lt 5 ]; then
   landuse synth --out sample/synthetic --counties 5
 fi
