@@ -7,7 +7,7 @@ pixels, synthetic placement: each copy is georeferenced at its own quarter-quad,
 x 16 tiles so no two copies overlap, the last copies cropped to the exact tile count), with a
 synthetic NLCD of 600 m parcels (5 % of parcels change between the two vintages).
 
-Stages, each against its in-process ceiling measured in the same run:
+Stages, each against its ceiling outside Spark measured in the same run:
   tiling   build_county (manifests + chips of trainable tiles), one process; ceiling: the
            same windows read by landuse.tiling.read_tile alone, one process.
   scoring  score_on_spark on local[2] with a deliberately cheap bundle (channel means ->
@@ -22,7 +22,7 @@ Stages, each against its in-process ceiling measured in the same run:
            predictions and comparing their classes in pandas.
 Then SqueezeNet (ImageNet backbone, untrained head) on a ``--squeezenet-tiles`` subset and
 ResNet-50 (random weights: none can be downloaded here; speed does not depend on them) on a
-``--resnet50-tiles`` subset, each against its own in-process ceiling, and on
+``--resnet50-tiles`` subset, each against its own ceiling, and on
 Azurite a ``--azurite-tiles`` county: blob requests per tile for tiling and for scoring
 (counted from Azurite's access log).
 
