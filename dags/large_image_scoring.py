@@ -10,8 +10,9 @@ images, GeoJSON.
 
 ``plan`` resolves the model (the champion by default) and checks everything that bad input
 could break (window and stride against the image, GeoJSON for an image without a CRS, the
-classes to detect) before any Spark work; ``score_windows`` runs
-``SlidingWindowScoringOperator``.
+classes to detect) and picks the route (the network made fully convolutional once, so
+overlapping windows share their work, when it allows it; else window by window) before any
+Spark work; ``score_windows`` runs ``SlidingWindowScoringOperator``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ SAMPLE_SCENE = "sample/naip/m_4709963_se_14_1_20160816.tif"
         "geojson": Param("auto", type="string", enum=["auto", "yes", "no"],
                          title="GeoJSON detections",
                          description="auto: when the image is georeferenced."),
+        "route": Param("auto", type="string",
+                       enum=["auto", "fully-convolutional", "per-window"], title="Route",
+                       description="auto: the network made fully convolutional when it "
+                       "allows it (overlapping windows share their work), else window by "
+                       "window; fully-convolutional fails at once when it cannot."),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096, title="Batch size"),
         "spark_master": Param("local[2]", type="string", title="Spark master",
                               description="local[N], spark://host:port, or none (in the "
@@ -78,6 +84,7 @@ def large_image_scoring() -> None:
         from landuse import config, storage
         from landuse.models.bundle import load_bundle
         from landuse.models.tracking import models_root, read_champion
+        from landuse.windows.fcn import choose_route
         from landuse.windows.job import image_grid
         from landuse.windows.outputs import require_crs
 
@@ -94,7 +101,8 @@ def large_image_scoring() -> None:
                     raise ValueError(f"no champion under {models_root(p['storage_root'])}: "
                                      "train first, or name a bundle")
                 bundle = champion["bundle"]
-            classes = load_bundle(bundle).spec.classes
+            loaded = load_bundle(bundle)
+            classes = loaded.spec.classes
             unknown = [c for c in p["detect_classes"] if c not in classes]
             if unknown:
                 raise ValueError(f"cannot detect {unknown}: the model's classes are "
@@ -102,10 +110,13 @@ def large_image_scoring() -> None:
             grid, crs, _ = image_grid(image, p["window_size"], p["stride"])
             if p["geojson"] == "yes":
                 require_crs(image, crs)
+            # Derives and keeps the fully convolutional model in the bundle, or says why not.
+            route = choose_route(loaded, p["window_size"], p["stride"], requested=p["route"])
             name = image.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
             out = p["output"] or storage.join(p["storage_root"], "windows", name)
         return {"image": image, "bundle": str(bundle), "output": out,
-                "windows": grid.count, "georeferenced": crs is not None}
+                "windows": grid.count, "georeferenced": crs is not None,
+                "route": route.name, "route_reason": route.reason}
 
     planned = plan()
     SlidingWindowScoringOperator(
@@ -121,6 +132,7 @@ def large_image_scoring() -> None:
         merge="{{ params.merge }}",
         geojson="{{ params.geojson }}",
         spark_master="{{ params.spark_master }}",
+        route=planned["route"],
         batch_size="{{ params.batch_size }}",
     )
 

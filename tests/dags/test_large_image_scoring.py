@@ -99,10 +99,12 @@ def test_scores_a_large_image_on_spark_into_a_georeferenced_map(airflow_db, imag
     ("conf", "message"),
     [({"window_size": 400}, "larger than image"),
      ({"stride": 40}, "larger than the 32 px window"),
-     ({"geojson": "yes", "image": "png"}, "no georeferencing")],
+     ({"geojson": "yes", "image": "png"}, "no georeferencing"),
+     ({"route": "fully-convolutional", "window_size": 40, "stride": 20},
+      "every 40 px window is resized")],
 )
 def test_bad_input_fails_at_plan_without_retries(airflow_db, images, bundle, tmp_path, conf,
-                                                  message, caplog):
+                                                  message, capsys):
     conf = {"image": str(images / "scene.tif"), "model": str(bundle),
             "storage_root": str(tmp_path), "spark_master": "none", **conf}
     if conf["image"] == "png":
@@ -113,6 +115,7 @@ def test_bad_input_fails_at_plan_without_retries(airflow_db, images, bundle, tmp
     assert states["plan"] == ("failed", 1)  # bad input is not retried
     assert states["score_windows"][0] == "upstream_failed"
     assert not (tmp_path / "windows").exists()
+    assert message in "".join(capsys.readouterr())  # the task log names the problem
 
 
 def test_png_in_process_without_geojson(airflow_db, images, bundle, tmp_path):
@@ -124,3 +127,12 @@ def test_png_in_process_without_geojson(airflow_db, images, bundle, tmp_path):
     assert not summary["georeferenced"] and "detections.geojson" not in summary["outputs"]
     assert summary["grid"] == [7, 9] and summary["strips"] == 1
     assert summary["route"] == "per-window"  # 40 px windows, 32 px model: resized
+
+
+def test_per_window_route_when_asked(airflow_db, images, bundle, tmp_path):
+    run = _run({"image": str(images / "scene.tif"), "model": str(bundle),
+                "storage_root": str(tmp_path), "spark_master": "none", "route": "per-window"})
+    assert run.state == "success"
+    summary = json.loads((tmp_path / "windows" / "scene" / "summary.json").read_text())
+    assert (summary["route"], summary["route_reason"]) == ("per-window", "asked for")
+    assert summary["windows"] == summary["scored"] == 9 * 11

@@ -90,6 +90,8 @@ class ImageSource:
         elif self._mask_band:
             valid = gdal_call(self.url, f"image {self.url}: cannot read its mask",
                               lambda: np.asarray(self._src.dataset_mask(window=window)) > 0)
+        if valid is not None and valid.all():  # spares scoring the per-window valid shares
+            valid = None
         return pixels, valid
 
 

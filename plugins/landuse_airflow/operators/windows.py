@@ -57,18 +57,23 @@ class SlidingWindowScoringOperator(BaseOperator):
         spark_master: ``local[N]``, ``spark://host:port``, or None / ``"none"`` to score in
             this task's process (templated).
         framework: onnx, keras or tflite.
+        route: ``"auto"`` (fully convolutional when the network allows it, else per
+            window), ``"fully-convolutional"`` (fails at once when it cannot) or
+            ``"per-window"`` (templated); see :mod:`landuse.windows.fcn`.
         batch_size: windows per model call (templated).
         threads: inference threads per Spark Python worker (or in process).
 
     Returns (XCom): the run's summary: ``outputs`` (name -> URL of probabilities.tif,
     classes.tif, detections.parquet, detections.geojson, summary.json), ``windows``,
     ``scored``, ``strips``, ``detections``, ``class_shares``, ``georeferenced``, ``crs``,
-    ``model_id``, timings.
+    ``model_id``, ``route`` and ``route_reason`` (how the windows were scored, and why),
+    timings.
     """
 
     template_fields: Sequence[str] = (
         "image_url", "bundle_path", "output_url", "window_size", "stride", "threshold",
         "iou_threshold", "detect_classes", "merge", "geojson", "spark_master", "batch_size",
+        "route",
     )
     ui_color = "#dae8fc"
 
@@ -87,6 +92,7 @@ class SlidingWindowScoringOperator(BaseOperator):
         geojson: str = "auto",
         spark_master: str | None = "local[2]",
         framework: str = "onnx",
+        route: str = "auto",
         batch_size: int | str = 64,
         threads: int = 1,
         **kwargs: Any,
@@ -104,6 +110,7 @@ class SlidingWindowScoringOperator(BaseOperator):
         self.geojson = geojson
         self.spark_master = spark_master
         self.framework = framework
+        self.route = route
         self.batch_size = batch_size
         self.threads = threads
         self._spark: Any = None
@@ -126,6 +133,7 @@ class SlidingWindowScoringOperator(BaseOperator):
             "detect_classes": list(detect) if detect else None,
             "merge": self.merge,
             "geojson": geojson[self.geojson],
+            "route": self.route,
         }
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -144,9 +152,10 @@ class SlidingWindowScoringOperator(BaseOperator):
             summary = run_windows(self.image_url, self.bundle_path, self.output_url,
                                   spark=self._spark, framework=self.framework,
                                   threads=self.threads, **settings)
-        self.log.info("%d windows in %d strips, %.1f windows/s; %d detections; map %s",
-                      summary["windows"], summary["strips"],
-                      summary["windows_per_second"] or 0.0, summary["detections"],
+        self.log.info("%d windows in %d strips, %.1f windows/s, %s (%s); %d detections; "
+                      "map %s", summary["windows"], summary["strips"],
+                      summary["windows_per_second"] or 0.0, summary["route"],
+                      summary["route_reason"], summary["detections"],
                       summary["outputs"]["probabilities.tif"])
         return summary
 
