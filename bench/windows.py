@@ -344,7 +344,7 @@ def route_flops(bundle: Bundle, image_width: int) -> tuple[float, float | None]:
     width = (cols - 1) * STRIDE + SIZE
     rows = scorer.band_rows(width)
     height = (rows - 1) * STRIDE + SIZE
-    return per_window, model_flops(fcn, [1, height, width, 3]) / (rows * cols)
+    return per_window, model_flops(fcn, [1, 3, height, width]) / (rows * cols)
 
 
 def compare(name: str, image: str, bundle: Bundle, args: argparse.Namespace,

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from landuse.models.preprocessing import to_tensor
+from landuse.models.preprocessing import PreprocessSpec, to_tensor
 from landuse.windows.extract import DEFAULT_MIN_VALID, valid_fraction, window_view
 from landuse.windows.grid import Strip, WindowError, WindowGrid
 
@@ -49,7 +49,11 @@ FULLY_CONVOLUTIONAL = "fully-convolutional"
 PER_WINDOW = "per-window"
 ROUTES = ("auto", FULLY_CONVOLUTIONAL, PER_WINDOW)
 PARITY_TOLERANCE = 1e-4
-SOURCE_TAG = "landuse:fcn_source_onnx_sha256"
+SOURCE_TAG = "landuse:fcn_source"
+# Changed whenever the derived model's form changes, so files of an older form are derived
+# again. 2: takes the pixels as read (uint8, band-major), the preprocessing inside.
+FCN_FORMAT = 2
+PIXELS = "landuse_pixels"  # the fully convolutional model's input
 # Input pixels per model call (2 Mpx: 27 window rows of a 1 m NAIP scene). Bands of window
 # rows bound the trunk's activations (about 130 MB for the bench's small CNN; a whole
 # 16,384-window strip at once would double that), the rows recomputed where bands meet
@@ -388,6 +392,125 @@ def convert(model: Any, *, input_name: str, output_name: str, layout: str, size:
     return fcn
 
 
+def _first_conv(graph: Any, input_name: str, layout: str) -> Any | None:
+    """The convolution that reads the model's input directly (through the layout's transpose
+    to NCHW at most), or None."""
+    def only_reader(name: str) -> Any | None:
+        readers = [n for n in graph.node if name in n.input]
+        return readers[0] if len(readers) == 1 else None
+
+    node = only_reader(input_name)
+    if node is not None and layout == "NHWC":
+        if node.op_type != "Transpose" or list(_attrs(node).get("perm", [])) != [0, 3, 1, 2]:
+            return None
+        node = only_reader(node.output[0])
+    return node if node is not None and node.op_type == "Conv" else None
+
+
+def _fold_preprocessing(graph: Any, pre: PreprocessSpec, input_name: str) -> bool:
+    """Fold the channel order and the affine scaling of ``pre`` into the weights and bias
+    of the first convolution; False (nothing changed) when the network does not start with
+    one it can be folded into. Exact because the trunk has no padding: every input the
+    convolution sees is a pixel, never a zero."""
+    from onnx import numpy_helper
+
+    conv = _first_conv(graph, input_name, pre.layout)
+    consts = {t.name: t for t in graph.initializer}
+    if conv is None or _attrs(conv).get("group", 1) != 1 or conv.input[1] not in consts:
+        return False
+    bias_name = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
+    if bias_name is not None and bias_name not in consts:
+        return False
+    w = numpy_helper.to_array(consts[conv.input[1]]).astype(np.float64)
+    if w.ndim != 4 or w.shape[1] != 3:
+        return False
+    std = np.asarray(pre.std, dtype=np.float64)
+    # x_i = (pixel_i * scale - mean_i) / std_i, so W.x + b = (W * scale / std).pixel + b'
+    pixel_w = w * (pre.scale / std)[None, :, None, None]
+    bias = np.zeros(w.shape[0]) if bias_name is None else \
+        numpy_helper.to_array(consts[bias_name]).astype(np.float64)
+    bias = bias - (w * (np.asarray(pre.mean) / std)[None, :, None, None]).sum(axis=(1, 2, 3))
+    if pre.channel_order == "BGR":  # the model's channel i is the pixels' channel 2 - i
+        pixel_w = pixel_w[:, ::-1]
+    graph.initializer.extend([
+        numpy_helper.from_array(pixel_w.astype(np.float32), "fcn_pixels_w"),
+        numpy_helper.from_array(bias.astype(np.float32), "fcn_pixels_b")])
+    inputs = [conv.input[0], "fcn_pixels_w", "fcn_pixels_b"]
+    del conv.input[:]
+    conv.input.extend(inputs)
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return True
+
+
+def take_pixels(fcn: Any, pre: PreprocessSpec, input_name: str) -> Any:
+    """``fcn`` (taking the preprocessed tensor ``input_name``) made to take the pixels as
+    GDAL reads them, (N, 3, H, W) uint8 red, green, blue, as its input :data:`PIXELS`: the
+    bundle's preprocessing (channel order, scale, mean, std, layout) runs inside the model,
+    so a band is never copied to float or to channel-last in Python (a quarter of the
+    route's time on the bench's small CNN). The channel order and scaling are folded into
+    the first convolution where it reads the input (only a cast is left), else they are
+    nodes of their own."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = fcn.graph
+    elem = graph.input[0].type.tensor_type.elem_type
+    nodes: list[Any] = []
+    x = PIXELS
+
+    def step(op: str, *inputs: str, **attrs: Any) -> None:
+        nonlocal x
+        out = f"fcn_pixels_{len(nodes)}"
+        nodes.append(helper.make_node(op, [x, *inputs], [out], **attrs))
+        x = out
+
+    def const(name: str, value: Any) -> str:
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), f"fcn_pixels_{name}"))
+        return f"fcn_pixels_{name}"
+
+    if pre.dtype != "uint8":
+        step("Cast", to=elem)
+    folded = elem == onnx.TensorProto.FLOAT and pre.dtype != "uint8" and \
+        _fold_preprocessing(graph, pre, input_name)
+    if not folded:
+        if pre.channel_order == "BGR":
+            step("Gather", const("bgr", np.array([2, 1, 0], np.int64)), axis=1)
+        if pre.dtype != "uint8":
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+            per_channel = (1, 3, 1, 1)
+            if pre.scale != 1:
+                step("Mul", const("scale", np.array(pre.scale, dtype)))
+            if any(pre.mean):
+                step("Sub", const("mean", np.array(pre.mean, dtype).reshape(per_channel)))
+            if any(v != 1 for v in pre.std):
+                step("Div", const("std", np.array(pre.std, dtype).reshape(per_channel)))
+    if pre.layout == "NHWC":
+        step("Transpose", perm=[0, 2, 3, 1])
+    if not nodes:
+        step("Identity")
+    nodes[-1].output[0] = input_name
+    body = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *body])
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info(
+        PIXELS, onnx.TensorProto.UINT8, ["batch", 3, "height", "width"]))
+    onnx.checker.check_model(fcn)
+    return fcn
+
+
+def source_key(bundle: Bundle) -> str:
+    """What a fully convolutional model is derived from: the bundle's ``model.onnx``, its
+    preprocessing (now inside the model) and the derived form (:data:`FCN_FORMAT`)."""
+    import hashlib
+
+    pre = bundle.spec.preprocessing.model_dump_json()
+    return hashlib.sha256(f"{FCN_FORMAT}:{bundle.onnx_sha256}:{pre}".encode()).hexdigest()
+
+
 def _session(model: bytes | str, threads: int) -> Any:
     import onnxruntime as ort
 
@@ -410,8 +533,7 @@ def parity_gap(bundle: Bundle, fcn: bytes, size: int, stride: int, seed: int = 0
     spec = bundle.spec.preprocessing
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (size + 2 * stride, size + 3 * stride, 3), dtype=np.uint8)
-    tensor = to_tensor(pixels[None], spec)
-    whole = _session(fcn, 1).run(None, {bundle.spec.onnx_input: tensor})[0]
+    whole = _session(fcn, 1).run(None, {PIXELS: pixels.transpose(2, 0, 1)[None].copy()})[0]
     windows = window_view(pixels, size, stride).reshape(-1, size, size, 3)
     single = _session(str(bundle.file("onnx")), 1).run(
         [bundle.spec.onnx_output], {bundle.spec.onnx_input: to_tensor(windows, spec)})[0]
@@ -439,8 +561,9 @@ def derive_fcn(bundle: Bundle, size: int, stride: int) -> bytes:
     model = onnx.load(str(bundle.file("onnx")))
     fcn = convert(model, input_name=spec.onnx_input, output_name=spec.onnx_output,
                   layout=spec.preprocessing.layout, size=size, stride=stride)
+    fcn = take_pixels(fcn, spec.preprocessing, spec.onnx_input)
     helper.set_model_props(fcn, {**{p.key: p.value for p in fcn.metadata_props},
-                                 SOURCE_TAG: bundle.onnx_sha256})
+                                 SOURCE_TAG: source_key(bundle)})
     data: bytes = fcn.SerializeToString()
     gap = parity_gap(bundle, data, size, stride)
     if not gap <= PARITY_TOLERANCE:
@@ -449,8 +572,9 @@ def derive_fcn(bundle: Bundle, size: int, stride: int) -> bytes:
     return data
 
 
-def _stored(path: Path, sha256: str) -> bytes | None:
-    """The fully convolutional model at ``path`` if it was derived from ``sha256``."""
+def _stored(path: Path, key: str) -> bytes | None:
+    """The fully convolutional model at ``path`` if it was derived from ``key``
+    (:func:`source_key`)."""
     import onnx
 
     if not path.is_file():
@@ -460,20 +584,20 @@ def _stored(path: Path, sha256: str) -> bytes | None:
         props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
     except Exception:  # a truncated or foreign file: derive again
         return None
-    return data if props.get(SOURCE_TAG) == sha256 else None
+    return data if props.get(SOURCE_TAG) == key else None
 
 
 def load_fcn(bundle: Bundle, size: int, stride: int, *, store: bool = True) -> bytes:
     """The bundle's fully convolutional model for this layout: the one kept in the bundle
-    folder when it was derived from this ``model.onnx``, else derived now and (``store``)
-    written there atomically; a read-only bundle folder only skips the write.
+    folder when it was derived from this ``model.onnx`` and preprocessing, else derived now
+    and (``store``) written there atomically; a read-only bundle folder only skips the
+    write.
 
     Raises:
         NotConvertible: see :func:`derive_fcn`.
     """
     path = bundle.path / fcn_file_name(size, stride)
-    sha = bundle.onnx_sha256
-    data = _stored(path, sha)
+    data = _stored(path, source_key(bundle))
     if data is not None:
         return data
     data = derive_fcn(bundle, size, stride)
@@ -555,11 +679,12 @@ class FcnScorer:
         rows = (self.max_pixels // width - (self.size - self.stride)) // self.stride
         return max(1, rows)
 
-    def score_tensor(self, tensor: np.ndarray, rows: int, cols: int) -> np.ndarray:
-        """Class probabilities (rows * cols, classes) of the windows of one preprocessed
-        (1, H, W, 3) (or NCHW) tensor whose first ``rows`` × ``cols`` windows are wanted."""
+    def score_pixels(self, pixels: np.ndarray, rows: int, cols: int) -> np.ndarray:
+        """Class probabilities (rows * cols, classes) of the windows of (1, 3, H, W) uint8
+        RGB pixels (as GDAL reads them) whose first ``rows`` × ``cols`` windows are
+        wanted."""
         spec = self.bundle.spec
-        out = self.session.run([spec.onnx_output], {spec.onnx_input: tensor})[0]
+        out = self.session.run([spec.onnx_output], {PIXELS: pixels})[0]
         if out.shape[1] < rows or out.shape[2] < cols:
             raise RuntimeError(f"the fully convolutional model gave a {out.shape[1]} × "
                                f"{out.shape[2]} grid for {rows} × {cols} windows")
@@ -578,19 +703,16 @@ class FcnScorer:
         if (grid.size, grid.stride) != (self.size, self.stride):
             raise WindowError(f"this model scores {self.size} px windows every {self.stride}"
                               f" px, not {grid.size} / {grid.stride}")
-        pixels, valid = source.read_rows(strip.pixel_row0, strip.pixel_row1)
+        bands, valid = source.read_bands(strip.pixel_row0, strip.pixel_row1)
         width = grid.covered[1]
-        spec = self.bundle.spec.preprocessing
-        tensor = to_tensor(pixels[None, :, :width], spec)
-        nchw = spec.layout == "NCHW"
         window_rows = strip.last_row - strip.first_row + 1
         band = self.band_rows(width)
         parts = []
         for r0 in range(0, window_rows, band):
             r1 = min(window_rows, r0 + band)
             rows = slice(r0 * grid.stride, (r1 - 1) * grid.stride + grid.size)
-            part = tensor[:, :, rows] if nchw else tensor[:, rows]
-            parts.append(self.score_tensor(np.ascontiguousarray(part), r1 - r0, grid.cols))
+            part = np.ascontiguousarray(bands[None, :, rows, :width])
+            parts.append(self.score_pixels(part, r1 - r0, grid.cols))
         probs = np.concatenate(parts)
         first = strip.start - strip.first_row * grid.cols
         out = np.ascontiguousarray(probs[first:first + strip.windows], dtype=np.float32)

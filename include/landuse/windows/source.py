@@ -74,16 +74,15 @@ class ImageSource:
         """The affine pixel-to-CRS transform (identity for an image without georeferencing)."""
         return self._src.transform
 
-    def read_rows(self, row0: int, row1: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Pixel rows ``[row0, row1)`` as (rows, width, 3) uint8 RGB, and a validity mask
-        (rows, width) bool, or None when every pixel is valid.
+    def read_bands(self, row0: int, row1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pixel rows ``[row0, row1)`` as GDAL reads them, (3, rows, width) uint8 red, green,
+        blue, and a validity mask (rows, width) bool, or None when every pixel is valid.
 
         Raises:
             RasterError: the rows cannot be read (corrupt or truncated file).
         """
         window = Window(0, row0, self.width, row1 - row0)
         bands = read_checked(self._src, self.url, indexes=list(RGB), window=window)
-        pixels = np.ascontiguousarray(bands.transpose(1, 2, 0))
         valid: np.ndarray | None = None
         if self._nodata is not None:
             valid = (bands != np.uint8(self._nodata)).any(axis=0)
@@ -92,7 +91,12 @@ class ImageSource:
                               lambda: np.asarray(self._src.dataset_mask(window=window)) > 0)
         if valid is not None and valid.all():  # spares scoring the per-window valid shares
             valid = None
-        return pixels, valid
+        return bands, valid
+
+    def read_rows(self, row0: int, row1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """As :meth:`read_bands`, the pixels as (rows, width, 3) uint8 RGB."""
+        bands, valid = self.read_bands(row0, row1)
+        return np.ascontiguousarray(bands.transpose(1, 2, 0)), valid
 
 
 @contextmanager

@@ -10,19 +10,24 @@ from landuse.models.preprocessing import PreprocessSpec
 
 
 def small_cnn(classes: int, *, size: int = 32, layout: str = "NHWC", pad: int = 0,
-              seed: int = 0, head: str = "gemm", channels: tuple[int, ...] = (8, 16, 16)):
+              seed: int = 0, head: str = "gemm", channels: tuple[int, ...] = (8, 16, 16),
+              lead: bool = False):
     """A CIFAR-style ONNX CNN: 3 × 3 convolutions with ReLU, 2 × 2 max-pools between them,
     global average pooling, a hidden dense layer and a softmax (random He weights).
 
     ``pad=0`` gives valid convolutions (the form that can be made fully convolutional);
     ``pad=1`` pads each convolution (it cannot: a window's zero border is its own).
     ``head`` is ``gemm`` (Flatten + Gemm, as hand-built and CNTK models) or ``matmul``
-    (Reshape + MatMul + Add, as TF exports)."""
+    (Reshape + MatMul + Add, as TF exports). ``lead`` puts an Identity before the first
+    convolution, so nothing can be folded into it."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
     x = "image"
+    if lead:
+        nodes.append(helper.make_node("Identity", [x], ["lead"]))
+        x = "lead"
     if layout == "NHWC":
         nodes.append(helper.make_node("Transpose", [x], ["x0"], perm=[0, 3, 1, 2]))
         x = "x0"

@@ -22,6 +22,7 @@ from landuse.windows.fcn import (
     choose_route,
     fcn_file_name,
     load_fcn,
+    source_key,
 )
 from landuse.windows.grid import WindowError, plan_strips
 from landuse.windows.job import image_grid, run_windows, score_in_process
@@ -63,6 +64,45 @@ def test_valid_cnns_convert_and_agree_on_the_collage(collage, tmp_path, layout, 
     np.testing.assert_allclose(whole, single, atol=PARITY_TOLERANCE, rtol=0)
     # A real network, not a constant: windows disagree with each other.
     assert single.std(axis=(0, 1)).max() > 1e-3
+
+
+@pytest.mark.parametrize("spec", [
+    PreprocessSpec(input_size=32, channel_order="BGR", mean=(103.939, 116.779, 123.68)),
+    PreprocessSpec(input_size=32, layout="NCHW", channel_order="BGR", scale=1 / 255,
+                   mean=(0.4, 0.45, 0.5), std=(0.2, 0.25, 0.3)),
+])
+@pytest.mark.parametrize("folded", [True, False])
+def test_the_preprocessing_runs_inside_the_model(collage, tmp_path, spec, folded):
+    """The fully convolutional model takes the pixels as read (uint8, band-major) and does
+    the bundle's preprocessing itself: folded into the first convolution, or as nodes of
+    its own when something comes before it; either way the same probabilities."""
+    bundle = write_cnn_bundle(tmp_path / "b", CLASSES, spec, lead=not folded)
+    fcn = onnx.load_from_string(load_fcn(load_bundle(bundle), 32, 16))
+    prefix = {n.op_type for n in fcn.graph.node if n.output[0].startswith("fcn_pixels")}
+    assert ("Gather" not in prefix and "Sub" not in prefix) if folded else \
+        {"Cast", "Gather", "Sub"} <= prefix
+    whole, single = _both(str(collage.tif), bundle, max_strip_windows=40)
+    np.testing.assert_allclose(whole, single, atol=PARITY_TOLERANCE, rtol=0)
+    assert single.std(axis=(0, 1)).max() > 1e-3
+
+
+def test_a_new_preprocessing_derives_the_model_again(cnn_bundle, tmp_path):
+    """The preprocessing is inside the derived model: the same model.onnx with another
+    preprocessing must not reuse it."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(cnn_bundle, copy)
+    load_fcn(load_bundle(copy), 32, 16)
+    spec = json.loads((copy / "bundle.json").read_text())
+    spec["preprocessing"]["mean"] = [0.5, 0.5, 0.5]
+    (copy / "bundle.json").write_text(json.dumps(spec))
+    bundle = load_bundle(copy)
+    stored = onnx.load(str(copy / fcn_file_name(32, 16)))
+    assert {p.key: p.value for p in stored.metadata_props}[SOURCE_TAG] != source_key(bundle)
+    load_fcn(bundle, 32, 16)
+    renewed = onnx.load(str(copy / fcn_file_name(32, 16)))
+    assert {p.key: p.value for p in renewed.metadata_props}[SOURCE_TAG] == source_key(bundle)
 
 
 def test_collage_outputs_are_unchanged_by_the_route(collage, colour_bundle, tmp_path):
@@ -158,9 +198,10 @@ def test_the_model_is_kept_in_the_bundle_and_renewed_when_stale(cnn_bundle):
     load_fcn(bundle, 32, 16)
     model = onnx.load(str(path))
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ["batch", "height", "width", 3]
+    assert dims == ["batch", 3, "height", "width"]  # the pixels as GDAL reads them
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     props = {p.key: p.value for p in model.metadata_props}
-    assert props[SOURCE_TAG] == bundle.onnx_sha256
+    assert props[SOURCE_TAG] == source_key(bundle)
     ops = {n.op_type for n in model.graph.node}
     assert "GlobalAveragePool" not in ops and "Gemm" not in ops and "AveragePool" in ops
     # A model derived from another model.onnx is not used: it is derived again.
@@ -169,7 +210,7 @@ def test_the_model_is_kept_in_the_bundle_and_renewed_when_stale(cnn_bundle):
     onnx.save(model, str(path))
     load_fcn(bundle, 32, 16)
     renewed = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert renewed[SOURCE_TAG] == bundle.onnx_sha256
+    assert renewed[SOURCE_TAG] == source_key(bundle)
     assert load_bundle(cnn_bundle).model_id == bundle.model_id  # the bundle is the same
 
 
