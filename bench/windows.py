@@ -42,10 +42,11 @@ on a shared machine):
 Also printed: the CPU (``lscpu`` model name and AVX / FMA flags); the FLOPs per window of
 each route (2 per multiply-add of Conv, MatMul and Gemm, plus one per element summed by an
 average pooling, from ONNX shape inference; the fully convolutional count includes the rows
-recomputed where bands meet); the machine's matrix-multiply rate (float32 1024³ on one
-thread, ONNX Runtime and numpy, best of 5, per wall-clock and per CPU second), and how close
-each route comes to it (FLOPs per window × windows/s ÷ the ONNX Runtime matmul rate, on
-both clocks).
+recomputed where bands meet), and for each convolution its FLOPs per window on both routes
+(how much neighbouring windows share it) and the FLOP ratio, the bound on exact sharing;
+the machine's matrix-multiply rate (float32 1024³ on one thread, ONNX Runtime and numpy,
+best of 5, per wall-clock and per CPU second), and how close each route comes to it (FLOPs
+per window × windows/s ÷ the ONNX Runtime matmul rate, on both clocks).
 
 Run:  .venv/bin/python bench/windows.py [--pixel-m 1] [--squeezenet] [--no-spark]
 Ends with ``ratio=<fully convolutional/naive>`` for the small CNN.
@@ -287,8 +288,14 @@ def matmul_rates(n: int = 1024, repeats: int = 5) -> dict[str, float]:
 
 
 def model_flops(model, shape: list[int]) -> float:
-    """FLOPs of one call of an ONNX model on an input of ``shape``: 2 per multiply-add of
-    Conv, MatMul and Gemm, 1 per element an average pooling sums (shape inference)."""
+    """FLOPs of one call of an ONNX model on an input of ``shape`` (see node_flops)."""
+    return sum(node_flops(model, shape).values())
+
+
+def node_flops(model, shape: list[int]) -> dict[str, float]:
+    """FLOPs of each node (keyed "op first-output") of one call of an ONNX model on an
+    input of ``shape``: 2 per multiply-add of Conv, MatMul and Gemm, 1 per element an
+    average pooling sums (shape inference); other nodes count 0."""
     import onnx
     from onnx import numpy_helper, shape_inference
 
@@ -304,9 +311,10 @@ def model_flops(model, shape: list[int]) -> float:
                         *inferred.graph.output]}
     shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    total = 0.0
+    flops: dict[str, float] = {}
     for node in inferred.graph.node:
         out = shapes.get(node.output[0], [])
+        total = 0.0
         if node.op_type == "Conv":
             w = shapes[node.input[1]]
             total += 2 * np.prod(out, dtype=float) * np.prod(w[1:], dtype=float)
@@ -322,19 +330,21 @@ def model_flops(model, shape: list[int]) -> float:
             total += np.prod(out, dtype=float) * np.prod(kernel, dtype=float)
         elif node.op_type in ("GlobalAveragePool", "ReduceMean"):
             total += np.prod(shapes[node.input[0]], dtype=float)
-    return total
+        flops[f"{node.op_type} {node.output[0]}"] = total
+    return flops
 
 
-def route_flops(bundle: Bundle, image_width: int) -> tuple[float, float | None]:
-    """FLOPs per window: per window (one window per call), and fully convolutional (one
-    band of window rows across the image, recomputed seam rows included); None when the
-    network cannot be converted."""
+def route_flops(bundle: Bundle, image_width: int
+                ) -> tuple[dict[str, float], dict[str, float] | None]:
+    """FLOPs per window of each node: per window (one window per call), and fully
+    convolutional (one band of window rows across the image, recomputed seam rows
+    included); None when the network cannot be converted."""
     import onnx
 
     from landuse.windows.fcn import FcnScorer, NotConvertible, load_fcn
 
     side = bundle.spec.preprocessing.input_size  # the windows are resized to it
-    per_window = model_flops(onnx.load(str(bundle.file("onnx"))), [1, side, side, 3])
+    per_window = node_flops(onnx.load(str(bundle.file("onnx"))), [1, side, side, 3])
     try:
         fcn = onnx.load_from_string(load_fcn(bundle, SIZE, STRIDE))
     except NotConvertible:
@@ -344,7 +354,8 @@ def route_flops(bundle: Bundle, image_width: int) -> tuple[float, float | None]:
     width = (cols - 1) * STRIDE + SIZE
     rows = scorer.band_rows(width)
     height = (rows - 1) * STRIDE + SIZE
-    return per_window, model_flops(fcn, [1, 3, height, width]) / (rows * cols)
+    whole = node_flops(fcn, [1, 3, height, width])
+    return per_window, {k: v / (rows * cols) for k, v in whole.items()}
 
 
 def compare(name: str, image: str, bundle: Bundle, args: argparse.Namespace,
@@ -369,7 +380,9 @@ def compare(name: str, image: str, bundle: Bundle, args: argparse.Namespace,
         wall["vec"], cpu["vec"] = max(wall["vec"], rate), max(cpu["vec"], per_cpu)
         rate, per_cpu = naive(image, bundle, naive_windows)
         wall["naive"], cpu["naive"] = max(wall["naive"], rate), max(cpu["naive"], per_cpu)
-    flops_window, flops_fcn = route_flops(bundle, width)
+    by_node, by_node_fcn = route_flops(bundle, width)
+    flops_window = sum(by_node.values())
+    flops_fcn = None if by_node_fcn is None else sum(by_node_fcn.values())
     size = bundle.spec.preprocessing.input_size
     print(f"{name}  ({size} px input; naive on {min(naive_windows, count)} of {count} "
           "windows)")
@@ -382,6 +395,15 @@ def compare(name: str, image: str, bundle: Bundle, args: argparse.Namespace,
         print(f"  {label:<22} {wall[key]:10.1f} {cpu[key]:10.1f} {flops / 1e6:10.3f} "
               f"{flops * wall[key] / 1e9:9.2f} {flops * wall[key] / 1e9 / matmul['ort']:9.1%} "
               f"{flops * cpu[key] / 1e9:9.2f} {flops * cpu[key] / 1e9 / matmul['ort_cpu']:9.1%}")
+    if by_node_fcn is not None and flops_fcn:
+        # Sharing per convolution: the deeper a layer, the less neighbouring windows share.
+        convs = [(k, v) for k, v in by_node.items()
+                 if k.startswith("Conv ") and by_node_fcn.get(k)]
+        if convs:
+            print("  shared work: " + ", ".join(
+                f"{k} {v / 1e6:.2f} -> {by_node_fcn[k] / 1e6:.2f} MFLOP "
+                f"({v / by_node_fcn[k]:.2f}x)" for k, v in convs))
+        print(f"  FLOP ratio (the bound on exact sharing) {flops_window / flops_fcn:.2f}x")
     if convertible:
         print(f"  fully convolutional / vectorised {wall['fcn'] / wall['vec']:.2f}x wall, "
               f"{cpu['fcn'] / cpu['vec']:.2f}x CPU; / naive {wall['fcn'] / wall['naive']:.2f}x"

@@ -16,12 +16,13 @@ stride in feature cells, and the head runs on every pooled cell: a ``MatMul`` ov
 channel axis of the channel-last pooled map, which is a 1 × 1 convolution (``Gemm`` and
 1 × 1 ``Conv`` heads are rewritten so; ``Flatten`` / ``Reshape`` / ``Squeeze`` become
 identities). The result is an ONNX model with dynamic input height and width whose output
-is the window grid, (N, rows, cols, classes). :func:`derive_fcn` builds it from a bundle's
-``model.onnx`` (graph surgery; no framework needed, so imported ONNX models qualify too)
-and checks it against the per-window model on random input before it is used.
-:func:`choose_route` keeps it in the bundle folder (``windows-fcn-{size}-{stride}.onnx``,
-tagged with the SHA-256 of the ``model.onnx`` it came from) or says why the per-window
-path must be used instead.
+is the window grid, (N, rows, cols, classes), and whose input is the pixels as GDAL reads
+them (:func:`take_pixels`: the bundle's preprocessing runs inside). :func:`derive_fcn`
+builds it from a bundle's ``model.onnx`` (graph surgery; no framework needed, so imported
+ONNX models qualify too) and checks it against the per-window model on random input before
+it is used. :func:`choose_route` keeps it in the bundle folder
+(``windows-fcn-{size}-{stride}.onnx``, tagged with :func:`source_key`) or says why the
+per-window path must be used instead.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ PIXELS = "landuse_pixels"  # the fully convolutional model's input
 # Input pixels per model call (2 Mpx: 27 window rows of a 1 m NAIP scene). Bands of window
 # rows bound the trunk's activations (about 130 MB for the bench's small CNN; a whole
 # 16,384-window strip at once would double that), the rows recomputed where bands meet
-# (window - stride px per band) stay under 4 %; on the bench's CPU, bands of 256 kpx and
-# 1 Mpx ran at 40,000 and 37,000 windows per CPU second, 2 and 4 Mpx at 45,000.
+# (window - stride px per band) stay under 4 %; on the bench's CPU, bands of 0.5, 1 and
+# 2 Mpx ran within its noise of each other (46,000-50,000 windows per CPU second).
 MAX_FCN_PIXELS = 1 << 21
 
 _UNARY = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip", "Elu", "Selu", "Celu",
