@@ -11,7 +11,7 @@ from landuse.models.preprocessing import PreprocessSpec
 
 def small_cnn(classes: int, *, size: int = 32, layout: str = "NHWC", pad: int = 0,
               seed: int = 0, head: str = "gemm", channels: tuple[int, ...] = (8, 16, 16),
-              lead: bool = False):
+              lead: bool = False, uint8: bool = False):
     """A CIFAR-style ONNX CNN: 3 × 3 convolutions with ReLU, 2 × 2 max-pools between them,
     global average pooling, a hidden dense layer and a softmax (random He weights).
 
@@ -19,12 +19,16 @@ def small_cnn(classes: int, *, size: int = 32, layout: str = "NHWC", pad: int = 
     ``pad=1`` pads each convolution (it cannot: a window's zero border is its own).
     ``head`` is ``gemm`` (Flatten + Gemm, as hand-built and CNTK models) or ``matmul``
     (Reshape + MatMul + Add, as TF exports). ``lead`` puts an Identity before the first
-    convolution, so nothing can be folded into it."""
+    convolution, so nothing can be folded into it; ``uint8`` takes uint8 pixels and casts
+    them itself (as models of uint8 bundles do)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
     x = "image"
+    if uint8:
+        nodes.append(helper.make_node("Cast", [x], ["image_f"], to=TensorProto.FLOAT))
+        x = "image_f"
     if lead:
         nodes.append(helper.make_node("Identity", [x], ["lead"]))
         x = "lead"
@@ -69,7 +73,9 @@ def small_cnn(classes: int, *, size: int = 32, layout: str = "NHWC", pad: int = 
     nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
     shape = ["n", size, size, 3] if layout == "NHWC" else ["n", 3, size, size]
     graph = helper.make_graph(
-        nodes, "small_cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+        nodes, "small_cnn",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8 if uint8 else TensorProto.FLOAT,
+                                       shape)],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", classes])],
         initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)

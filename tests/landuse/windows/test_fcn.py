@@ -86,6 +86,17 @@ def test_the_preprocessing_runs_inside_the_model(collage, tmp_path, spec, folded
     assert single.std(axis=(0, 1)).max() > 1e-3
 
 
+def test_a_uint8_model_with_bgr_input_takes_the_pixels_too(collage, tmp_path):
+    spec = PreprocessSpec(input_size=32, dtype="uint8", channel_order="BGR")
+    bundle = write_cnn_bundle(tmp_path / "b", CLASSES, spec, uint8=True)
+    fcn = onnx.load_from_string(load_fcn(load_bundle(bundle), 32, 16))
+    prefix = [n.op_type for n in fcn.graph.node if n.output[0].startswith("fcn_pixels")]
+    assert "Cast" not in prefix and "Gather" in prefix
+    whole, single = _both(str(collage.tif), bundle, max_strip_windows=40)
+    np.testing.assert_allclose(whole, single, atol=PARITY_TOLERANCE, rtol=0)
+    assert single.std(axis=(0, 1)).max() > 1e-3
+
+
 def test_a_new_preprocessing_derives_the_model_again(cnn_bundle, tmp_path):
     """The preprocessing is inside the derived model: the same model.onnx with another
     preprocessing must not reuse it."""
