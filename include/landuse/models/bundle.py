@@ -104,6 +104,7 @@ class Bundle:
     def __init__(self, path: Path, spec: BundleSpec) -> None:
         self.path = path
         self.spec = spec
+        self._onnx_hash: tuple[tuple[int, int, int], str] | None = None
 
     @property
     def model_id(self) -> str:
@@ -112,8 +113,15 @@ class Bundle:
 
     @property
     def onnx_sha256(self) -> str:
-        """SHA-256 of model.onnx (bundles are cached by it on scoring workers)."""
-        return sha256_file(self.file("onnx"))
+        """SHA-256 of model.onnx (bundles are cached by it on scoring workers), hashed once
+        per version of the file (inode, size, modification time), not on every call: Spark
+        tasks ask for the model id of the same bundle again and again."""
+        path = self.file("onnx")
+        stat = path.stat()
+        version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._onnx_hash is None or self._onnx_hash[0] != version:
+            self._onnx_hash = (version, sha256_file(path))
+        return self._onnx_hash[1]
 
     def file(self, fmt: str) -> Path:
         """Path of one model file."""

@@ -53,6 +53,26 @@ def test_load_a_valid_bundle(onnx_kit, tmp_path, opset, style):
     assert bundle.model_id == f"hand-built@{bundle.onnx_sha256[:12]}"
 
 
+def test_the_model_hash_is_taken_once_per_version_of_the_file(onnx_kit, tmp_path,
+                                                              monkeypatch):
+    import landuse.models.bundle as bundle_module
+
+    folder = onnx_kit.bundle(tmp_path / "b", SPEC)
+    bundle = load_bundle(folder)
+    calls = []
+    real = bundle_module.sha256_file
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda p: calls.append(p) or real(p))
+    first = bundle.onnx_sha256
+    assert bundle.model_id == f"hand-built@{first[:12]}" and first == real(folder / "model.onnx")
+    assert len(calls) == 1
+    # A model.onnx replaced in place (a new file renamed over it) is hashed again.
+    other = onnx_kit.bundle(tmp_path / "other", SPEC, style="conv")
+    shutil.copy(other / "model.onnx", folder / "model.new")
+    (folder / "model.new").replace(folder / "model.onnx")
+    assert bundle.onnx_sha256 == real(other / "model.onnx") != first
+    assert len(calls) == 2
+
+
 def test_load_accepts_str_paths_and_nchw_models(onnx_kit, tmp_path):
     folder = onnx_kit.bundle(tmp_path / "cntk", NCHW, opset=7, style="conv")
     assert load_bundle(str(folder)).spec.preprocessing.input_shape == (3, 16, 16)
