@@ -55,6 +55,12 @@ POOL = "county_refresh"
                        description="Process these years even if done; empty: discover."),
         "model": Param("champion", type="string", minLength=1, title="Model",
                        description="'champion', or a bundle folder."),
+        "framework": Param("onnx", type="string", enum=["onnx", "onnx-int8"],
+                           title="Model form",
+                           description="onnx (fp32) or onnx-int8 (about twice as fast on "
+                           "CPUs with VNNI; the bundle must carry it). Keep one form across "
+                           "a county's years: change detection compares one model's "
+                           "predictions with themselves."),
         "tile_size_m": Param(224.0, type="number", minimum=10, title="Tile size (m)",
                              description="Must match the county's earlier years."),
         "tile_px": Param(224, type="integer", minimum=16, title="Tile pixels"),
@@ -85,7 +91,7 @@ def naip_refresh() -> None:
                 start, end = _interval_years(context)
                 jobs = plan_refresh(chosen, p["storage_root"], start, end, p["states"])
             if jobs:  # work to do but no model to do it with: say so now, not per county
-                resolve_model(p["model"], p["storage_root"])
+                resolve_model(p["model"], p["storage_root"], p["framework"])
         planned = batches(jobs, conf.getint("core", "max_map_length"))
         log.info("to process: %d counties in %d tasks: %s", len(jobs), len(planned),
                  jobs or "nothing new")
@@ -106,7 +112,7 @@ def naip_refresh() -> None:
         root = p["storage_root"]
         owner = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}"
         with fail_fast_on_bad_input():
-            bundle, _ = resolve_model(p["model"], root)
+            bundle, _ = resolve_model(p["model"], root, p["framework"])
             registry = counties.load_registry(p["registry"])
             config = TilingConfig(tile_size_m=p["tile_size_m"], tile_px=p["tile_px"])
         done: list[dict[str, Any]] = []
@@ -123,7 +129,8 @@ def naip_refresh() -> None:
                     with fail_fast_on_bad_input():
                         build_county(county, [year], root, config)
                     summary = score_and_publish(context, county.name, year, bundle,
-                                                root=root, master=p["spark_master"])
+                                                root=root, master=p["spark_master"],
+                                                framework=p["framework"])
                     lease.record["outcome"] = "processed"
                     done.append({**summary, "outcome": "processed"})
         return done

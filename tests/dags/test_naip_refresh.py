@@ -85,3 +85,35 @@ def test_within_max_map_length_one_task_per_county(airflow_db, synthetic: Path, 
     owners = {c: lease_history(str(root), c, 2016)[0]["owner"] for c in COUNTIES}
     assert owners["synthetic-county-1"].endswith("/process/0")
     assert owners["synthetic-county-2"].endswith("/process/1")
+
+
+def test_int8_form_scores_the_refresh_and_a_bundle_without_it_fails_at_discover(
+        airflow_db, synthetic: Path, root: Path):
+    """framework=onnx-int8: a champion without the int8 form fails in ``discover`` on the
+    first try (nothing tiled); with it, the county-year's predictions carry the int8 id."""
+    import numpy as np
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    from landuse.models.bundle import load_bundle
+    from landuse.models.quantize import add_int8
+
+    conf = {"registry": str(synthetic / "counties.json"), "storage_root": str(root),
+            "tile_px": 64, "spark_master": "local[1]", "years": [2016],
+            "counties": ["synthetic-county-1"], "framework": "onnx-int8"}
+    run = _run(conf)
+    assert run.state == "failed"
+    with create_session() as session:
+        [ti] = session.query(TaskInstance).filter_by(run_id=run.run_id, task_id="discover")
+        assert (str(ti.state), ti.try_number) == ("failed", 1)
+    assert not (root / "naip").exists()
+
+    bundle = load_bundle(root / "models" / "tiny")
+    tiles = np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
+    add_int8(bundle, tiles[:8], tiles, [labels.CLASSES[i % 3] for i in range(16)])
+    run = _run(conf)
+    assert run.state == "success"
+    preds = pd.read_parquet(root / "predictions" / "county=synthetic-county-1" / "year=2016"
+                            / "predictions.parquet")
+    assert len(preds) > 0
+    assert set(preds["model_id"]) == {f"{load_bundle(root / 'models' / 'tiny').model_id}+int8"}
