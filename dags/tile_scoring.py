@@ -54,6 +54,8 @@ def _task_id(framework: str) -> str:
         "framework": Param("onnx", type="string", enum=list(OPERATORS), title="Model form",
                            description="onnx-int8: the bundle's int8 form (faster on CPUs "
                            "with VNNI); keras and tflite need a bundle that carries them."),
+        "batch_size": Param(32, type="integer", minimum=1, maximum=4096, title="Batch size",
+                            description="Tiles per model call."),
         "storage_root": params.storage_root(),
     },
 )
@@ -84,6 +86,7 @@ def tile_scoring() -> None:
         form >> operator(
             task_id=_task_id(framework), source="{{ params.source }}",
             bundle_path=PLANNED % "bundle", output_url=PLANNED % "output_url",
+            batch_size="{{ params.batch_size }}",
         )
 
 

@@ -78,3 +78,17 @@ def check_places(p: Mapping[str, Any]) -> None:
             check_location(str(p[key]), key)
     if p.get("spark_master") not in (None, "none"):
         check_spark_master(str(p["spark_master"]))
+
+
+def rendered_number(value: Any, kind: type, name: str) -> Any:
+    """A templated operator setting as int or float (Jinja renders strings); ValueError,
+    naming the setting, when it is not one (a whole number, for ``int``)."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a number, got {value!r}") from err
+    if kind is int and float(value) != number:
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return number

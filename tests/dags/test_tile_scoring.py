@@ -60,15 +60,17 @@ def _states(run) -> dict[str, tuple[str, int]]:
                 for ti in session.query(TaskInstance).filter_by(run_id=run.run_id)}
 
 
-def test_each_form_scores_every_tile_in_the_task(airflow_db, manifest, bundles, tmp_path):
+def test_each_form_scores_every_tile_in_the_task(airflow_db, manifest, bundles, tmp_path,
+                                                 capsys):
     from landuse import storage
     from landuse.models.bundle import load_bundle
 
     written = {}
     for framework, bundle in (("onnx", bundles["fp32"]), ("onnx-int8", bundles["int8"])):
         run = _run({"source": str(manifest), "model": str(bundle), "framework": framework,
-                    "storage_root": str(tmp_path)})
+                    "storage_root": str(tmp_path), "batch_size": 7})
         assert run.state == "success"
+        assert "batches of 7" in "".join(capsys.readouterr())  # the Param reached the task
         chosen = f"score_{framework.replace('-', '_')}"
         states = _states(run)
         assert states[chosen][0] == "success"

@@ -89,15 +89,17 @@ def test_template_fields_are_rendered_before_the_hook_is_built(
         source="{{ params.tiles }}/manifest.parquet",
         bundle_path="{{ params.bundle }}",
         output_url="{{ params.out }}/{{ ds }}/predictions.parquet",
+        batch_size="{{ params.batch }}",
     )
-    assert tuple(op.template_fields) == ("source", "bundle_path", "output_url")
+    assert tuple(op.template_fields) == ("source", "bundle_path", "output_url", "batch_size")
     context = {"params": {"tiles": str(tiles.folder), "bundle": str(onnx_bundle),
-                          "out": str(tmp_path)}, "ds": "2024-05-01"}
+                          "out": str(tmp_path), "batch": 3}, "ds": "2024-05-01"}
     op.render_template_fields(context)  # type: ignore[arg-type]
     assert op.source == str(tiles.manifest)
     assert op.bundle_path == str(onnx_bundle)
     assert op.output_url == f"{tmp_path}/2024-05-01/predictions.parquet"
     summary = op.execute(context={})
+    assert op.batch_size == 3
     assert op.hook.bundle_path == str(onnx_bundle)
     assert summary["tiles"] == len(tiles.frame)
     assert Path(op.output_url).is_file()
@@ -161,3 +163,10 @@ def test_base_operator_needs_a_framework_and_a_sane_batch(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="batch_size"):
         OnnxInferenceOperator(task_id="x", source="s", bundle_path="b", output_url="o",
                               batch_size=0)
+    # A templated batch size is checked once rendered, before anything is read.
+    op = OnnxInferenceOperator(task_id="x", source="s", bundle_path="b", output_url="o",
+                               batch_size="{{ params.batch_size }}")
+    for rendered in ("0", "2.5", "many"):
+        op.batch_size = rendered
+        with pytest.raises(AirflowFailException, match="batch_size"):
+            op.execute(context={})

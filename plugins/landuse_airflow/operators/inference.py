@@ -27,6 +27,7 @@ from airflow.sdk.exceptions import AirflowTaskTerminated
 
 from landuse_airflow.errors import fail_fast_on_bad_input
 from landuse_airflow.hooks.bundle import ModelBundleHook
+from landuse_airflow.params import rendered_number
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -36,6 +37,14 @@ if TYPE_CHECKING:
 _LOG_EVERY = 10
 
 
+def _check_batch_size(value: Any) -> int:
+    """The batch size as a positive int; ValueError naming it otherwise."""
+    size: int = rendered_number(value, int, "batch_size")
+    if size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {value!r}")
+    return size
+
+
 class BundleInferenceOperator(BaseOperator):
     """Score tiles with a model bundle in this task's process; subclasses fix the framework.
 
@@ -43,7 +52,8 @@ class BundleInferenceOperator(BaseOperator):
         source: a manifest, a glob of manifests, or a folder / glob of PNG tiles (templated).
         bundle_path: the bundle folder, on local disk (templated).
         output_url: where the predictions Parquet goes, local or ``abfs://`` (templated).
-        batch_size: tiles per model call; the stop flag is checked between batches.
+        batch_size: tiles per model call; the stop flag is checked between batches
+            (templated).
         threads: inference threads (ONNX Runtime, TFLite); one, as Airflow workers run
             several tasks at once.
 
@@ -53,7 +63,7 @@ class BundleInferenceOperator(BaseOperator):
     """
 
     framework: ClassVar[str] = ""
-    template_fields: Sequence[str] = ("source", "bundle_path", "output_url")
+    template_fields: Sequence[str] = ("source", "bundle_path", "output_url", "batch_size")
     ui_color = "#d5e8d4"
 
     def __init__(
@@ -62,7 +72,7 @@ class BundleInferenceOperator(BaseOperator):
         source: str,
         bundle_path: str,
         output_url: str,
-        batch_size: int = 32,
+        batch_size: int | str = 32,
         threads: int = 1,
         **kwargs: Any,
     ) -> None:
@@ -71,8 +81,8 @@ class BundleInferenceOperator(BaseOperator):
                 "BundleInferenceOperator is a base class: use OnnxInferenceOperator, "
                 "OnnxInt8InferenceOperator, KerasInferenceOperator or TFLiteInferenceOperator"
             )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not isinstance(batch_size, str):  # a template is checked once rendered
+            _check_batch_size(batch_size)
         super().__init__(**kwargs)
         self.source = source
         self.bundle_path = bundle_path
@@ -98,6 +108,7 @@ class BundleInferenceOperator(BaseOperator):
 
         started = time.perf_counter()
         with fail_fast_on_bad_input():  # a missing source or broken bundle will not heal
+            self.batch_size = _check_batch_size(self.batch_size)
             rows = load_source(self.source)
             check_tiles_fit(rows, self.bundle_path, self.hook.bundle.spec.preprocessing)
             runner = self.hook.get_runner(self.framework)

@@ -21,22 +21,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from landuse_airflow.errors import fail_fast_on_bad_input
+from landuse_airflow.params import rendered_number
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-
-def _number(value: Any, kind: type, name: str) -> Any:
-    """A templated setting as int or float (Jinja renders strings); ValueError if not one."""
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    try:
-        number = kind(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a number, got {value!r}") from err
-    if kind is int and float(value) != number:
-        raise ValueError(f"{name} must be a whole number of pixels, got {value!r}")
-    return number
 
 
 class SlidingWindowScoringOperator(BaseOperator):
@@ -125,11 +113,11 @@ class SlidingWindowScoringOperator(BaseOperator):
         if isinstance(detect, str):  # a rendered template: comma-separated names
             detect = [name.strip() for name in detect.split(",") if name.strip()]
         return {
-            "size": _number(self.window_size, int, "window_size"),
-            "stride": _number(self.stride, int, "stride"),
-            "threshold": _number(self.threshold, float, "threshold"),
-            "iou_threshold": _number(self.iou_threshold, float, "iou_threshold"),
-            "batch_size": _number(self.batch_size, int, "batch_size"),
+            "size": rendered_number(self.window_size, int, "window_size"),
+            "stride": rendered_number(self.stride, int, "stride"),
+            "threshold": rendered_number(self.threshold, float, "threshold"),
+            "iou_threshold": rendered_number(self.iou_threshold, float, "iou_threshold"),
+            "batch_size": rendered_number(self.batch_size, int, "batch_size"),
             "detect_classes": list(detect) if detect else None,
             "merge": self.merge,
             "geojson": geojson[self.geojson],
