@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,20 @@ def _secure(response: Response, cache: bool = False) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "private, max-age=600" if cache else "no-store"
     return response
+
+
+def _basemap(scenes: Sequence[str]) -> list[dict[str, Any]]:
+    """The map's base layers: each scene's index and bounds."""
+    return [{"index": i, "bounds": view_data.quicklook(scene)[1]}
+            for i, scene in enumerate(scenes)]
+
+
+def _quicklook(scenes: Sequence[str], index: int, what: str) -> Response:
+    """The quick-look image of scene ``index`` of ``scenes`` (NotFound past the end)."""
+    if not 0 <= index < len(scenes):
+        raise view_data.NotFound(f"no scene {index} for {what}")
+    image, _ = view_data.quicklook(scenes[index])
+    return _secure(Response(image, media_type="image/webp"), cache=True)
 
 
 def create_app(root: str | None = None) -> FastAPI:
@@ -175,8 +189,7 @@ def create_app(root: str | None = None) -> FastAPI:
     def scoring(county: str, year: str) -> Response:
         p = predictions(county, year)
         with _errors():
-            basemap = [{"index": i, "bounds": view_data.quicklook(scene)[1]}
-                       for i, scene in enumerate(run_data.scoring_scenes(p))]
+            basemap = _basemap(run_data.scoring_scenes(p))
             return _secure(JSONResponse({**run_data.scoring_view(p), "basemap": basemap}))
 
     @app.get("/api/scoring/{county}/{year}/layers/{name}.png",
@@ -192,11 +205,7 @@ def create_app(root: str | None = None) -> FastAPI:
     def scoring_basemap(county: str, year: str, index: int) -> Response:
         p = predictions(county, year)
         with _errors():
-            found = run_data.scoring_scenes(p)
-            if not 0 <= index < len(found):
-                raise view_data.NotFound(f"no scene {index} for {county} {year}")
-            image, _ = view_data.quicklook(found[index])
-        return _secure(Response(image, media_type="image/webp"), cache=True)
+            return _quicklook(run_data.scoring_scenes(p), index, f"{county} {year}")
 
     @app.get("/api/training/{run_id}/candidates/{mlflow_run_id}/confusion.png",
              dependencies=[Depends(training_reader)])
@@ -209,13 +218,9 @@ def create_app(root: str | None = None) -> FastAPI:
     def change(county: str, pair: str) -> Response:
         r = report(county, pair)
         with _errors():
-            basemap = []
-            for i, scene in enumerate(view_data.scenes(r)):
-                _, bounds = view_data.quicklook(scene)
-                basemap.append({"index": i, "bounds": bounds})
             return _secure(JSONResponse({
                 **view_data.headline(r), "summary": view_data.public_summary(r),
-                "layers": view_data.layers(r), "basemap": basemap}))
+                "layers": view_data.layers(r), "basemap": _basemap(view_data.scenes(r))}))
 
     @app.get("/api/change/{county}/{pair}/files/{name}", dependencies=[Depends(change_reader)])
     def report_file(county: str, pair: str, name: str) -> Response:
@@ -241,11 +246,7 @@ def create_app(root: str | None = None) -> FastAPI:
     def basemap(county: str, pair: str, index: int) -> Response:
         r = report(county, pair)
         with _errors():
-            found = view_data.scenes(r)
-            if not 0 <= index < len(found):
-                raise view_data.NotFound(f"no scene {index} for {county} {pair}")
-            png, _ = view_data.quicklook(found[index])
-        return _secure(Response(png, media_type="image/webp"), cache=True)
+            return _quicklook(view_data.scenes(r), index, f"{county} {pair}")
 
     @app.get("/api/change/{county}/{pair}/tiles/{tile_id}", dependencies=[Depends(change_reader)])
     def tile(county: str, pair: str, tile_id: str) -> Response:
