@@ -193,6 +193,9 @@ def _daemon_env(spark_home: Path, host: str, opts_var: str, opts: str) -> dict[s
     return env
 
 
+_EXEC_READS = 50  # tries of an empty /proc/PID/cmdline, 10 ms apart
+
+
 def _cmdline(pid: int) -> list[str] | None:
     """The process's argv; None when it is gone or a zombie; [] when /proc is unavailable."""
     proc = Path("/proc") / str(pid)
@@ -208,7 +211,16 @@ def _cmdline(pid: int) -> list[str] | None:
         stat = (proc / "stat").read_text()
         if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
             return None
-        return (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        for _ in range(_EXEC_READS):
+            # Empty while the process is between programs (spark-class execs env, bash,
+            # then java; measured here: about 1 read in 2,500 during a worker's first
+            # second). Taken for "not our daemon", that dropped a starting worker from the
+            # state file and started another.
+            argv = (proc / "cmdline").read_bytes()
+            if argv:
+                break
+            time.sleep(0.01)
+        return argv.decode(errors="replace").split("\0")
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
 

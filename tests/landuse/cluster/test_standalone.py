@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,6 +63,27 @@ class Standalone:
         """ALIVE workers as the master's JSON lists them (read here, not via the scaler)."""
         info = requests.get(f"{self.master.web_url}/json/", timeout=5).json()
         return [w for w in info["workers"] if w["state"] == "ALIVE"]
+
+
+def test_a_starting_worker_is_recognised_while_spark_class_execs_java() -> None:
+    """spark-class execs env, bash, then java; in between, /proc/PID/cmdline reads empty
+    (measured: about 1 read in 2,500 during the first second). A worker must never be
+    taken for another program then: that dropped it from the state file and started a
+    third worker for a target of two."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(find_spark_home() / "bin" / "spark-class"), WORKER_CLASS, "--host", "127.0.0.1",
+         "--port", str(port), "--webui-port", "0", "spark://127.0.0.1:1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        checks, started = 0, time.monotonic()
+        while time.monotonic() - started < 2.0 and proc.poll() is None:
+            assert _is_daemon(proc.pid, WORKER_CLASS, port), f"check {checks} said no"
+            checks += 1
+        assert checks > 1000
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="session")
