@@ -480,7 +480,7 @@ def take_pixels(fcn: Any, pre: PreprocessSpec, input_name: str) -> Any:
         if pre.channel_order == "BGR":
             step("Gather", const("bgr", np.array([2, 1, 0], np.int64)), axis=1)
         if pre.dtype != "uint8":
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+            dtype = helper.tensor_dtype_to_np_dtype(elem)
             per_channel = (1, 3, 1, 1)
             if pre.scale != 1:
                 step("Mul", const("scale", np.array(pre.scale, dtype)))

@@ -81,6 +81,8 @@ def test_the_preprocessing_runs_inside_the_model(collage, tmp_path, spec, folded
     prefix = {n.op_type for n in fcn.graph.node if n.output[0].startswith("fcn_pixels")}
     assert ("Gather" not in prefix and "Sub" not in prefix) if folded else \
         {"Cast", "Gather", "Sub"} <= prefix
+    reads_folded = [n.op_type for n in fcn.graph.node if "fcn_pixels_w" in n.input]
+    assert reads_folded == (["Conv"] if folded else [])
     whole, single = _both(str(collage.tif), bundle, max_strip_windows=40)
     np.testing.assert_allclose(whole, single, atol=PARITY_TOLERANCE, rtol=0)
     assert single.std(axis=(0, 1)).max() > 1e-3
