@@ -1,25 +1,24 @@
-"""Label-free change on real imagery: the old hotspot rule against the adaptive one.
+"""Label-free change on real imagery: the old rule, today's rule and the no-change test.
 
 The bundled real NAIP quarter-quad of Stutsman County, North Dakota (2010, 2016, 2020) is
-tiled (224 m tiles, no labels), every tile is embedded with SqueezeNet (shipped ImageNet
-weights) and the change distance of each tile is the cosine distance of its per-vintage
-standardised features (landuse.change.embedding). The reference is water change read from
-the same imagery (NDWI and NIR, landuse.change.water): a tile whose water share changed by at
-least 0.15. Rules compared on the same distances:
-  old   robust z-score of the distance > 1 (a fixed share of about one tile in six)
-  gmm   2-component Gaussian mixture on log distance, tiles of the upper component
-        (a distance-only threshold, shown for comparison)
-  new   embedding.select_hotspots: bars from the county's own null model, the distances
-        between neighbouring tiles within a year (neighbourhood mean above its 40 % quantile,
-        or own distance above its 75 % quantile)
-Pairs: 2010 -> 2016 (much water change: precision, recall, IoU) and 2016 -> 2020 (little:
-the share flagged against the base rate); both were used to tune the new rule. 2010 -> 2020
-is printed as a further check. Then a planted check on 2016 -> 2020: the 2020 features of
-12 scattered tiles are replaced by those of a place at least 5 tiles away (a different
-place), and the recall of these lone planted changes is printed.
+tiled (224 m tiles, no labels). The reference is water change read from the same imagery
+(NDWI and NIR, landuse.change.water): a tile whose water share changed by at least 0.15. It
+cannot see harvested, tilled or built-over fields, so part of what counts as "false" against
+it is real change on the ground. Rules compared:
+  old    robust z-score of the SqueezeNet feature distance > 1 (about one tile in six)
+  today  embedding.select_hotspots: neighbourhood-null quantiles 0.4 / 0.75 (the rule before
+         this one, tuned on 2010 -> 2016 and 2016 -> 2020)
+  test   significance.significant_change at --fdr: year B normalised onto year A per scene pair
+         (IR-MAD), per-tile pixel statistics, a cross-year linear map fitted on the likely
+         unchanged tiles, Mahalanobis distance, the no-change null, Benjamini-Hochberg
+Pairs: 2010 -> 2016 (much water change) and 2016 -> 2020 (little) may be tuned on;
+2010 -> 2020 is printed as a check only. Then a synthetic null (the 2016 scene against a copy
+of itself with per-band gain, offset and gamma changed, nothing else) and a planted check on
+2016 -> 2020 (12 scattered tiles' year-B data replaced by a place at least 5 tiles away).
+Also prints the best IoU any threshold on each score could reach (an oracle bound).
 
-Run:  .venv/bin/python bench/label_free_change.py [--cache /tmp/label_free_cache]
-Ends with ``summary: ...``.
+Run:  .venv/bin/python bench/label_free_change.py [--fdr 0.05]
+Ends with ``ratio=<today's flagged share / the test's flagged share on 2016 -> 2020>``.
 """
 
 from __future__ import annotations
@@ -37,10 +36,11 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT / "include"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from sklearn.mixture import GaussianMixture  # noqa: E402
+import pandas as pd  # noqa: E402
+import rasterio  # noqa: E402
 
 from landuse import storage  # noqa: E402
-from landuse.change import embedding  # noqa: E402
+from landuse.change import embedding, normalise, significance  # noqa: E402
 from landuse.change.run import WATER_CHANGE  # noqa: E402
 from landuse.change.water import water_shares  # noqa: E402
 from landuse.counties import County  # noqa: E402
@@ -49,112 +49,151 @@ from landuse.tiling import build_county, manifest_url  # noqa: E402
 COUNTY = "stutsman-nd"
 YEARS = (2010, 2016, 2020)
 PAIRS = ((2010, 2016), (2016, 2020), (2010, 2020))
+TUNED = {(2010, 2016), (2016, 2020)}
 PLANTED = 12
+# The synthetic null's distortion of the 2016 scene, band by band (R, G, B, NIR).
+GAIN, OFFSET, GAMMA = (1.15, 0.9, 1.1, 0.85), (-8.0, 12.0, 5.0, 10.0), (0.9, 1.1, 0.95, 1.05)
 
 
-def load(sample: Path, cache: Path | None) -> dict[str, np.ndarray]:
-    """Features, water shares and bounds of the tiles every year has (cached if asked)."""
-    cached = cache / "bench_label_free.npz" if cache else None
-    if cached and cached.exists():
-        return dict(np.load(cached, allow_pickle=False))
-    doc = json.loads((sample / "counties.json").read_text())
-    [entry] = [c for c in doc["counties"] if c["name"] == COUNTY]
-    county = County(**{**entry, "naip": str(sample / entry["naip"])})
-    with tempfile.TemporaryDirectory(prefix="bench-label-free-") as root:
-        build_county(county, YEARS, root, nlcd="")
-        manifests = {y: storage.read_parquet(manifest_url(root, COUNTY, y)).to_pandas()
-                     .set_index("tile_id") for y in YEARS}
-        ids = sorted(set.intersection(*(set(m.index) for m in manifests.values())))
-        urls = [url for y in YEARS for url in manifests[y].loc[ids, "image_url"]]
-        features = embedding.embed(urls)  # one backbone for every year
-        out = {"tile_id": np.array(ids),
-               "bounds": manifests[YEARS[0]].loc[ids, ["minx", "miny", "maxx", "maxy"]]
-               .to_numpy(float),
-               "crs": manifests[YEARS[0]].loc[ids, "crs"].to_numpy(str)}
-        for k, y in enumerate(YEARS):
-            out[f"features_{y}"] = features[k * len(ids):(k + 1) * len(ids)]
-            out[f"water_{y}"] = water_shares(manifests[y].reset_index()).reindex(ids).to_numpy()
-    if cached:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
-        np.savez(tmp, **out)
-        tmp.replace(cached)
-    return out
+def distort(src_url: str, dst: str) -> None:
+    """A copy of a scene with each band's gain, offset and gamma changed; nothing moved."""
+    with rasterio.open(src_url) as src:
+        profile, pixels = src.profile, src.read().astype(np.float64)
+    valid = pixels.any(axis=0)
+    for k in range(pixels.shape[0]):
+        band = 255.0 * (pixels[k] / 255.0) ** GAMMA[k] * GAIN[k] + OFFSET[k]
+        pixels[k] = np.where(valid, np.clip(band, 1, 255), 0)
+    with rasterio.open(dst, "w", **profile) as out:
+        out.write(pixels.round().astype(np.uint8))
 
 
-def gmm_upper(distances: np.ndarray) -> np.ndarray:
-    """Tiles of the upper component of a 2-component Gaussian mixture on log distance."""
-    x = np.log(np.maximum(distances, 1e-6))[:, None]
-    gmm = GaussianMixture(2, random_state=0).fit(x)
-    return np.asarray(gmm.predict(x) == int(np.argmax(gmm.means_[:, 0])))
-
-
-def line(name: str, mask: np.ndarray, reference: np.ndarray, note: str = "") -> dict:
+def line(name: str, mask: np.ndarray, reference: np.ndarray | None, note: str = "") -> dict:
+    """One rule's figures (flagged share; against the reference where there is one)."""
+    n = int(mask.size)
+    if reference is None:
+        print(f"  {name:5s} flagged {int(mask.sum()):3d}/{n} ({mask.mean():6.1%})"
+              f"{'  ' + note if note else ''}")
+        return {"detected": int(mask.sum()), "tiles": n}
     a = embedding.agreement(mask, reference)
-    print(f"  {name:4s} flagged {a['detected']:3d}/{a['tiles']} ({a['detected'] / a['tiles']:6.1%})"
-          f"  precision {a['precision']:.3f}  recall {a['recall']:.3f}  IoU {a['iou']:.3f}"
+    print(f"  {name:5s} flagged {a['detected']:3d}/{n} ({a['detected'] / n:6.1%})  precision "
+          f"{a['precision']:.3f}  recall {a['recall']:.3f}  IoU {a['iou']:.3f}"
           f"{'  ' + note if note else ''}")
     return a
+
+
+def best_iou(score: np.ndarray, reference: np.ndarray) -> float:
+    """The best IoU any threshold on ``score`` reaches against ``reference`` (an oracle)."""
+    order = np.argsort(-score)
+    hits = np.cumsum(reference[order])
+    flagged = np.arange(1, len(score) + 1)
+    return float((hits / (flagged + reference.sum() - hits)).max())
+
+
+def rules(fa, fb, sa, sb, bounds, crs, fdr):
+    distances, today = embedding.change_hotspots(fa, fb, bounds, crs)
+    test = significance.significant_change(sa, sb, fdr=fdr)
+    return distances, embedding.robust_z(distances) > embedding.HOTSPOT_Z, today, test
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=Path, default=PROJECT / "sample")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="folder to keep features and water shares between runs")
+    parser.add_argument("--fdr", type=float, default=0.05)
     args = parser.parse_args()
-    data = load(args.sample, args.cache)
-    pairs = embedding.adjacent_pairs(data["bounds"], list(data["crs"]))
-    print(f"{COUNTY}: {len(data['tile_id'])} tiles of 224 m, {len(pairs)} neighbouring pairs; "
-          f"water reference: |water share change| >= {WATER_CHANGE}")
-    results: dict[tuple[int, int], dict[str, dict]] = {}
-    for year_a, year_b in PAIRS:
-        fa, fb = data[f"features_{year_a}"], data[f"features_{year_b}"]
-        wa, wb = data[f"water_{year_a}"], data[f"water_{year_b}"]
-        scored = ~np.isnan(wa) & ~np.isnan(wb)
-        reference = (np.abs(wb - wa) >= WATER_CHANGE)[scored]
-        distances, hot = embedding.change_hotspots(fa, fb, data["bounds"], list(data["crs"]))
-        old = embedding.robust_z(distances) > embedding.HOTSPOT_Z
-        print(f"\n{year_a} -> {year_b}: {scored.sum()} tiles scored, water {np.nanmean(wa):.1%} "
-              f"-> {np.nanmean(wb):.1%}, {reference.sum()} water-change tiles "
-              f"(base rate {reference.mean():.3f}); distance median {np.median(distances):.3f}")
-        results[year_a, year_b] = {
-            "old": line("old", old[scored], reference, f"robust z > {embedding.HOTSPOT_Z}"),
-            "gmm": line("gmm", gmm_upper(distances)[scored], reference),
-            "new": line("new", hot.mask[scored], reference,
-                        f"bars {hot.threshold:.3f} / {hot.lone_threshold:.3f}"),
-        }
+    doc = json.loads((args.sample / "counties.json").read_text())
+    [entry] = [c for c in doc["counties"] if c["name"] == COUNTY]
+    county = County(**{**entry, "naip": str(args.sample / entry["naip"])})
+    with tempfile.TemporaryDirectory(prefix="bench-label-free-") as root:
+        build_county(county, YEARS, root, nlcd="")
+        manifests = {y: storage.read_parquet(manifest_url(root, COUNTY, y)).to_pandas()
+                     .set_index("tile_id") for y in YEARS}
+        ids = sorted(set.intersection(*(set(m.index) for m in manifests.values())))
+        rows = {y: manifests[y].loc[ids].reset_index() for y in YEARS}
+        bounds = rows[2010][["minx", "miny", "maxx", "maxy"]].to_numpy(float)
+        crs = list(rows[2010]["crs"])
+        features = embedding.embed_tiles(pd.concat([rows[y] for y in YEARS], ignore_index=True))
+        feats = {y: features[k * len(ids):(k + 1) * len(ids)] for k, y in enumerate(YEARS)}
+        water = {y: water_shares(rows[y]).reindex(ids).to_numpy() for y in YEARS}
+        raw = {y: normalise.tile_statistics(rows[y]) for y in YEARS}
+        print(f"{COUNTY}: {len(ids)} tiles of 224 m; water reference: |water share change| >= "
+              f"{WATER_CHANGE} (it cannot see harvested, tilled or built-over fields); "
+              f"test at FDR {args.fdr}")
+        results = {}
+        for year_a, year_b in PAIRS:
+            scene_a, scene_b = rows[year_a]["scene_url"][0], rows[year_b]["scene_url"][0]
+            norm = normalise.normalise_pair(scene_a, scene_b)
+            sb = normalise.tile_statistics(rows[year_b], {scene_b: norm})
+            reference = np.abs(water[year_b] - water[year_a]) >= WATER_CHANGE
+            distances, old, today, test = rules(feats[year_a], feats[year_b], raw[year_a], sb,
+                                                bounds, crs, args.fdr)
+            tag = "tuned on" if (year_a, year_b) in TUNED else "check only, never tuned on"
+            print(f"\n{year_a} -> {year_b} ({tag}): water {np.nanmean(water[year_a]):.1%} -> "
+                  f"{np.nanmean(water[year_b]):.1%}, {reference.sum()} water-change tiles (base "
+                  f"rate {reference.mean():.3f}); normalisation {norm.method}, gains "
+                  f"{[round(m.gain, 2) for m in norm.bands]}")
+            results[year_a, year_b] = {
+                "old": line("old", old, reference),
+                "today": line("today", today.mask, reference),
+                "test": line("test", test.flagged, reference,
+                             f"expected false {test.expected_false:.1f}; "
+                             + ", ".join(f"{n.name} null {n.kind} {n.centre:+.2f}/{n.scale:.2f}"
+                                         for n in test.nulls)),
+            }
+            print(f"  oracle best IoU over all thresholds: feature distance "
+                  f"{best_iou(distances, reference):.3f}, test distance "
+                  f"{best_iou(test.distances, reference):.3f}, |NDWI change| "
+                  f"{best_iou(np.abs(sb[:, 9] - raw[year_a][:, 9]), reference):.3f}")
 
-    # lone planted changes: a 2020 tile replaced by a place at least 5 tiles away
-    rng = np.random.default_rng(0)
-    cells = np.rint(data["bounds"][:, :2] / (data["bounds"][:, 2:] - data["bounds"][:, :2]))
-    fa, fb = data["features_2016"], data["features_2020"].copy()
-    planted: list[int] = []
-    for i in rng.permutation(len(fb)):
-        if len(planted) == PLANTED:
-            break
-        if all(np.abs(cells[i] - cells[j]).max() > 2 for j in planted):  # scattered, lone
-            far = np.flatnonzero(np.abs(cells - cells[i]).max(axis=1) >= 5)
-            fb[i] = data["features_2020"][rng.choice(far)]
-            planted.append(i)
-    truth = np.zeros(len(fb), bool)
-    truth[planted] = True
-    distances, hot = embedding.change_hotspots(fa, fb, data["bounds"], list(data["crs"]))
-    old = embedding.robust_z(distances) > embedding.HOTSPOT_Z
-    print(f"\n2016 -> 2020 with {PLANTED} lone planted changes (2020 tile replaced by a "
-          "place >= 5 tiles away):")
-    planted_old = line("old", old, truth)
-    planted_new = line("new", hot.mask, truth)
+        # synthetic null: the 2016 scene against a distorted copy of itself, nothing changed
+        scene = rows[2016]["scene_url"][0]
+        copy = str(Path(root) / "distorted_2016.tif")
+        distort(scene, copy)
+        fake = rows[2016].assign(scene_url=copy)
+        norm = normalise.normalise_pair(scene, copy)
+        fb = embedding.embed_tiles(fake)
+        sb = normalise.tile_statistics(fake, {copy: norm})
+        _, old, today, test = rules(feats[2016], fb, raw[2016], sb, bounds, crs, args.fdr)
+        print(f"\nsynthetic null: 2016 against itself with gain {GAIN}, offset {OFFSET}, "
+              f"gamma {GAMMA} per band and no change; IR-MAD gains "
+              f"{[round(m.gain, 2) for m in norm.bands]}")
+        null = {"old": line("old", old, None), "today": line("today", today.mask, None),
+                "test": line("test", test.flagged, None, f"target at most {2 * args.fdr:.0%}")}
+
+        # lone planted changes on 2016 -> 2020: a place >= 5 tiles away
+        rng = np.random.default_rng(0)
+        cells = np.rint(bounds[:, :2] / (bounds[:, 2:] - bounds[:, :2]))
+        norm = normalise.normalise_pair(rows[2016]["scene_url"][0], rows[2020]["scene_url"][0])
+        sb = normalise.tile_statistics(rows[2020], {rows[2020]["scene_url"][0]: norm})
+        fb, planted_sb = feats[2020].copy(), sb.copy()
+        planted: list[int] = []
+        for i in rng.permutation(len(ids)):
+            if len(planted) == PLANTED:
+                break
+            if all(np.abs(cells[i] - cells[j]).max() > 2 for j in planted):  # scattered, lone
+                far = rng.choice(np.flatnonzero(np.abs(cells - cells[i]).max(axis=1) >= 5))
+                fb[i], planted_sb[i] = feats[2020][far], sb[far]
+                planted.append(i)
+        truth = np.zeros(len(ids), bool)
+        truth[planted] = True
+        _, old, today, test = rules(feats[2016], fb, raw[2016], planted_sb, bounds, crs,
+                                    args.fdr)
+        print(f"\n2016 -> 2020 with {PLANTED} lone planted changes (year B replaced by a place "
+              ">= 5 tiles away):")
+        plant = {"old": line("old", old, truth), "today": line("today", today.mask, truth),
+                 "test": line("test", test.flagged, truth)}
 
     base, quiet = results[2010, 2016], results[2016, 2020]
-    print(f"\nsummary: 2010->2016 old P {base['old']['precision']:.3f} "
-          f"R {base['old']['recall']:.3f} IoU {base['old']['iou']:.3f}, new P "
-          f"{base['new']['precision']:.3f} R {base['new']['recall']:.3f} IoU "
-          f"{base['new']['iou']:.3f}; 2016->2020 flagged old "
-          f"{quiet['old']['detected'] / quiet['old']['tiles']:.1%} new "
-          f"{quiet['new']['detected'] / quiet['new']['tiles']:.1%} (water base rate "
-          f"{quiet['new']['base_rate']:.1%}); lone planted recall old "
-          f"{planted_old['recall']:.2f} new {planted_new['recall']:.2f}")
+    share = {k: v["detected"] / v["tiles"] for k, v in quiet.items()}
+    print(f"\nsummary: 2010->2016 IoU old {base['old']['iou']:.3f} today "
+          f"{base['today']['iou']:.3f} test {base['test']['iou']:.3f} (P "
+          f"{base['test']['precision']:.3f} R {base['test']['recall']:.3f}); 2016->2020 flagged "
+          f"old {share['old']:.1%} today {share['today']:.1%} test {share['test']:.1%} (water "
+          f"base rate {quiet['test']['base_rate']:.1%}, precision today "
+          f"{quiet['today']['precision']:.3f} test {quiet['test']['precision']:.3f}); synthetic "
+          f"null flagged today {null['today']['detected']} test {null['test']['detected']} of "
+          f"{null['test']['tiles']}; lone planted recall today {plant['today']['recall']:.2f} "
+          f"test {plant['test']['recall']:.2f}")
+    print(f"ratio={share['today'] / max(share['test'], 1e-9):.3f}")
 
 
 if __name__ == "__main__":
