@@ -115,6 +115,7 @@ def main() -> None:
         feats = {y: features[k * len(ids):(k + 1) * len(ids)] for k, y in enumerate(YEARS)}
         water = {y: water_shares(rows[y]).reindex(ids).to_numpy() for y in YEARS}
         raw = {y: normalise.tile_statistics(rows[y]) for y in YEARS}
+        own = {y: normalise.normalised_statistics(raw[y]) for y in YEARS}
         print(f"{COUNTY}: {len(ids)} tiles of 224 m; water reference: |water share change| >= "
               f"{WATER_CHANGE} (it cannot see harvested, tilled or built-over fields); "
               f"test at FDR {args.fdr}")
@@ -122,9 +123,9 @@ def main() -> None:
         for year_a, year_b in PAIRS:
             scene_a, scene_b = rows[year_a]["scene_url"][0], rows[year_b]["scene_url"][0]
             norm = normalise.normalise_pair(scene_a, scene_b)
-            sb = normalise.tile_statistics(rows[year_b], {scene_b: norm})
+            sb = normalise.normalised_statistics(raw[year_b], norm)
             reference = np.abs(water[year_b] - water[year_a]) >= WATER_CHANGE
-            distances, old, today, test = rules(feats[year_a], feats[year_b], raw[year_a], sb,
+            distances, old, today, test = rules(feats[year_a], feats[year_b], own[year_a], sb,
                                                 bounds, crs, args.fdr)
             tag = "tuned on" if (year_a, year_b) in TUNED else "check only, never tuned on"
             print(f"\n{year_a} -> {year_b} ({tag}): water {np.nanmean(water[year_a]):.1%} -> "
@@ -142,7 +143,7 @@ def main() -> None:
             print(f"  oracle best IoU over all thresholds: feature distance "
                   f"{best_iou(distances, reference):.3f}, test distance "
                   f"{best_iou(test.distances, reference):.3f}, |NDWI change| "
-                  f"{best_iou(np.abs(sb[:, 9] - raw[year_a][:, 9]), reference):.3f}")
+                  f"{best_iou(np.abs(sb[:, 9] - own[year_a][:, 9]), reference):.3f}")
 
         # synthetic null: the 2016 scene against a distorted copy of itself, nothing changed
         scene = rows[2016]["scene_url"][0]
@@ -151,8 +152,8 @@ def main() -> None:
         fake = rows[2016].assign(scene_url=copy)
         norm = normalise.normalise_pair(scene, copy)
         fb = embedding.embed_tiles(fake)
-        sb = normalise.tile_statistics(fake, {copy: norm})
-        _, old, today, test = rules(feats[2016], fb, raw[2016], sb, bounds, crs, args.fdr)
+        sb = normalise.normalised_statistics(normalise.tile_statistics(fake), norm)
+        _, old, today, test = rules(feats[2016], fb, own[2016], sb, bounds, crs, args.fdr)
         print(f"\nsynthetic null: 2016 against itself with gain {GAIN}, offset {OFFSET}, "
               f"gamma {GAMMA} per band and no change; IR-MAD gains "
               f"{[round(m.gain, 2) for m in norm.bands]}")
@@ -163,7 +164,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         cells = np.rint(bounds[:, :2] / (bounds[:, 2:] - bounds[:, :2]))
         norm = normalise.normalise_pair(rows[2016]["scene_url"][0], rows[2020]["scene_url"][0])
-        sb = normalise.tile_statistics(rows[2020], {rows[2020]["scene_url"][0]: norm})
+        sb = normalise.normalised_statistics(raw[2020], norm)
         fb, planted_sb = feats[2020].copy(), sb.copy()
         planted: list[int] = []
         for i in rng.permutation(len(ids)):
@@ -175,7 +176,7 @@ def main() -> None:
                 planted.append(i)
         truth = np.zeros(len(ids), bool)
         truth[planted] = True
-        _, old, today, test = rules(feats[2016], fb, raw[2016], planted_sb, bounds, crs,
+        _, old, today, test = rules(feats[2016], fb, own[2016], planted_sb, bounds, crs,
                                     args.fdr)
         print(f"\n2016 -> 2020 with {PLANTED} lone planted changes (year B replaced by a place "
               ">= 5 tiles away):")

@@ -268,22 +268,18 @@ def normalise_pair(url_a: str, url_b: str) -> Normalisation:
 # Pixels per side at which a tile is read for its statistics (averaged: the statistics of a
 # 224 m tile hardly change, and the read is several times cheaper than at full size).
 STATISTICS_PX = 64
-STATISTICS = ("red", "green", "blue", "nir", "red_sd", "green_sd", "blue_sd", "nir_sd",
-              "ndvi", "ndwi")
+# What a county-year keeps per tile (computed once, reused by every pair it is in) ...
+RAW_STATISTICS = ("red", "green", "blue", "nir", "red_sd", "green_sd", "blue_sd", "nir_sd")
+# ... and what a pair compares: the raw ones on year A's radiometry, and two indices.
+STATISTICS = (*RAW_STATISTICS, "ndvi", "ndwi")
 
 
-def tile_statistics(tiles: pd.DataFrame,
-                    normalisations: dict[str, Normalisation] | None = None,
-                    size: int = STATISTICS_PX) -> np.ndarray:
-    """Per-tile pixel statistics, ``(tiles, 10)`` in :data:`STATISTICS` order: each band's
-    mean and standard deviation, mean NDVI and mean NDWI, from the 4-band window of each
-    manifest row (``scene_url`` and bounds), NaN for rows without a scene.
-
-    Args:
-        tiles: manifest rows.
-        normalisations: by scene URL, the map of that scene onto the other year's
-            radiometry, applied to the pixels before the statistics (year B of a pair).
-        size: pixels per side read.
+def tile_statistics(tiles: pd.DataFrame, size: int = STATISTICS_PX) -> np.ndarray:
+    """Per-tile pixel statistics, ``(tiles, 8)`` in :data:`RAW_STATISTICS` order (each
+    band's mean and standard deviation over the tile's valid pixels), from the 4-band
+    window of each manifest row (``scene_url`` and bounds); NaN for rows without a scene or
+    without valid pixels. A linear normalisation maps them exactly
+    (:func:`normalised_statistics`), so they are computed once per county-year.
 
     Raises:
         RasterError: a scene has fewer than 4 bands or cannot be read.
@@ -293,11 +289,10 @@ def tile_statistics(tiles: pd.DataFrame,
 
     from landuse.raster import RasterError, open_raster, read_checked
 
-    out = np.full((len(tiles), len(STATISTICS)), np.nan)
+    out = np.full((len(tiles), len(RAW_STATISTICS)), np.nan)
     position = pd.Series(np.arange(len(tiles)), index=tiles.index)
     scenes = tiles["scene_url"] if "scene_url" in tiles else pd.Series(None, index=tiles.index)
     for url, rows in tiles[scenes.notna()].groupby(scenes[scenes.notna()]):
-        mapping = (normalisations or {}).get(str(url))
         with open_raster(str(url)) as src:
             if src.count < 4:
                 raise RasterError(f"scene {url} has {src.count} bands: tile statistics need "
@@ -308,13 +303,23 @@ def tile_statistics(tiles: pd.DataFrame,
                                   out_shape=(4, size, size), resampling=Resampling.average,
                                   boundless=True, fill_value=0).astype(np.float64)
                 valid = px.any(axis=0)
-                if not valid.any():
-                    continue
-                px = px[:, valid]
-                if mapping is not None:
-                    px = mapping.apply(px)
-                red, green, nir = px[0], px[1], px[3]
-                ndvi = (nir - red) / np.maximum(nir + red, 1e-6)
-                ndwi = (green - nir) / np.maximum(green + nir, 1e-6)
-                out[i] = [*px.mean(axis=1), *px.std(axis=1), ndvi.mean(), ndwi.mean()]
+                if valid.any():
+                    out[i] = [*px[:, valid].mean(axis=1), *px[:, valid].std(axis=1)]
     return out
+
+
+def normalised_statistics(raw: np.ndarray, normalisation: Normalisation | None = None
+                          ) -> np.ndarray:
+    """Raw tile statistics (:func:`tile_statistics`) on the other year's radiometry, with
+    NDVI and NDWI of the normalised band means: ``(tiles, 10)`` in :data:`STATISTICS` order.
+    ``normalisation`` None leaves the bands as they are (year A of a pair)."""
+    raw = np.asarray(raw, dtype=np.float64)
+    means, spreads = raw[:, :4].copy(), raw[:, 4:].copy()
+    if normalisation is not None:
+        for k, band in enumerate(normalisation.bands):
+            means[:, k] = band.apply(means[:, k])
+            spreads[:, k] *= abs(band.gain)
+    red, green, nir = means[:, 0], means[:, 1], means[:, 3]
+    ndvi = (nir - red) / np.maximum(nir + red, 1e-6)
+    ndwi = (green - nir) / np.maximum(green + nir, 1e-6)
+    return np.column_stack([means, spreads, ndvi, ndwi])
