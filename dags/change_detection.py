@@ -53,8 +53,13 @@ log = logging.getLogger(__name__)
         "smooth": Param(False, type="boolean", title="3x3 plurality smoothing"),
         "centre_weight": Param(2.0, type="number", minimum=1, title="Centre tile weight"),
         "embeddings": Param(True, type="boolean", title="Embedding change (no labels)",
-                            description="Rank change by backbone-feature distance and check "
-                            "it against water change where scenes have NIR."),
+                            description="Rank change by backbone-feature distance, test every "
+                            "tile against a no-change null, and check both against water "
+                            "change where scenes have NIR."),
+        "fdr": Param(0.05, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
+                     title="False-discovery rate",
+                     description="Of the tiles the no-change test flags, about this share is "
+                     "expected to be false (Benjamini-Hochberg)."),
         "registry": params.registry(),
         "storage_root": params.storage_root(),
     },
@@ -137,7 +142,7 @@ def _detect_one(context: Any, job: dict[str, Any]) -> dict[str, Any]:
         result = run_change(job["root"], county, year_a, year_b, reference=p["reference"],
                             threshold=p["threshold"], smooth=p["smooth"],
                             centre_weight=p["centre_weight"], embeddings=p["embeddings"],
-                            truth=truth)
+                            fdr=p["fdr"], truth=truth)
     s = result.summary
     headline = {
         "county": county, "year_a": year_a, "year_b": year_b, "url": result.url,
@@ -150,6 +155,8 @@ def _detect_one(context: Any, job: dict[str, Any]) -> dict[str, Any]:
         "planted_recall": s.get("planted_change", {}).get("recall"),
         "planted_precision": s.get("planted_change", {}).get("precision"),
         "water_iou": s.get("embedding_change", {}).get("water", {}).get("iou"),
+        "significant": s.get("change_test", {}).get("flagged"),
+        "expected_false": s.get("change_test", {}).get("expected_false"),
     }
     context["outlet_events"][CHANGE_REPORTS].add(change_asset(county, year_a, year_b),
                                                  extra=headline)

@@ -108,7 +108,15 @@ for folder, s in real:
         print(f"    water {w['share_a']:.1%} of the area in 2010, {w['share_b']:.1%} in 2016; "
               f"flagged tiles vs NDWI water change: precision {w['precision']:.2f}, recall "
               f"{w['recall']:.2f}, IoU {w['iou']:.2f} (base rate {w['base_rate']:.3f})")
-    print(f"    maps: {folder}/change.png, changes.geojson (hotspots); report {folder}/report.md")
+    c = s.get("change_test", {})
+    if "flagged" in c:
+        cw = c.get("water", {})
+        print(f"    no-change test: {c['flagged']} of {c['tiles']} tiles changed significantly at "
+              f"FDR {c['fdr']:g} (about {c['expected_false']:.1f} expected false); vs NDWI water "
+              f"change: precision {cw.get('precision', 0):.2f}, recall {cw.get('recall', 0):.2f}, "
+              f"IoU {cw.get('iou', 0):.2f}")
+    print(f"    maps: {folder}/change.png, changes.geojson (hotspots, p-values); report "
+          f"{folder}/report.md")
 print(f"\nmaps (COG + PNG), changes.geojson, comparison.png: {root / 'change'}/county=*/2010-2016/")
 print("\nheadline (held-out test counties only):")
 print(f"  champion accuracy {test['accuracy']:.3f} ({len(test['classes'])} classes), "

@@ -157,7 +157,7 @@ def _change(args: argparse.Namespace) -> int:
         result = run_change(args.root, name, year_a, year_b, reference=args.reference,
                             threshold=args.threshold, smooth=args.smooth,
                             centre_weight=args.centre_weight,
-                            embeddings=not args.no_embeddings, truth=truth)
+                            embeddings=not args.no_embeddings, fdr=args.fdr, truth=truth)
         s = result.summary
         line = (f"{name} {year_a}->{year_b}: {s['newly_developed']} newly developed of "
                 f"{s['compared']} tiles (reference: {s['reference']})")
@@ -168,6 +168,10 @@ def _change(args: argparse.Namespace) -> int:
         if "iou" in water:
             line += (f"; embedding hotspots vs water change: precision {water['precision']:.3f}"
                      f", recall {water['recall']:.3f}, IoU {water['iou']:.3f}")
+        test = s.get("change_test", {})
+        if "flagged" in test:
+            line += (f"; {test['flagged']} tiles changed significantly at FDR {test['fdr']:g} "
+                     f"(about {test['expected_false']:.1f} expected false)")
         print(line)
         print(f"  report: {storage.join(result.url, 'report.md')}")
     return 0
@@ -284,7 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("--smooth", action="store_true", help="3x3 plurality smoothing")
     change.add_argument("--centre-weight", type=float, default=2.0)
     change.add_argument("--no-embeddings", action="store_true",
-                        help="skip the label-free embedding change (and its water check)")
+                        help="skip the label-free change (embedding distance, the no-change "
+                             "test and their water check)")
+    change.add_argument("--fdr", type=float, default=0.05,
+                        help="false-discovery rate of the no-change test")
     change.set_defaults(func=_change)
 
     add_windows_parser(sub)

@@ -75,3 +75,21 @@ def test_a_county_with_nothing_earlier_fails_clearly(airflow_db, root: Path):
     run = _run({"storage_root": str(root), "counties": ["synthetic-county-1"],
                 "year_b": 2010, "embeddings": False})
     assert Path(url).exists() and run.state == "failed"
+
+
+def test_the_fdr_param_reaches_the_no_change_test(airflow_db, root: Path, synthetic: Path):
+    run = _run({"storage_root": str(root), "registry": str(synthetic / "counties.json"),
+                "counties": ["synthetic-county-2"], "year_b": 2016, "fdr": 0.2})
+    assert run.state == "success"
+    folder = root / "change" / "county=synthetic-county-2" / "2010-2016"
+    test = json.loads((folder / "summary.json").read_text())["change_test"]
+    assert test["fdr"] == 0.2 and test["expected_false"] == round(0.2 * test["flagged"], 1)
+    assert "at FDR 0.2" in (folder / "report.md").read_text()
+
+
+@pytest.mark.parametrize("fdr", [0, 1, 1.5])
+def test_an_fdr_outside_zero_to_one_is_refused(airflow_db, root: Path, fdr: float):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="fdr"):
+        _run({"storage_root": str(root), "year_b": 2016, "fdr": fdr})

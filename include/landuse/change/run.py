@@ -19,7 +19,7 @@ import pandas as pd
 from rasterio.windows import from_bounds
 
 from landuse import labels, storage
-from landuse.change import embedding, expected, maps
+from landuse.change import embedding, expected, maps, normalise, significance
 from landuse.change.detect import (
     NEWLY_DEVELOPED_FROM,
     Change,
@@ -71,6 +71,7 @@ def run_change(
     smooth: bool = False,
     centre_weight: float = 2.0,
     embeddings: bool = True,
+    fdr: float = significance.FDR,
     truth: str | None = None,
     out: str | None = None,
 ) -> ChangeResult:
@@ -88,8 +89,10 @@ def run_change(
         threshold: group probability below which a prediction is uncertain.
         smooth: 3×3 plurality smoothing of predicted groups.
         centre_weight: votes of the centre tile when smoothing.
-        embeddings: also rank change by backbone-feature distance (no labels needed), and
-            check it against water change where the scenes have NIR.
+        embeddings: also rank change by backbone-feature distance (no labels needed), test
+            every tile against a no-change null (:mod:`landuse.change.significance`), and
+            check both against water change where the scenes have NIR.
+        fdr: false-discovery rate of the no-change test.
         truth: folder of planted-change truth rasters
             (``{county}_newly_developed_{A}_{B}.tif``), for synthetic counties.
         out: report folder; default :func:`change_url`.
@@ -99,6 +102,9 @@ def run_change(
     """
     if year_a >= year_b:
         raise ChangeInputError(f"year A ({year_a}) must be before year B ({year_b})")
+    if not 0 < fdr < 1:
+        raise ChangeInputError(f"fdr must be between 0 and 1 (a false-discovery rate), got "
+                               f"{fdr}")
     manifest_a = read_manifest(root, county, year_a)
     manifest_b = read_manifest(root, county, year_b)
     geometry = check_grids(county, manifest_a, manifest_b, year_a, year_b)
@@ -125,6 +131,7 @@ def run_change(
 
         summary["embedding_change"] = _embedding_change(
             change, manifest_a, manifest_b, manifest_tile_px(manifest_url(root, county, year_b)))
+        summary["change_test"] = _change_test(change, manifest_a, manifest_b, fdr)
     url = out or change_url(root, county, year_a, year_b)
     files = _render(change, summary)
     summary["files"] = sorted(files)
@@ -348,6 +355,47 @@ def _embedding_change(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.D
     return result
 
 
+def _change_test(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.DataFrame,
+                 fdr: float) -> dict[str, Any]:
+    """Each tile tested against a no-change null: year B normalised onto year A per scene
+    pair (IR-MAD), tile statistics, Benjamini-Hochberg at ``fdr``; adds ``p_no_change`` and
+    ``significant`` to the tiles."""
+    t = change.tiles
+    a, b = (m.set_index("tile_id").reindex(t["tile_id"]) for m in (manifest_a, manifest_b))
+    if "scene_url" not in a or "scene_url" not in b:
+        return {"note": "no scenes in the manifests (chips only): nothing to test"}
+    try:
+        raw_a = normalise.tile_statistics(a.reset_index())
+        raw_b = normalise.tile_statistics(b.reset_index())
+        scenes = pd.DataFrame({"a": a["scene_url"].to_numpy(), "b": b["scene_url"].to_numpy()})
+        stats_a = normalise.normalised_statistics(raw_a)
+        stats_b = np.full_like(stats_a, np.nan)
+        fits = []
+        for (scene_a, scene_b), rows in scenes.dropna().groupby(["a", "b"]):
+            fit = normalise.normalise_pair(str(scene_a), str(scene_b))
+            stats_b[rows.index] = normalise.normalised_statistics(raw_b[rows.index], fit)
+            fits.append({"scene_a": scene_a, "scene_b": scene_b, **fit.as_dict()})
+    except RasterError as err:  # 3-band scenes, scenes that do not overlap
+        return {"note": f"no-change test unavailable: {err}"}
+    both = np.isfinite(stats_a).all(axis=1) & np.isfinite(stats_b).all(axis=1)
+    try:
+        test = significance.significant_change(stats_a[both], stats_b[both], fdr=fdr)
+    except ValueError as err:  # too few tiles with imagery in both years
+        return {"tiles": int(both.sum()), "note": f"no-change test not run: {err}"}
+    t["p_no_change"] = np.nan
+    t.loc[both, "p_no_change"] = test.p_values
+    t["significant"] = False
+    t.loc[both, "significant"] = test.flagged
+    result: dict[str, Any] = {"tiles": int(both.sum()), **test.as_dict(),
+                              "method": test.method, "normalisation": fits}
+    if "water_changed" in t:
+        scored = (both & t["water_share_a"].notna().to_numpy()
+                  & t["water_share_b"].notna().to_numpy())
+        result["water"] = embedding.agreement(t.loc[scored, "significant"].to_numpy(),
+                                              t.loc[scored, "water_changed"].to_numpy())
+    return result
+
+
 def _with_imagery(manifest: pd.DataFrame) -> pd.DataFrame:
     """Manifest rows by tile id with where their pixels are, and ``has``: the tile has
     imagery (a scene window, or a chip for manifests of chips)."""
@@ -407,10 +455,12 @@ def _render(change: Change, summary: dict[str, Any]) -> dict[str, bytes]:
     if summary["transitions"]:
         files["transitions.png"] = maps.transitions_chart(
             summary["transitions"], f"{change.county}: {a} group -> {b} group")
-    changed = change.tiles[change.tiles["changed"] | change.tiles.get("hotspot", False)]
+    t = change.tiles
+    changed = t[t["changed"] | t.get("hotspot", False) | t.get("significant", False)]
     props = [c for c in ("ref_group", "a_group", "b_group", "b_class", "b_confidence",
                          "newly_developed", "embedding_distance", "embedding_neighbourhood",
-                         "hotspot", "water_share_a", "water_share_b",
+                         "hotspot", "p_no_change", "significant", "water_share_a",
+                         "water_share_b",
                          *[f"b_p_{c}" for c in labels.CLASSES])
              if c in changed]
     files["changes.geojson"] = json.dumps(maps.tiles_geojson(changed, props), indent=1).encode()
@@ -505,8 +555,36 @@ def _markdown(change: Change, s: dict[str, Any], files: list[str]) -> str:
                       f"({w['reference']} water-change tiles, base rate {w['base_rate']:.3f})."]
         elif w:
             lines += ["", w["note"]]
+    lines += _test_lines(s.get("change_test"))
     lines += ["", "## Files", ""] + [f"- [{f}]({f})" for f in files]
     return "\n".join(lines) + "\n"
+
+
+def _test_lines(c: dict[str, Any] | None) -> list[str]:
+    """The no-change test's section of the report."""
+    if not c:
+        return []
+    lines = ["", "## Tested against no change (false-discovery rate)", ""]
+    if "flagged" not in c:
+        return [*lines, c["note"]]
+    fits = "; ".join(f"{f['method']}, gains {f['gain']}" for f in c["normalisation"])
+    lines += [f"{c['flagged']} of {c['tiles']} tiles ({c['share_flagged']:.1%}) changed "
+              f"significantly at FDR {c['fdr']:g}: about {c['expected_false']:.1f} of them are "
+              f"expected to be false discoveries. Year B was first normalised onto year A per "
+              f"scene pair ({fits}); then {c['method']}. Each tile's p-value of no change is "
+              "in changes.geojson (`p_no_change`).",
+              "",
+              "No change here means no change in appearance beyond what differs between the two "
+              "acquisitions as a whole. A field harvested or tilled in one year and green in the "
+              "other has changed in appearance and is flagged; so is real land-use change. The "
+              "map's hotspots (above) are a separate, quantile-based rule."]
+    w = c.get("water", {})
+    if "precision" in w:
+        lines += ["", f"Against water change from the imagery: precision {w['precision']:.3f}, "
+                  f"recall {w['recall']:.3f}, IoU {w['iou']:.3f} ({w['reference']} water-change "
+                  "tiles). Water change is a partial reference: harvested, tilled or built-over "
+                  "fields count as false against it but may be real."]
+    return lines
 
 
 def _with_error(s: dict[str, Any], key: str, what: str) -> str:

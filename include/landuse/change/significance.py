@@ -25,10 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The false-discovery rate asked for by default.
+FDR = 0.05
 # Principal components of the stacked features that the cross-year map models (at most;
 # fewer on small counties, so that every component has tiles to be fitted on).
 COMPONENTS = 6
-TILES_PER_COMPONENT = 20
+TILES_PER_COMPONENT = 10
 # A stratum gets its own null when it has this many tiles and its null's scale differs from
 # the pooled one by more than this factor.
 MIN_STRATUM = 40
@@ -152,7 +154,7 @@ def _p_values(z: np.ndarray, null: Null) -> np.ndarray:
     return np.asarray(norm.sf((z - null.centre) / null.scale))
 
 
-def significant_change(features_a: np.ndarray, features_b: np.ndarray, *, fdr: float = 0.05,
+def significant_change(features_a: np.ndarray, features_b: np.ndarray, *, fdr: float = FDR,
                 strata: np.ndarray | None = None, count: int | None = None) -> ChangeTest:
     """Test every tile for change between two years' features (rows: the same tiles).
 

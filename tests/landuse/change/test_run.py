@@ -83,7 +83,8 @@ def test_planted_change_is_found_and_the_report_is_whole(tmp_path, change_root, 
 
     tiles = pd.read_parquet(os.path.join(result.url, "tiles.parquet"))
     assert len(tiles) == 36 and tiles["newly_developed"].sum() == s["newly_developed"]
-    assert {"planted", "embedding_distance", "hotspot", "water_share_a"} <= set(tiles.columns)
+    assert {"planted", "embedding_distance", "hotspot", "water_share_a", "p_no_change",
+            "significant"} <= set(tiles.columns)
 
     with MemoryFile(storage.read_bytes(os.path.join(result.url, "change.tif"))) as mem, \
             mem.open() as src:
@@ -96,7 +97,8 @@ def test_planted_change_is_found_and_the_report_is_whole(tmp_path, change_root, 
 
     collection = json.loads(storage.read_bytes(os.path.join(result.url, "changes.geojson")))
     ids = {f["id"] for f in collection["features"]}
-    assert ids == set(tiles.loc[tiles["changed"] | tiles["hotspot"], "tile_id"])
+    assert ids == set(tiles.loc[tiles["changed"] | tiles["hotspot"] | tiles["significant"],
+                                "tile_id"])
     lon, lat = np.array(collection["features"][0]["geometry"]["coordinates"][0]).mean(axis=0)
     assert -98.5 < lon < -97.5 and 45.5 < lat < 46.5  # where the synthetic county is
 
@@ -112,6 +114,26 @@ def test_planted_change_is_found_and_the_report_is_whole(tmp_path, change_root, 
     e = s["embedding_change"]
     assert e["tiles"] == 36 and 0 < e["hotspots"] < 36
     assert {"precision", "recall", "iou"} <= set(e["water"])
+
+    # the no-change test: planted development is change in appearance, and is found
+    c = s["change_test"]
+    both = int((tiles["planted"] & tiles["significant"]).sum())
+    print(f"no-change test: {c['flagged']} of {c['tiles']} significant; planted tiles "
+          f"{int(tiles['planted'].sum())}, both {both}")
+    assert c["tiles"] == 36 and c["fdr"] == 0.05
+    assert c["flagged"] == int(tiles["significant"].sum()) > 0
+    assert c["expected_false"] == round(0.05 * c["flagged"], 1)
+    # 11 of 36 tiles planted: a small county with much change gives the test little power
+    # (see docs/change.md), but what it flags is planted and the planted rank first
+    flagged = tiles["significant"]
+    assert (tiles.loc[flagged, "planted"]).mean() >= 0.8
+    assert (tiles.loc[tiles["planted"], "p_no_change"].median()
+            < tiles.loc[~tiles["planted"], "p_no_change"].median() / 5)
+    assert tiles.loc[tiles["significant"], "p_no_change"].max() < 0.05
+    [fit] = c["normalisation"]
+    assert fit["scene_b"].endswith(".tif") and len(fit["gain"]) == 4
+    assert "## Tested against no change (false-discovery rate)" in report
+    assert f"about {c['expected_false']:.1f} of them are expected to be false" in report
 
 
 def test_scored_with_a_model(tmp_path, change_root, change_kit, onnx_kit):

@@ -326,7 +326,8 @@
     ].filter((row) => row[1] !== undefined);
     const probs = Object.keys(t).filter((k) => /^[a-z]+_p_/.test(k) && typeof t[k] === "number");
     const other = ["transition", "newly_developed", "changed", "embedding_distance", "embedding_z",
-                   "hotspot", "water_share_a", "water_share_b", "water_changed", "planted"]
+                   "hotspot", "p_no_change", "significant", "water_share_a", "water_share_b",
+                   "water_changed", "planted"]
       .filter((k) => k in t);
     const image = (which, year) => t.images[which]
       ? el("figure", {}, el("img", { class: "tile-image", alt: `tile ${tileId} in ${year}`,
