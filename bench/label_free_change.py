@@ -36,11 +36,10 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT / "include"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pandas as pd  # noqa: E402
 import rasterio  # noqa: E402
 
 from landuse import storage  # noqa: E402
-from landuse.change import embedding, normalise, significance  # noqa: E402
+from landuse.change import embedding, features, normalise, significance  # noqa: E402
 from landuse.change.run import WATER_CHANGE  # noqa: E402
 from landuse.change.water import water_shares  # noqa: E402
 from landuse.counties import County  # noqa: E402
@@ -111,10 +110,10 @@ def main() -> None:
         rows = {y: manifests[y].loc[ids].reset_index() for y in YEARS}
         bounds = rows[2010][["minx", "miny", "maxx", "maxy"]].to_numpy(float)
         crs = list(rows[2010]["crs"])
-        features = embedding.embed_tiles(pd.concat([rows[y] for y in YEARS], ignore_index=True))
-        feats = {y: features[k * len(ids):(k + 1) * len(ids)] for k, y in enumerate(YEARS)}
+        computed = {y: features.county_year_features(root, COUNTY, y).loc[ids] for y in YEARS}
+        feats = {y: np.stack(computed[y]["embedding"].to_numpy()) for y in YEARS}
+        raw = {y: computed[y][list(normalise.RAW_STATISTICS)].to_numpy(float) for y in YEARS}
         water = {y: water_shares(rows[y]).reindex(ids).to_numpy() for y in YEARS}
-        raw = {y: normalise.tile_statistics(rows[y]) for y in YEARS}
         own = {y: normalise.normalised_statistics(raw[y]) for y in YEARS}
         print(f"{COUNTY}: {len(ids)} tiles of 224 m; water reference: |water share change| >= "
               f"{WATER_CHANGE} (it cannot see harvested, tilled or built-over fields); "
@@ -151,8 +150,11 @@ def main() -> None:
         distort(scene, copy)
         fake = rows[2016].assign(scene_url=copy)
         norm = normalise.normalise_pair(scene, copy)
-        fb = embedding.embed_tiles(fake)
-        sb = normalise.normalised_statistics(normalise.tile_statistics(fake), norm)
+        model, spec = features.backbone_model()
+        copied = features.scene_features(fake, model, spec).set_index("tile_id").loc[ids]
+        fb = np.stack(copied["embedding"].to_numpy())
+        sb = normalise.normalised_statistics(
+            copied[list(normalise.RAW_STATISTICS)].to_numpy(float), norm)
         _, old, today, test = rules(feats[2016], fb, own[2016], sb, bounds, crs, args.fdr)
         print(f"\nsynthetic null: 2016 against itself with gain {GAIN}, offset {OFFSET}, "
               f"gamma {GAMMA} per band and no change; IR-MAD gains "

@@ -1,7 +1,8 @@
 """Change without labels: how far each tile moved in a backbone's feature space.
 
 Each tile of both years goes through an ImageNet backbone (SqueezeNet v1.1, whose weights
-ship with the project); features are standardised per vintage (every feature to zero mean
+ship with the project; computed once per county-year by :mod:`landuse.change.features`);
+features are standardised per vintage (every feature to zero mean
 and unit variance over the county's tiles of that year), which removes most of what differs
 between two acquisitions as a whole (sun, season, sensor), and the change of a tile is the
 cosine distance between its two standardised feature vectors.
@@ -21,9 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-
-from landuse.progress import track
 
 # The old rule (kept for comparison): robust z-score above which a tile is a hotspot.
 HOTSPOT_Z = 1.0
@@ -33,73 +31,6 @@ HOTSPOT_Z = 1.0
 # LONE_QUANTILE (a new pond or building in a quiet neighbourhood).
 NEIGHBOURHOOD_QUANTILE = 0.4
 LONE_QUANTILE = 0.75
-
-
-def embed(urls: Sequence[str], backbone: str = "squeezenet", batch_size: int = 32,
-          weights: str = "imagenet") -> np.ndarray:
-    """Pooled backbone features (one row per tile image, in order).
-
-    Raises:
-        ImageError: a tile is missing or unreadable (the message names it).
-    """
-    from landuse.models.backbones import build_backbone
-    from landuse.models.data import load_tiles
-    from landuse.models.preprocessing import to_tensor
-
-    net = build_backbone(backbone, weights)
-    out = []
-    for start in track(range(0, len(urls), batch_size), total=-(-len(urls) // batch_size),
-                       desc="embedding tiles"):
-        tiles = load_tiles(list(urls[start:start + batch_size]), net.preprocessing)
-        out.append(np.asarray(net.model(to_tensor(tiles, net.preprocessing), training=False)))
-    return np.concatenate(out) if out else np.zeros((0, net.features), dtype=np.float32)
-
-
-def embed_tiles(tiles: pd.DataFrame, backbone: str = "squeezenet", batch_size: int = 32,
-                weights: str = "imagenet", tile_px: int | None = None) -> np.ndarray:
-    """Pooled backbone features of manifest rows, in order, each tile read from its scene
-    (``scene_url`` and bounds) with :func:`landuse.tiling.read_tile`, the read that cuts
-    training chips, at ``tile_px`` (the size tiling cut them at; default the backbone's
-    input) and resized as a decoded chip is: every tile has a window in its scene, not
-    every tile a chip, and a tile with a chip gets the same pixels either way. Rows without
-    a scene (manifests of chip folders) are read from their ``image_url``.
-
-    Raises:
-        RasterError: a scene cannot be read; ImageError: a chip is missing or unreadable.
-    """
-    from PIL import Image
-
-    from landuse.models.backbones import build_backbone
-    from landuse.models.data import load_tiles
-    from landuse.models.preprocessing import to_tensor
-    from landuse.raster import open_raster
-    from landuse.tiling import chip_rgb, read_tile
-
-    net = build_backbone(backbone, weights)
-    size = net.preprocessing.input_size
-    cut = tile_px or size
-    rgb = np.zeros((len(tiles), size, size, 3), dtype=np.uint8)
-    scenes = tiles["scene_url"] if "scene_url" in tiles else pd.Series(None, index=tiles.index)
-    position = pd.Series(np.arange(len(tiles)), index=tiles.index)
-    for url, rows in tiles[scenes.notna()].groupby(scenes[scenes.notna()]):
-        with open_raster(str(url)) as src:  # one open per scene, windows in raster order
-            for i, row in zip(position[rows.index], rows.itertuples(), strict=True):
-                pixels = chip_rgb(read_tile(src, str(url), (row.minx, row.miny, row.maxx,
-                                                            row.maxy),
-                                            ["red", "green", "blue"], cut))
-                if cut != size:  # as decode() resizes a chip of another size
-                    pixels = np.asarray(Image.fromarray(pixels).resize(
-                        (size, size), Image.Resampling.BILINEAR))
-                rgb[i] = pixels
-    chips = position[scenes.isna()]
-    if len(chips):
-        rgb[chips.to_numpy()] = load_tiles(list(tiles.loc[chips.index, "image_url"]),
-                                           net.preprocessing)
-    out = [np.asarray(net.model(to_tensor(rgb[i:i + batch_size], net.preprocessing),
-                                training=False))
-           for i in track(range(0, len(rgb), batch_size), total=-(-len(rgb) // batch_size),
-                          desc="embedding tiles")]
-    return np.concatenate(out) if out else np.zeros((0, net.features), dtype=np.float32)
 
 
 def standardise(features: np.ndarray) -> np.ndarray:

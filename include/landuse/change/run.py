@@ -12,14 +12,14 @@ import io
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from rasterio.windows import from_bounds
 
 from landuse import labels, storage
-from landuse.change import embedding, expected, maps, normalise, significance
+from landuse.change import embedding, expected, features, maps, normalise, significance
 from landuse.change.detect import (
     NEWLY_DEVELOPED_FROM,
     Change,
@@ -37,6 +37,9 @@ from landuse.change.detect import (
 )
 from landuse.change.water import water_shares
 from landuse.raster import RasterError, open_raster, read_checked
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 # A tile's water share must change by this much (absolute) to count as water change.
@@ -74,6 +77,7 @@ def run_change(
     fdr: float = significance.FDR,
     truth: str | None = None,
     out: str | None = None,
+    spark: SparkSession | None = None,
 ) -> ChangeResult:
     """Detect change in ``county`` from ``year_a`` to ``year_b`` and publish the report.
 
@@ -93,6 +97,8 @@ def run_change(
             every tile against a no-change null (:mod:`landuse.change.significance`), and
             check both against water change where the scenes have NIR.
         fdr: false-discovery rate of the no-change test.
+        spark: computes a county-year's change features (:mod:`landuse.change.features`)
+            where they are not committed yet; default: in this process.
         truth: folder of planted-change truth rasters
             (``{county}_newly_developed_{A}_{B}.tif``), for synthetic counties.
         out: report folder; default :func:`change_url`.
@@ -126,12 +132,12 @@ def run_change(
         summary["planted_change"] = {"truth": truth_url, **embedding.agreement(
             change.tiles["newly_developed"].to_numpy(), planted.to_numpy())}
     if embeddings:
-        from landuse.scoring.predict import manifest_tile_px
-        from landuse.tiling import manifest_url
-
-        summary["embedding_change"] = _embedding_change(
-            change, manifest_a, manifest_b, manifest_tile_px(manifest_url(root, county, year_b)))
-        summary["change_test"] = _change_test(change, manifest_a, manifest_b, fdr)
+        feats_a, feats_b = (features.county_year_features(root, county, year, spark=spark)
+                            .reindex(change.tiles["tile_id"]) for year in (year_a, year_b))
+        summary["embedding_change"] = _embedding_change(change, manifest_a, manifest_b,
+                                                        feats_a, feats_b)
+        summary["change_test"] = _change_test(change, manifest_a, manifest_b, feats_a, feats_b,
+                                              fdr)
     url = out or change_url(root, county, year_a, year_b)
     files = _render(change, summary)
     summary["files"] = sorted(files)
@@ -306,18 +312,17 @@ def _planted(truth_url: str, tiles: pd.DataFrame) -> pd.Series:
 
 
 def _embedding_change(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.DataFrame,
-                      tile_px: int | None = None) -> dict[str, Any]:
+                      feats_a: pd.DataFrame, feats_b: pd.DataFrame) -> dict[str, Any]:
+    """Feature distance per tile and the hotspot rule; water change as the check."""
     t = change.tiles
-    a, b = (_with_imagery(m).reindex(t["tile_id"]) for m in (manifest_a, manifest_b))
-    both = pd.Series(a["has"].fillna(False).to_numpy() & b["has"].fillna(False).to_numpy(),
-                     index=t.index)
+    both = pd.Series(feats_a["embedding"].notna().to_numpy()
+                     & feats_b["embedding"].notna().to_numpy(), index=t.index)
     if both.sum() < 3:
-        return {"tiles": int(both.sum()), "note": "too few tiles with imagery in both years"}
-    n = int(both.sum())  # one backbone for both years: build it once
-    ids = t.loc[both, "tile_id"]
-    features = embedding.embed_tiles(pd.concat([a.loc[ids], b.loc[ids]], ignore_index=True),
-                                     tile_px=tile_px)
-    features_a, features_b = features[:n], features[n:]
+        return {"tiles": int(both.sum()), "note": "too few tiles with a scene window in both "
+                "years"}
+    n = int(both.sum())
+    features_a = np.stack(feats_a.loc[both.to_numpy(), "embedding"].to_numpy())
+    features_b = np.stack(feats_b.loc[both.to_numpy(), "embedding"].to_numpy())
     try:
         distance, hot = embedding.change_hotspots(
             features_a, features_b,
@@ -356,7 +361,7 @@ def _embedding_change(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.D
 
 
 def _change_test(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.DataFrame,
-                 fdr: float) -> dict[str, Any]:
+                 feats_a: pd.DataFrame, feats_b: pd.DataFrame, fdr: float) -> dict[str, Any]:
     """Each tile tested against a no-change null: year B normalised onto year A per scene
     pair (IR-MAD), tile statistics, Benjamini-Hochberg at ``fdr``; adds ``p_no_change`` and
     ``significant`` to the tiles."""
@@ -364,24 +369,25 @@ def _change_test(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.DataFr
     a, b = (m.set_index("tile_id").reindex(t["tile_id"]) for m in (manifest_a, manifest_b))
     if "scene_url" not in a or "scene_url" not in b:
         return {"note": "no scenes in the manifests (chips only): nothing to test"}
+    raw = [f[list(normalise.RAW_STATISTICS)].to_numpy(float) for f in (feats_a, feats_b)]
+    stats_a = normalise.normalised_statistics(raw[0])
+    stats_b = np.full_like(stats_a, np.nan)
+    scenes = pd.DataFrame({"a": a["scene_url"].to_numpy(), "b": b["scene_url"].to_numpy()})
+    fits = []
     try:
-        raw_a = normalise.tile_statistics(a.reset_index())
-        raw_b = normalise.tile_statistics(b.reset_index())
-        scenes = pd.DataFrame({"a": a["scene_url"].to_numpy(), "b": b["scene_url"].to_numpy()})
-        stats_a = normalise.normalised_statistics(raw_a)
-        stats_b = np.full_like(stats_a, np.nan)
-        fits = []
         for (scene_a, scene_b), rows in scenes.dropna().groupby(["a", "b"]):
+            if not np.isfinite(raw[1][rows.index]).any():
+                continue  # no statistics: a scene without NIR
             fit = normalise.normalise_pair(str(scene_a), str(scene_b))
-            stats_b[rows.index] = normalise.normalised_statistics(raw_b[rows.index], fit)
+            stats_b[rows.index] = normalise.normalised_statistics(raw[1][rows.index], fit)
             fits.append({"scene_a": scene_a, "scene_b": scene_b, **fit.as_dict()})
-    except RasterError as err:  # 3-band scenes, scenes that do not overlap
+    except RasterError as err:  # scenes that do not overlap, or differ in bands
         return {"note": f"no-change test unavailable: {err}"}
     both = np.isfinite(stats_a).all(axis=1) & np.isfinite(stats_b).all(axis=1)
-    try:
-        test = significance.significant_change(stats_a[both], stats_b[both], fdr=fdr)
-    except ValueError as err:  # too few tiles with imagery in both years
-        return {"tiles": int(both.sum()), "note": f"no-change test not run: {err}"}
+    if both.sum() < significance.MIN_TILES:
+        return {"tiles": int(both.sum()), "note": "no-change test not run: it needs at least "
+                f"{significance.MIN_TILES} tiles with 4-band (NIR) imagery in both years"}
+    test = significance.significant_change(stats_a[both], stats_b[both], fdr=fdr)
     t["p_no_change"] = np.nan
     t.loc[both, "p_no_change"] = test.p_values
     t["significant"] = False
@@ -394,20 +400,6 @@ def _change_test(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.DataFr
         result["water"] = embedding.agreement(t.loc[scored, "significant"].to_numpy(),
                                               t.loc[scored, "water_changed"].to_numpy())
     return result
-
-
-def _with_imagery(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Manifest rows by tile id with where their pixels are, and ``has``: the tile has
-    imagery (a scene window, or a chip for manifests of chips)."""
-    m = manifest.set_index("tile_id")
-    cols = [c for c in ("scene_url", "image_url", "minx", "miny", "maxx", "maxy") if c in m]
-    out = m[cols].copy()
-    has = m["image_url"].notna() if "image_url" in m else pd.Series(False, index=m.index)
-    if "scene_url" in m:
-        empty = m["status"] == "empty" if "status" in m else False
-        has |= m["scene_url"].notna() & ~empty
-    out["has"] = has
-    return out
 
 
 # --- rendering ------------------------------------------------------------------------

@@ -27,6 +27,8 @@ import numpy as np
 
 # The false-discovery rate asked for by default.
 FDR = 0.05
+# Fewer tiles than this and the cross-year map cannot be fitted.
+MIN_TILES = 10
 # Principal components of the stacked features that the cross-year map models (at most;
 # fewer on small counties, so that every component has tiles to be fitted on).
 COMPONENTS = 6
@@ -179,9 +181,9 @@ def significant_change(features_a: np.ndarray, features_b: np.ndarray, *, fdr: f
         raise ValueError("features must be finite (no NaN or infinity)")
     za, zb = components(features_a, features_b, count)
     n, k = za.shape
-    if n < 10:
-        raise ValueError(f"the test needs at least 10 tiles with imagery in both years; "
-                         f"got {n}")
+    if n < MIN_TILES:
+        raise ValueError(f"the test needs at least {MIN_TILES} tiles with imagery in both "
+                         f"years; got {n}")
     labels = (np.asarray(strata).astype(str) if strata is not None
               else np.full(n, "all", dtype=object))
     if len(labels) != n:

@@ -322,7 +322,7 @@ def score_on_spark(
                      .collect())
         outputs = _commit(summaries, out)
     finally:
-        _remove(staging)
+        remove_prefix(staging)
     tiles = sum(s["tiles"] for s in summaries)
     errors = sum(s["errors"] for s in summaries)
     report = _report(summaries, list(checked.spec.classes))
@@ -373,14 +373,15 @@ def _commit(summaries: list[dict[str, Any]], out: str) -> dict[tuple[str, int], 
     outputs = {}
     for (county, year), urls in sorted(parts.items()):
         url = predictions_url(out, county, year)
-        _merge_parts(sorted(set(urls)), url)  # set: a part is named by its task, read once
+        merge_parts(sorted(set(urls)), url)  # set: a part is named by its task, read once
         outputs[(county, year)] = url
     return outputs
 
 
-def _merge_parts(parts: list[str], url: str) -> None:
-    """Stream ``parts`` into one Parquet file at ``url``, one part in memory at a time; the
-    file appears whole or not at all (local: rename; blob: one upload of a local file)."""
+def merge_parts(parts: list[str], url: str, schema: Any = PREDICTION_SCHEMA) -> None:
+    """Stream ``parts`` into one Parquet file of ``schema`` at ``url``, one part in memory at
+    a time; the file appears whole or not at all (local: rename; blob: one upload of a local
+    file)."""
     import pyarrow.parquet as pq
     from fsspec.implementations.local import LocalFileSystem
 
@@ -392,9 +393,9 @@ def _merge_parts(parts: list[str], url: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".parquet")
     os.close(fd)
     try:
-        with pq.ParquetWriter(tmp, PREDICTION_SCHEMA, compression="zstd") as writer:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for part in parts:
-                writer.write_table(storage.read_parquet(part).cast(PREDICTION_SCHEMA))
+                writer.write_table(storage.read_parquet(part).cast(schema))
         if local:
             os.chmod(tmp, 0o644)  # mkstemp makes files private; predictions are shared data
             os.replace(tmp, path)
@@ -405,7 +406,7 @@ def _merge_parts(parts: list[str], url: str) -> None:
             os.unlink(tmp)
 
 
-def _remove(prefix: str) -> None:
+def remove_prefix(prefix: str) -> None:
     """Delete a run's staging prefix (best effort: leftovers are never read again)."""
     fs, path = storage.filesystem(prefix)
     try:

@@ -1,14 +1,12 @@
-"""Change without labels: feature distance per tile, robust z-scores, agreement figures, and
-real backbone features."""
+"""Change without labels: feature distance per tile, robust z-scores, agreement figures and
+the hotspot rule."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from landuse.change import embedding
-from landuse.models.preprocessing import ImageError
 
 
 @pytest.fixture
@@ -88,38 +86,6 @@ def test_agreement():
     assert (none["precision"], none["recall"], none["iou"]) == (0.0, 0.0, 0.0)
     ints = embedding.agreement(np.array([0, 2]), np.array([0, 1]))  # any non-zero is true
     assert (ints["precision"], ints["recall"]) == (1.0, 1.0)
-
-
-def test_embed_real_tiles(change_root, tmp_path):
-    m = change_root.manifests[2016]
-    chips = m[m["image_url"].notna()].iloc[:6]  # tiling writes chips for trainable tiles
-    urls = list(chips["image_url"])
-    assert len(urls) >= 4
-    features = embedding.embed(urls, batch_size=3)  # two batches
-    assert features.shape == (len(urls), 512)
-    assert np.isfinite(features).all() and features.std() > 0
-    # order is kept: the same tiles in another order give the same rows, reordered
-    again = embedding.embed(urls[::-1], batch_size=32)
-    np.testing.assert_allclose(again[::-1], features, rtol=1e-4, atol=1e-4)
-    assert embedding.embed([], batch_size=4).shape == (0, 512)
-    with pytest.raises(ImageError, match=r"missing\.png"):
-        embedding.embed([urls[0], str(tmp_path / "missing.png")])
-
-
-def test_embed_tiles_reads_every_tile_from_its_scene(change_root):
-    m = change_root.manifests[2016]
-    tile_px = 64  # as the fixture tiled
-    rows = pd.concat([m[m["image_url"].isna()].iloc[:3], m[m["image_url"].notna()].iloc[:3]])
-    features = embedding.embed_tiles(rows, batch_size=4, tile_px=tile_px)
-    assert features.shape == (6, 512) and np.isfinite(features).all()
-    np.testing.assert_allclose(embedding.embed_tiles(rows.iloc[::-1], tile_px=tile_px)[::-1],
-                               features, rtol=1e-4, atol=1e-4)  # order kept
-    # a tile read from its scene is the chip tiling wrote: the same features
-    np.testing.assert_allclose(features[3:], embedding.embed(list(rows["image_url"].iloc[3:])),
-                               rtol=1e-3, atol=1e-3)
-    # manifests of chip folders (no scene) are read from their chips
-    chip_only = rows.iloc[3:].assign(scene_url=None)
-    np.testing.assert_allclose(embedding.embed_tiles(chip_only), features[3:], atol=1e-3)
 
 
 # --- hotspots against the county's own null model -------------------------------------

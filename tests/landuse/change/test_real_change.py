@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from landuse import storage
-from landuse.change import embedding
+from landuse.change import embedding, features
 from landuse.change.detect import check_grids
 from landuse.change.run import WATER_CHANGE
 from landuse.change.water import water_shares
@@ -32,20 +33,21 @@ def stutsman(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("stutsman"))
     results = build_county(county, [2010, 2016], root, nlcd="")
     assert [r.year for r in results] == [2010, 2016]
-    return {y: storage.read_parquet(manifest_url(root, COUNTY, y)).to_pandas()
-            for y in (2010, 2016)}
+    return SimpleNamespace(root=root, manifests={
+        y: storage.read_parquet(manifest_url(root, COUNTY, y)).to_pandas() for y in (2010, 2016)})
 
 
 def test_embedding_change_finds_water_change(stutsman):
-    a, b = stutsman[2010], stutsman[2016]
+    a, b = stutsman.manifests[2010], stutsman.manifests[2016]
     assert a["label"].isna().all()  # unlabelled: this is the label-free route
     both = check_grids(COUNTY, a, b, 2010, 2016)
     assert len(both) >= 200
 
     ids = both["tile_id"]
+    feats = [np.stack(features.county_year_features(stutsman.root, COUNTY, year)
+                      .loc[ids, "embedding"].to_numpy()) for year in (2010, 2016)]
     _, hot = embedding.change_hotspots(
-        embedding.embed_tiles(a.set_index("tile_id").loc[ids]),
-        embedding.embed_tiles(b.set_index("tile_id").loc[ids]),
+        *feats,
         both[["minx", "miny", "maxx", "maxy"]].to_numpy(float), list(both["crs"]))
     hotspot = hot.mask  # the rule change reports use
 
