@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 # A pixel counts as unchanged for the regression when its no-change probability is above
 # this (Canty & Nielsen 2008 use 0.95).
@@ -265,52 +264,16 @@ def normalise_pair(url_a: str, url_b: str) -> Normalisation:
     return fit_irmad(x, y)
 
 
-# Pixels per side at which a tile is read for its statistics (averaged: the statistics of a
-# 224 m tile hardly change, and the read is several times cheaper than at full size).
-STATISTICS_PX = 64
-# What a county-year keeps per tile (computed once, reused by every pair it is in) ...
+# What a county-year keeps per tile (landuse.change.features computes them once) ...
 RAW_STATISTICS = ("red", "green", "blue", "nir", "red_sd", "green_sd", "blue_sd", "nir_sd")
 # ... and what a pair compares: the raw ones on year A's radiometry, and two indices.
 STATISTICS = (*RAW_STATISTICS, "ndvi", "ndwi")
 
 
-def tile_statistics(tiles: pd.DataFrame, size: int = STATISTICS_PX) -> np.ndarray:
-    """Per-tile pixel statistics, ``(tiles, 8)`` in :data:`RAW_STATISTICS` order (each
-    band's mean and standard deviation over the tile's valid pixels), from the 4-band
-    window of each manifest row (``scene_url`` and bounds); NaN for rows without a scene or
-    without valid pixels. A linear normalisation maps them exactly
-    (:func:`normalised_statistics`), so they are computed once per county-year.
-
-    Raises:
-        RasterError: a scene has fewer than 4 bands or cannot be read.
-    """
-    from rasterio.enums import Resampling
-    from rasterio.windows import from_bounds
-
-    from landuse.raster import RasterError, open_raster, read_checked
-
-    out = np.full((len(tiles), len(RAW_STATISTICS)), np.nan)
-    position = pd.Series(np.arange(len(tiles)), index=tiles.index)
-    scenes = tiles["scene_url"] if "scene_url" in tiles else pd.Series(None, index=tiles.index)
-    for url, rows in tiles[scenes.notna()].groupby(scenes[scenes.notna()]):
-        with open_raster(str(url)) as src:
-            if src.count < 4:
-                raise RasterError(f"scene {url} has {src.count} bands: tile statistics need "
-                                  "red, green, blue and NIR (4-band NAIP)")
-            for i, row in zip(position[rows.index], rows.itertuples(), strict=True):
-                window = from_bounds(row.minx, row.miny, row.maxx, row.maxy, src.transform)
-                px = read_checked(src, str(url), indexes=[1, 2, 3, 4], window=window,
-                                  out_shape=(4, size, size), resampling=Resampling.average,
-                                  boundless=True, fill_value=0).astype(np.float64)
-                valid = px.any(axis=0)
-                if valid.any():
-                    out[i] = [*px[:, valid].mean(axis=1), *px[:, valid].std(axis=1)]
-    return out
-
-
 def normalised_statistics(raw: np.ndarray, normalisation: Normalisation | None = None
                           ) -> np.ndarray:
-    """Raw tile statistics (:func:`tile_statistics`) on the other year's radiometry, with
+    """Raw tile statistics (each band's mean and spread, :data:`RAW_STATISTICS`) on the other
+    year's radiometry (a linear map moves a mean and scales a spread exactly), with
     NDVI and NDWI of the normalised band means: ``(tiles, 10)`` in :data:`STATISTICS` order.
     ``normalisation`` None leaves the bands as they are (year A of a pair)."""
     raw = np.asarray(raw, dtype=np.float64)
