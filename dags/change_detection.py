@@ -60,6 +60,14 @@ log = logging.getLogger(__name__)
                      title="False-discovery rate",
                      description="Of the tiles the no-change test flags, about this share is "
                      "expected to be false (Benjamini-Hochberg)."),
+        "features_master": Param(None, type=["null", "string"],
+                                 pattern=r"^(local(\[([0-9]+|\*)\])?|spark://.+)$",
+                                 title="Spark master for change features",
+                                 description="Empty: a county-year's change features (backbone "
+                                 "embedding and pixel statistics, computed once and reused by "
+                                 "every pair) are computed in the task. local[N] or "
+                                 "spark://host:port: on Spark, the executors reading the "
+                                 "windows (counties of tens of thousands of tiles)."),
         "registry": params.registry(),
         "storage_root": params.storage_root(),
     },
@@ -136,13 +144,18 @@ def _detect_one(context: Any, job: dict[str, Any]) -> dict[str, Any]:
 
     p = context["params"]
     county, year_a, year_b = job["county"], job["year_a"], job["year_b"]
+    spark = None
+    if p["features_master"] and p["embeddings"]:
+        from landuse.spark import local_spark
+
+        spark = local_spark("landuse-change-features", master=p["features_master"])
     with fail_fast_on_bad_input():
         registry = counties.load_registry(p["registry"])
         truth = registry[county].truth if county in registry else None
         result = run_change(job["root"], county, year_a, year_b, reference=p["reference"],
                             threshold=p["threshold"], smooth=p["smooth"],
                             centre_weight=p["centre_weight"], embeddings=p["embeddings"],
-                            fdr=p["fdr"], truth=truth)
+                            fdr=p["fdr"], truth=truth, spark=spark)
     s = result.summary
     headline = {
         "county": county, "year_a": year_a, "year_b": year_b, "url": result.url,

@@ -77,19 +77,26 @@ def test_a_county_with_nothing_earlier_fails_clearly(airflow_db, root: Path):
     assert Path(url).exists() and run.state == "failed"
 
 
-def test_the_fdr_param_reaches_the_no_change_test(airflow_db, root: Path, synthetic: Path):
+def test_features_on_spark_and_the_fdr_reach_the_no_change_test(airflow_db, root: Path,
+                                                                 synthetic: Path):
+    from landuse.change.features import features_url
+
     run = _run({"storage_root": str(root), "registry": str(synthetic / "counties.json"),
-                "counties": ["synthetic-county-2"], "year_b": 2016, "fdr": 0.2})
+                "counties": ["synthetic-county-2"], "year_b": 2016, "fdr": 0.2,
+                "features_master": "local[1]"})
     assert run.state == "success"
+    for year in (2010, 2016):  # computed on Spark, committed for later pairs
+        assert Path(features_url(str(root), "synthetic-county-2", year)).exists()
     folder = root / "change" / "county=synthetic-county-2" / "2010-2016"
     test = json.loads((folder / "summary.json").read_text())["change_test"]
     assert test["fdr"] == 0.2 and test["expected_false"] == round(0.2 * test["flagged"], 1)
     assert "at FDR 0.2" in (folder / "report.md").read_text()
 
 
-@pytest.mark.parametrize("fdr", [0, 1, 1.5])
-def test_an_fdr_outside_zero_to_one_is_refused(airflow_db, root: Path, fdr: float):
+@pytest.mark.parametrize(("name", "value"), [("fdr", 0), ("fdr", 1), ("fdr", 1.5),
+                                             ("features_master", "yarn")])
+def test_bad_change_test_params_are_refused(airflow_db, root: Path, name: str, value: object):
     from airflow.sdk.definitions.param import ParamValidationError
 
-    with pytest.raises(ParamValidationError, match="fdr"):
-        _run({"storage_root": str(root), "year_b": 2016, "fdr": fdr})
+    with pytest.raises(ParamValidationError, match=name):
+        _run({"storage_root": str(root), "year_b": 2016, name: value})
