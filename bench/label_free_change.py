@@ -17,7 +17,7 @@ of itself with per-band gain, offset and gamma changed, nothing else) and a plan
 2016 -> 2020 (12 scattered tiles' year-B data replaced by a place at least 5 tiles away).
 Also prints the best IoU any threshold on each score could reach (an oracle bound).
 
-Run:  .venv/bin/python bench/label_free_change.py [--fdr 0.05]
+Run:  .venv/bin/python bench/label_free_change.py [--fdr 0.05] [--figure out.png]
 Ends with ``ratio=<today's flagged share / the test's flagged share on 2016 -> 2020>``.
 """
 
@@ -31,6 +31,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT / "include"))
@@ -39,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import rasterio  # noqa: E402
 
 from landuse import storage  # noqa: E402
-from landuse.change import embedding, features, normalise, significance  # noqa: E402
+from landuse.change import embedding, features, maps, normalise, significance  # noqa: E402
 from landuse.change.run import WATER_CHANGE  # noqa: E402
 from landuse.change.water import water_shares  # noqa: E402
 from landuse.counties import County  # noqa: E402
@@ -80,6 +82,27 @@ def line(name: str, mask: np.ndarray, reference: np.ndarray | None, note: str = 
     return a
 
 
+def contact_sheet(top: pd.DataFrame, rows: dict[int, pd.DataFrame]) -> np.ndarray:
+    """The ``top`` tiles in 2016 (left) and 2020 (right), two pairs a row, as RGB."""
+    from landuse.tiling import chip_rgb, read_tile
+
+    pairs = []
+    for tile in top.itertuples():
+        images = []
+        for year in (2016, 2020):
+            row = rows[year].set_index("tile_id").loc[tile.tile_id]
+            with rasterio.open(row.scene_url) as src:
+                images.append(chip_rgb(read_tile(src, row.scene_url, (row.minx, row.miny,
+                                                                      row.maxx, row.maxy),
+                                                 ["red", "green", "blue"], 160)))
+        gap = np.full((160, 4, 3), 255, np.uint8)
+        pairs.append(np.hstack([images[0], gap, images[1]]))
+    gap_v = np.full((pairs[0].shape[0], 16, 3), 255, np.uint8)
+    rows_of = [np.hstack([pairs[i], gap_v, pairs[i + 1]]) for i in range(0, len(pairs) - 1, 2)]
+    spacer = np.full((6, rows_of[0].shape[1], 3), 255, np.uint8)
+    return np.vstack([part for r in rows_of for part in (r, spacer)][:-1])
+
+
 def best_iou(score: np.ndarray, reference: np.ndarray) -> float:
     """The best IoU any threshold on ``score`` reaches against ``reference`` (an oracle)."""
     order = np.argsort(-score)
@@ -98,6 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=Path, default=PROJECT / "sample")
     parser.add_argument("--fdr", type=float, default=0.05)
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="write the tuned pairs' score histograms, nulls and bars here (PNG)")
     args = parser.parse_args()
     doc = json.loads((args.sample / "counties.json").read_text())
     [entry] = [c for c in doc["counties"] if c["name"] == COUNTY]
@@ -118,7 +143,7 @@ def main() -> None:
         print(f"{COUNTY}: {len(ids)} tiles of 224 m; water reference: |water share change| >= "
               f"{WATER_CHANGE} (it cannot see harvested, tilled or built-over fields); "
               f"test at FDR {args.fdr}")
-        results = {}
+        results, panels = {}, []
         for year_a, year_b in PAIRS:
             scene_a, scene_b = rows[year_a]["scene_url"][0], rows[year_b]["scene_url"][0]
             norm = normalise.normalise_pair(scene_a, scene_b)
@@ -139,6 +164,13 @@ def main() -> None:
                              + ", ".join(f"{n.name} null {n.kind} {n.centre:+.2f}/{n.scale:.2f}"
                                          for n in test.nulls)),
             }
+            if (year_a, year_b) == (2016, 2020):
+                top = rows[2016].loc[np.argsort(test.p_values)[:8]]
+            if (year_a, year_b) in TUNED:
+                null = test.nulls[0]
+                panels.append((f"Stutsman {year_a} -> {year_b}: {test.flagged.sum()} of "
+                               f"{len(ids)} flagged", test.scores, test.flagged, null.centre,
+                               null.scale, args.fdr))
             print(f"  oracle best IoU over all thresholds: feature distance "
                   f"{best_iou(distances, reference):.3f}, test distance "
                   f"{best_iou(test.distances, reference):.3f}, |NDWI change| "
@@ -185,6 +217,12 @@ def main() -> None:
         plant = {"old": line("old", old, truth), "today": line("today", today.mask, truth),
                  "test": line("test", test.flagged, truth)}
 
+    if args.figure:
+        args.figure.write_bytes(maps.null_chart(panels))
+        sheet = args.figure.with_name(f"{args.figure.stem}-tiles.png")
+        Image.fromarray(contact_sheet(top, rows)).save(sheet)
+        print(f"\nfigures: {args.figure}, {sheet} (the 8 most significant 2016 -> 2020 "
+              "tiles, 2016 left, 2020 right)")
     base, quiet = results[2010, 2016], results[2016, 2020]
     share = {k: v["detected"] / v["tiles"] for k, v in quiet.items()}
     print(f"\nsummary: 2010->2016 IoU old {base['old']['iou']:.3f} today "

@@ -234,6 +234,43 @@ def transitions_chart(transitions: dict[str, dict[str, int]], title: str) -> byt
     return _png(fig)
 
 
+def null_chart(panels: Sequence[tuple[str, np.ndarray, np.ndarray, float, float, float]]
+               ) -> bytes:
+    """The no-change test, one panel per pair of years: a histogram of the tiles' residual
+    normal scores, the no-change null fitted to them (and the chi-squared one), and the bar
+    above which Benjamini-Hochberg flagged tiles.
+
+    Each panel is ``(title, scores, flagged, centre, scale, fdr)``.
+    """
+    from scipy.stats import norm
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 3.6), squeeze=False)
+    for ax, (title, scores, flagged, centre, scale, fdr) in zip(axes[0], panels, strict=True):
+        scores, flagged = np.asarray(scores, dtype=float), np.asarray(flagged, dtype=bool)
+        bins = np.linspace(min(-4.0, scores.min()), max(8.0, scores.max()), 50)
+        ax.hist([scores[~flagged], scores[flagged]], bins=bins, stacked=True,
+                color=["#9e9e9e", "#d7301f"], label=["not flagged", "flagged"])
+        x = np.linspace(bins[0], bins[-1], 400)
+        width = bins[1] - bins[0]
+        ax.plot(x, len(scores) * width * norm.pdf(x, centre, scale), color="black",
+                label=f"no-change null N({centre:.2f}, {scale:.2f}²)")
+        ax.plot(x, len(scores) * width * norm.pdf(x), color="black", linestyle=":",
+                label="chi-squared null")
+        if flagged.any():
+            bar = float(scores[flagged].min())
+            ax.axvline(bar, color="#d7301f", linestyle="--",
+                       label=f"bar at FDR {fdr:g}: {int(flagged.sum())} flagged, "
+                             f"~{fdr * flagged.sum():.1f} false")
+        ax.set_xlabel("residual normal score (Wilson-Hilferty)")
+        ax.set_ylabel("tiles")
+        ax.set_title(title)
+        ax.legend(frameon=False, fontsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _pyplot() -> Any:
     import matplotlib
 

@@ -388,8 +388,9 @@ def _change_test(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.DataFr
         return {"tiles": int(both.sum()), "note": "no-change test not run: it needs at least "
                 f"{significance.MIN_TILES} tiles with 4-band (NIR) imagery in both years"}
     test = significance.significant_change(stats_a[both], stats_b[both], fdr=fdr)
-    t["p_no_change"] = np.nan
+    t["p_no_change"], t["change_score"] = np.nan, np.nan
     t.loc[both, "p_no_change"] = test.p_values
+    t.loc[both, "change_score"] = test.scores
     t["significant"] = False
     t.loc[both, "significant"] = test.flagged
     result: dict[str, Any] = {"tiles": int(both.sum()), **test.as_dict(),
@@ -444,11 +445,19 @@ def _render(change: Change, summary: dict[str, Any]) -> dict[str, bytes]:
     if summary["counts"]:
         files["shares.png"] = maps.shares_chart(summary["counts"],
                                                 f"{change.county}: tiles per group")
+    test = summary.get("change_test", {})
+    if "flagged" in test:
+        scored = t["change_score"].notna()
+        null = test["nulls"][0]
+        files["no_change_test.png"] = maps.null_chart([(
+            f"{change.county} {a} -> {b}: tested against no change",
+            t.loc[scored, "change_score"].to_numpy(), t.loc[scored, "significant"].to_numpy(),
+            null["centre"], null["scale"], test["fdr"])])
     if summary["transitions"]:
         files["transitions.png"] = maps.transitions_chart(
             summary["transitions"], f"{change.county}: {a} group -> {b} group")
-    t = change.tiles
-    changed = t[t["changed"] | t.get("hotspot", False) | t.get("significant", False)]
+    rows = change.tiles
+    changed = rows[rows["changed"] | rows.get("hotspot", False) | rows.get("significant", False)]
     props = [c for c in ("ref_group", "a_group", "b_group", "b_class", "b_confidence",
                          "newly_developed", "embedding_distance", "embedding_neighbourhood",
                          "hotspot", "p_no_change", "significant", "water_share_a",

@@ -80,6 +80,12 @@ class ChangeTest:
     weights: np.ndarray
 
     @property
+    def scores(self) -> np.ndarray:
+        """Each tile's residual as a normal score (Wilson-Hilferty): N(0, 1) under the
+        chi-squared null, N(centre, scale²) under an empirical one."""
+        return wilson_hilferty(self.distances, self.components)
+
+    @property
     def share(self) -> float:
         """Share of the tiles flagged."""
         return float(self.flagged.mean()) if self.flagged.size else 0.0

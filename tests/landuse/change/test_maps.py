@@ -221,3 +221,15 @@ def test_every_geojson_ring_is_counter_clockwise(epsg, lon, lat):
         [ring] = f["geometry"]["coordinates"]
         x, y = np.array(ring, dtype=float).T
         assert np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]) > 0, f["id"]  # shoelace: CCW
+
+
+def test_null_chart_draws_each_pair():
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(0.5, 1.5, 280), rng.normal(9.0, 1.0, 20)])
+    flagged = scores > 6
+    png = maps.null_chart([("quiet", scores, flagged, 0.5, 1.5, 0.05),
+                           ("nothing flagged", scores[:280], np.zeros(280, bool), 0.0, 1.0, 0.05)])
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.format == "PNG" and img.width > 1.5 * img.height
+        colours = set(img.convert("RGB").getdata())
+    assert (215, 48, 31) in colours  # the flagged tiles' bars

@@ -133,6 +133,7 @@ def test_planted_change_is_found_and_the_report_is_whole(tmp_path, change_root, 
     [fit] = c["normalisation"]
     assert fit["scene_b"].endswith(".tif") and len(fit["gain"]) == 4
     assert "## Tested against no change (false-discovery rate)" in report
+    assert "no_change_test.png" in files
     assert f"about {c['expected_false']:.1f} of them are expected to be false" in report
 
 

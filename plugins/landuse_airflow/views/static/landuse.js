@@ -379,7 +379,8 @@
       aside.append(el("h2", { text: f.replace(/\.png$/, "").replace(/_/g, " ") }),
         el("img", { class: "figure", alt: f, src: `${root}/files/${encodeURIComponent(f)}` }));
     }
-    for (const key of ["accuracy", "planted_change", "embedding_change", "expected_from_model_error"]) {
+    for (const key of ["accuracy", "planted_change", "embedding_change", "change_test",
+                       "expected_from_model_error"]) {
       if (s[key] && Object.keys(s[key]).length) {
         aside.append(el("h2", { text: key.replace(/_/g, " ") }), el("pre", { text: JSON.stringify(s[key], null, 1) }));
       }
