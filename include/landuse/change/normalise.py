@@ -17,9 +17,14 @@ it also matches what changed, since it forces the whole distribution to agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 # A pixel counts as unchanged for the regression when its no-change probability is above
 # this (Canty & Nielsen 2008 use 0.95).
@@ -262,6 +267,21 @@ def normalise_pair(url_a: str, url_b: str) -> Normalisation:
     """IR-MAD normalisation of scene ``url_b`` onto scene ``url_a`` (see the module)."""
     x, y = sample_pair(url_a, url_b)
     return fit_irmad(x, y)
+
+
+def normalise_pairs(pairs: Sequence[tuple[str, str]], spark: SparkSession | None = None
+                    ) -> dict[tuple[str, str], Normalisation]:
+    """:func:`normalise_pair` of each (scene A, scene B) pair: in this process, or one Spark
+    task per pair when ``spark`` is given (a county has hundreds of scenes, about a second
+    each). Raises what :func:`normalise_pair` raises for the first pair that fails."""
+    unique = sorted(set(pairs))
+    if spark is None or len(unique) < 2:
+        fits = [normalise_pair(a, b) for a, b in unique]
+    else:
+        sc = spark.sparkContext
+        fits = sc.parallelize(unique, min(len(unique), 4 * sc.defaultParallelism)).map(
+            lambda pair: normalise_pair(*pair)).collect()
+    return dict(zip(unique, fits, strict=True))
 
 
 # What a county-year keeps per tile (landuse.change.features computes them once) ...

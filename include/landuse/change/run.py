@@ -137,7 +137,7 @@ def run_change(
         summary["embedding_change"] = _embedding_change(change, manifest_a, manifest_b,
                                                         feats_a, feats_b)
         summary["change_test"] = _change_test(change, manifest_a, manifest_b, feats_a, feats_b,
-                                              fdr)
+                                              fdr, spark)
     url = out or change_url(root, county, year_a, year_b)
     files = _render(change, summary)
     summary["files"] = sorted(files)
@@ -361,7 +361,8 @@ def _embedding_change(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.D
 
 
 def _change_test(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.DataFrame,
-                 feats_a: pd.DataFrame, feats_b: pd.DataFrame, fdr: float) -> dict[str, Any]:
+                 feats_a: pd.DataFrame, feats_b: pd.DataFrame, fdr: float,
+                 spark: SparkSession | None = None) -> dict[str, Any]:
     """Each tile tested against a no-change null: year B normalised onto year A per scene
     pair (IR-MAD), tile statistics, Benjamini-Hochberg at ``fdr``; adds ``p_no_change`` and
     ``significant`` to the tiles."""
@@ -373,16 +374,15 @@ def _change_test(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.DataFr
     stats_a = normalise.normalised_statistics(raw[0])
     stats_b = np.full_like(stats_a, np.nan)
     scenes = pd.DataFrame({"a": a["scene_url"].to_numpy(), "b": b["scene_url"].to_numpy()})
-    fits = []
+    groups = {(str(a), str(b)): rows.index for (a, b), rows in scenes.dropna().groupby(["a", "b"])
+              if np.isfinite(raw[1][rows.index]).any()}  # none: a scene without NIR
     try:
-        for (scene_a, scene_b), rows in scenes.dropna().groupby(["a", "b"]):
-            if not np.isfinite(raw[1][rows.index]).any():
-                continue  # no statistics: a scene without NIR
-            fit = normalise.normalise_pair(str(scene_a), str(scene_b))
-            stats_b[rows.index] = normalise.normalised_statistics(raw[1][rows.index], fit)
-            fits.append({"scene_a": scene_a, "scene_b": scene_b, **fit.as_dict()})
+        fitted = normalise.normalise_pairs(list(groups), spark)
     except RasterError as err:  # scenes that do not overlap, or differ in bands
         return {"note": f"no-change test unavailable: {err}"}
+    for pair, index in groups.items():
+        stats_b[index] = normalise.normalised_statistics(raw[1][index], fitted[pair])
+    fits = [{"scene_a": a, "scene_b": b, **fit.as_dict()} for (a, b), fit in fitted.items()]
     both = np.isfinite(stats_a).all(axis=1) & np.isfinite(stats_b).all(axis=1)
     if both.sum() < significance.MIN_TILES:
         return {"tiles": int(both.sum()), "note": "no-change test not run: it needs at least "

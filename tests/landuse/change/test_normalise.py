@@ -139,3 +139,18 @@ def test_bad_input_is_named(tmp_path, pair):
         out.write(np.ones((4, SIDE, SIDE), np.uint8))
     with pytest.raises(RasterError, match="do not overlap"):
         normalise.normalise_pair(url_a, str(far))
+
+
+def test_pairs_fitted_on_spark_are_the_same(pair):
+    from landuse.spark import local_spark
+
+    url_a, url_b, *_ = pair
+    pairs = [(url_a, url_b), (url_b, url_a), (url_a, url_b)]  # a repeat is fitted once
+    here = normalise.normalise_pairs(pairs)
+    there = normalise.normalise_pairs(pairs, local_spark("landuse-tests"))
+    assert set(here) == set(there) == {(url_a, url_b), (url_b, url_a)}
+    for key, fit in here.items():
+        assert there[key].as_dict() == fit.as_dict()
+    # B onto A and A onto B are inverse maps
+    forward, back = here[url_a, url_b].bands[0], here[url_b, url_a].bands[0]
+    assert forward.gain * back.gain == pytest.approx(1.0, rel=0.05)
