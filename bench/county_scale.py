@@ -20,6 +20,12 @@ Stages, each against its ceiling outside Spark measured in the same run:
            drifts by about 10 % over minutes). After a warm-up job.
   change   run_change (predictions of both vintages, no embeddings); ceiling: reading both
            predictions and comparing their classes in pandas.
+  label-free (full county) change features of both vintages on local[2]
+           (landuse.change.features: one read of each window, SqueezeNet ONNX embedding and
+           pixel statistics, parts written by the executors); ceiling: scene_features on
+           the same windows outside Spark, a process per core, whole scenes up to 6,000
+           tiles, before and after the Spark job, averaged. Then the driver's part: the
+           scene pairs' IR-MAD fits (on Spark) and the no-change test over the county.
 Then SqueezeNet (ImageNet backbone, untrained head) on a ``--squeezenet-tiles`` subset and
 ResNet-50 (random weights: none can be downloaded here; speed does not depend on them) on a
 ``--resnet50-tiles`` subset, each against its own ceiling, and on
@@ -32,7 +38,9 @@ tenth-size county runs first, so its peaks are not inflated by the full county's
 
 Run:  .venv/bin/python bench/county_scale.py [--scale 1.0] [--squeezenet-tiles 6000]
           [--resnet50-tiles 1500] [--azurite-tiles 3000] [--skip-squeezenet]
-          [--skip-azurite]
+          [--skip-azurite] [--skip-label-free] [--stage label-free]
+``--stage label-free`` builds the full county and measures only the label-free stage, ending
+with ``ratio=<label-free features on Spark / ceiling>``.
 Ends with ``ratio=<scoring end to end / ceiling>`` (cheap bundle, full county).
 """
 
@@ -365,6 +373,72 @@ def _score_scene(job: tuple[pd.DataFrame, int]) -> int:
     return len(score_scene(job[0], _RUNNER, job[1]))
 
 
+def features_ceiling(rows: pd.DataFrame, batch: int, limit: int = 6000) -> float:
+    """Tiles/s of scene_features on the same windows outside Spark, a process per core
+    (Spark's layout without Spark), whole scenes up to about ``limit`` tiles."""
+    import multiprocessing
+
+    groups: list[pd.DataFrame] = []
+    for _, group in rows.groupby("scene_url"):
+        if sum(len(g) for g in groups) >= limit:
+            break
+        groups.append(group)
+    with ProcessPoolExecutor(SPARK_CORES, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_features_worker) as procs:
+        list(procs.map(_scene_features, [(groups[0].head(batch), batch)] * 2 * SPARK_CORES))
+        start = time.perf_counter()
+        done = sum(procs.map(_scene_features, [(g, batch) for g in groups]))
+    return done / (time.perf_counter() - start)
+
+
+def _features_worker() -> None:
+    sys.path.insert(0, str(PROJECT / "include"))
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def _scene_features(job: tuple[pd.DataFrame, int]) -> int:
+    from landuse.change.features import backbone_model, scene_features
+
+    model, spec = backbone_model()
+    return len(scene_features(job[0], model, spec, PX, job[1]))
+
+
+def label_free(spark: Any, root: str, name: str, batch: int) -> dict[str, float]:
+    """The label-free stage on a tiled county: features of both vintages on Spark against
+    the ceiling, then the driver's statistics (IR-MAD fits on Spark, the test)."""
+    from landuse.change import features, normalise, significance
+
+    rows = scoreable_rows(root, name)
+    before = features_ceiling(rows, batch)
+    frames, spark_s = timed(lambda: [features.county_year_features(
+        root, name, y, spark=spark, batch_size=batch) for y in YEARS])
+    after = features_ceiling(rows, batch)
+    ceiling = (before + after) / 2
+    tiles = sum(len(f) for f in frames)
+    errors = sum(int(f["error"].notna().sum()) for f in frames)
+    a, b = (f.loc[frames[0].index.intersection(frames[1].index)] for f in frames)
+    scene = {y: rows[rows["year"] == y].set_index("tile_id")["scene_url"] for y in YEARS}
+    pairs = pd.DataFrame({"a": scene[YEARS[0]].reindex(a.index).to_numpy(),
+                          "b": scene[YEARS[1]].reindex(a.index).to_numpy()})
+    fits, fit_s = timed(lambda: normalise.normalise_pairs(
+        list(pairs.dropna().itertuples(index=False, name=None)), spark))
+    start = time.perf_counter()
+    raw = [f[list(normalise.RAW_STATISTICS)].to_numpy(float) for f in (a, b)]
+    stats_b = np.full((len(a), len(normalise.STATISTICS)), np.nan)
+    for key, index in pairs.groupby(["a", "b"]).groups.items():
+        stats_b[index] = normalise.normalised_statistics(raw[1][index], fits[key])
+    test = significance.significant_change(normalise.normalised_statistics(raw[0]), stats_b)
+    test_s = time.perf_counter() - start
+    print(f"  label-free {tiles / spark_s:8.1f} tiles/s  ceiling {ceiling:8.1f}  ratio "
+          f"{tiles / spark_s / ceiling:.3f}  (local[2], features of {tiles:,} tiles in "
+          f"{spark_s:.1f} s, {errors} error rows; ceiling before / after {before:.1f} / "
+          f"{after:.1f})\n"
+          f"    driver: {len(fits)} scene pairs normalised in {fit_s:.1f} s (IR-MAD on Spark), "
+          f"no-change test over {len(a):,} tiles in {test_s:.1f} s: {int(test.flagged.sum())} "
+          f"flagged at FDR {test.fdr:g}", flush=True)
+    return {"label_free": tiles / spark_s, "label_free_ceiling": ceiling}
+
+
 def best_of(before: dict[str, float], after: dict[str, float]) -> tuple[float, str]:
     """The ceiling: the faster layout, its rates before and after the Spark run averaged
     (this machine's speed drifts by 10 % over minutes), and how it was made up."""
@@ -575,6 +649,9 @@ def main() -> None:
     parser.add_argument("--skip-squeezenet", action="store_true",
                         help="skip both real networks (SqueezeNet and ResNet-50)")
     parser.add_argument("--skip-azurite", action="store_true")
+    parser.add_argument("--skip-label-free", action="store_true")
+    parser.add_argument("--stage", choices=["all", "label-free"], default="all",
+                        help="label-free: build the full county and measure only that stage")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -590,6 +667,15 @@ def main() -> None:
     try:
         bundle = cheap_bundle(work / "bundle-cheap")
         spark = local_spark("bench-county", master=f"local[{SPARK_CORES}]")
+        if args.stage == "label-free":
+            from landuse.tiling import TilingConfig, build_county
+
+            county = make_county(work, "county-full", full)
+            root = str(work / "county-full" / "out")
+            build_county(county, YEARS, root, TilingConfig())
+            measured = label_free(spark, root, "county-full", args.batch_size)
+            print(f"ratio={measured['label_free'] / measured['label_free_ceiling']:.3f}")
+            return
         warm_county = make_county(work, "warm-up", 300)
         from landuse.scoring.spark import score_on_spark
         from landuse.tiling import TilingConfig, build_county
@@ -598,6 +684,8 @@ def main() -> None:
         score_on_spark(spark, warm.manifest_url, bundle.path, str(work / "warm-up" / "pred"))
         small = run_county(spark, work, "county-tenth", tenth, bundle, args.batch_size)
         big = run_county(spark, work, "county-full", full, bundle, args.batch_size)
+        if not args.skip_label_free:
+            label_free(spark, str(work / "county-full" / "out"), "county-full", args.batch_size)
         growth = {k: big["peaks"][k] / max(small["peaks"][k], 1e-9) for k in big["peaks"]}
         print("peak memory, full county / tenth: " +
               ", ".join(f"{k} {v:.2f}x" for k, v in growth.items()), flush=True)
