@@ -374,7 +374,8 @@ def _change_test(change: Change, manifest_a: pd.DataFrame, manifest_b: pd.DataFr
     stats_a = normalise.normalised_statistics(raw[0])
     stats_b = np.full_like(stats_a, np.nan)
     scenes = pd.DataFrame({"a": a["scene_url"].to_numpy(), "b": b["scene_url"].to_numpy()})
-    groups = {(str(a), str(b)): rows.index for (a, b), rows in scenes.dropna().groupby(["a", "b"])
+    groups = {(str(scene_a), str(scene_b)): rows.index
+              for (scene_a, scene_b), rows in scenes.dropna().groupby(["a", "b"])
               if np.isfinite(raw[1][rows.index]).any()}  # none: a scene without NIR
     try:
         fitted = normalise.normalise_pairs(list(groups), spark)
@@ -568,7 +569,10 @@ def _test_lines(c: dict[str, Any] | None) -> list[str]:
     lines = ["", "## Tested against no change (false-discovery rate)", ""]
     if "flagged" not in c:
         return [*lines, c["note"]]
-    fits = "; ".join(f"{f['method']}, gains {f['gain']}" for f in c["normalisation"])
+    pairs = c["normalisation"]
+    fits = "; ".join(f"{f['method']}, gains {f['gain']}" for f in pairs[:3])
+    if len(pairs) > 3:  # a county has hundreds of scene pairs: summary.json lists them all
+        fits += f"; and {len(pairs) - 3} more scene pairs"
     lines += [f"{c['flagged']} of {c['tiles']} tiles ({c['share_flagged']:.1%}) changed "
               f"significantly at FDR {c['fdr']:g}: about {c['expected_false']:.1f} of them are "
               f"expected to be false discoveries. Year B was first normalised onto year A per "
