@@ -12,7 +12,9 @@ it is real change on the ground. Rules compared:
          (IR-MAD), per-tile pixel statistics, a cross-year linear map fitted on the likely
          unchanged tiles, Mahalanobis distance, the no-change null, Benjamini-Hochberg
 Pairs: 2010 -> 2016 (much water change) and 2016 -> 2020 (little) may be tuned on;
-2010 -> 2020 is printed as a check only. Then a synthetic null (the 2016 scene against a copy
+2010 -> 2020 is printed as a check only, and so is every consecutive pair of the ten vintages
+in ../shared/data/naip (2009-2020) where that folder exists (--shared; never tuned on).
+Then a synthetic null (the 2016 scene against a copy
 of itself with per-band gain, offset and gamma changed, nothing else) and a planted check on
 2016 -> 2020 (12 scattered tiles' year-B data replaced by a place at least 5 tiles away).
 Also prints the best IoU any threshold on each score could reach (an oracle bound).
@@ -24,6 +26,7 @@ Ends with ``ratio=<today's flagged share / the test's flagged share on 2016 -> 2
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -117,10 +120,50 @@ def rules(fa, fb, sa, sb, bounds, crs, fdr):
     return distances, embedding.robust_z(distances) > embedding.HOTSPOT_Z, today, test
 
 
+def check_shared(county: County, folder: Path, fdr: float) -> None:
+    """Today's rule and the test on every consecutive pair of the vintages in ``folder``
+    (the same quarter-quad): checks only, none of these pairs was tuned on."""
+    years = sorted({int(p.name.rsplit("_", 1)[1][:4]) for p in folder.glob("m_*.tif")})
+    with tempfile.TemporaryDirectory(prefix="bench-label-free-shared-") as root:
+        build_county(county.model_copy(update={"naip": str(folder)}), years, root, nlcd="")
+        rows = {y: storage.read_parquet(manifest_url(root, COUNTY, y)).to_pandas()
+                .set_index("tile_id") for y in years}
+        print(f"\nchecks on {len(years)} further vintages ({folder}; never tuned on); "
+              "flagged share, and precision / recall / IoU against water change:")
+        print(f"  {'pair':12s} {'water tiles':>11s}  {'today':>30s}  {'test':>30s}")
+        for year_a, year_b in itertools.pairwise(years):
+            ids = sorted(set(rows[year_a].index) & set(rows[year_b].index))
+            a, b = rows[year_a].loc[ids].reset_index(), rows[year_b].loc[ids].reset_index()
+            feats = {y: features.county_year_features(root, COUNTY, y).loc[ids]
+                     for y in (year_a, year_b)}
+            norm = normalise.normalise_pair(a["scene_url"][0], b["scene_url"][0])
+            raw = {y: feats[y][list(normalise.RAW_STATISTICS)].to_numpy(float)
+                   for y in (year_a, year_b)}
+            _, today = embedding.change_hotspots(
+                *(np.stack(feats[y]["embedding"].to_numpy()) for y in (year_a, year_b)),
+                a[["minx", "miny", "maxx", "maxy"]].to_numpy(float), list(a["crs"]))
+            test = significance.significant_change(
+                normalise.normalised_statistics(raw[year_a]),
+                normalise.normalised_statistics(raw[year_b], norm), fdr=fdr)
+            wa, wb = (water_shares(r).reindex(ids).to_numpy() for r in (a, b))
+            reference = np.abs(wb - wa) >= WATER_CHANGE
+            cells = []
+            for mask in (today.mask, test.flagged):
+                g = embedding.agreement(mask, reference)
+                cells.append(f"{mask.mean():5.1%} {g['precision']:.2f}/{g['recall']:.2f}/"
+                             f"{g['iou']:.2f}")
+            print(f"  {year_a}->{year_b}  {int(reference.sum()):5d} "
+                  f"({np.nanmean(wa):4.0%}->{np.nanmean(wb):4.0%})  {cells[0]:>30s}  "
+                  f"{cells[1]:>30s}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=Path, default=PROJECT / "sample")
     parser.add_argument("--fdr", type=float, default=0.05)
+    parser.add_argument("--shared", type=Path,
+                        default=PROJECT.parent / "shared" / "data" / "naip",
+                        help="folder of further vintages of the same quarter-quad (checks)")
     parser.add_argument("--figure", type=Path, default=None,
                         help="write the tuned pairs' score histograms, nulls and bars here (PNG)")
     args = parser.parse_args()
@@ -223,6 +266,8 @@ def main() -> None:
         Image.fromarray(contact_sheet(top, rows)).save(sheet)
         print(f"\nfigures: {args.figure}, {sheet} (the 8 most significant 2016 -> 2020 "
               "tiles, 2016 left, 2020 right)")
+    if args.shared.is_dir():
+        check_shared(county, args.shared, args.fdr)
     base, quiet = results[2010, 2016], results[2016, 2020]
     share = {k: v["detected"] / v["tiles"] for k, v in quiet.items()}
     print(f"\nsummary: 2010->2016 IoU old {base['old']['iou']:.3f} today "
