@@ -102,7 +102,8 @@ class ChangeTest:
                           + ("" if n.kind == "chi2" else
                              f", normal scores centre {n.centre:+.2f} scale {n.scale:.2f}")
                           for n in self.nulls)
-        return (f"year-B features modelled from year A by a cross-year linear map fitted on "
+        return (f"year-B features modelled from year A by a cross-year map (each component "
+                f"and its square) fitted on "
                 f"likely-unchanged tiles; residual Mahalanobis distance on {self.components} "
                 f"components; p-values from the no-change null ({nulls}); tiles selected by "
                 f"Benjamini-Hochberg at FDR {self.fdr:g}")
