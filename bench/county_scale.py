@@ -8,8 +8,12 @@ x 16 tiles so no two copies overlap, the last copies cropped to the exact tile c
 synthetic NLCD of 600 m parcels (5 % of parcels change between the two vintages).
 
 Stages, each against its ceiling outside Spark measured in the same run:
-  tiling   build_county (manifests + chips of trainable tiles), one process; ceiling: the
-           same windows read by landuse.tiling.read_tile alone, one process.
+  dataset  build_county (manifests only: training and scoring read the scenes), one
+           process; ceiling: the same windows read by landuse.tiling.read_tile alone, one
+           process. Then a training epoch's input pipeline (landuse.tiles.TileCache: shuffled
+           batches of 32 read from the scenes on the first epoch, from the local cache after;
+           flips and rotations; the network's tensor) against what the network consumes
+           (SqueezeNet head, frozen ImageNet base, Keras train_on_batch on this CPU).
   scoring  score_on_spark on local[2] with a deliberately cheap bundle (channel means ->
            linear -> softmax, so the data plane is what is measured): plan on the driver,
            read windows straight from the scenes, executors stage predictions, commit per
@@ -29,8 +33,8 @@ Stages, each against its ceiling outside Spark measured in the same run:
 Then SqueezeNet (ImageNet backbone, untrained head) on a ``--squeezenet-tiles`` subset and
 ResNet-50 (random weights: none can be downloaded here; speed does not depend on them) on a
 ``--resnet50-tiles`` subset, each against its own ceiling, and on
-Azurite a ``--azurite-tiles`` county: blob requests per tile for tiling and for scoring
-(counted from Azurite's access log).
+Azurite a ``--azurite-tiles`` county: blob requests per tile for tiling and for scoring, and
+per scene open with and without landuse.raster.OPEN_ONCE (counted from Azurite's access log).
 
 Memory: the driver's Python process and its Spark JVM (local mode: the executors live in the
 JVM) and the Python workers, peak resident memory sampled every 0.2 s while scoring. The
@@ -38,9 +42,11 @@ tenth-size county runs first, so its peaks are not inflated by the full county's
 
 Run:  .venv/bin/python bench/county_scale.py [--scale 1.0] [--squeezenet-tiles 6000]
           [--resnet50-tiles 1500] [--azurite-tiles 3000] [--skip-squeezenet]
-          [--skip-azurite] [--skip-label-free] [--stage label-free]
+          [--skip-azurite] [--skip-label-free] [--stage label-free|dataset]
 ``--stage label-free`` builds the full county and measures only the label-free stage, ending
-with ``ratio=<label-free features on Spark / ceiling>``.
+with ``ratio=<label-free features on Spark / ceiling>``. ``--stage dataset`` measures dataset
+construction of the full county, a training epoch's input pipeline and requests per scene
+open, ending with ``ratio=<dataset construction / ceiling>``.
 Ends with ``ratio=<scoring end to end / ceiling>`` (cheap bundle, full county).
 """
 
@@ -324,6 +330,49 @@ def tiling_ceiling(rows: pd.DataFrame, limit: int = 3000) -> float:
     return len(rows) / (time.perf_counter() - start)
 
 
+def epoch_pipeline(root: str, county: str, tiles: int, batch: int = 32) -> dict[str, float]:
+    """Tiles/s of a training epoch's input (first epoch from the scenes, the next from the
+    local cache) and of the network consuming it (SqueezeNet head, frozen base)."""
+    import keras
+
+    from landuse.models.backbones import build_backbone
+    from landuse.models.data import augment
+    from landuse.models.preprocessing import to_tensor
+    from landuse.tiles import TileCache
+
+    frames = [pd.read_parquet(u) for u in storage.glob(manifests(root, county))]
+    trainable = pd.concat(frames, ignore_index=True).query("trainable")
+    rows = trainable.sample(n=min(tiles, len(trainable)), random_state=0)
+    backbone = build_backbone("squeezenet", "imagenet")
+    spec = backbone.preprocessing
+    rng = np.random.default_rng(0)
+    rates = {}
+    with tempfile.TemporaryDirectory(prefix="bench-epoch-") as folder:
+        cache = TileCache(rows, spec, folder)
+        for epoch in ("first", "cached"):
+            order = rng.permutation(len(rows))
+            start = time.perf_counter()
+            for i in range(0, len(order), batch):
+                to_tensor(augment(cache.get(order[i:i + batch]), rng), spec)
+            rates[epoch] = len(rows) / (time.perf_counter() - start)
+        x = to_tensor(cache.get(np.arange(batch)), spec)
+    base = backbone.model
+    base.trainable = False
+    inputs = keras.Input(spec.input_shape)
+    hidden = keras.layers.Dense(256, activation="relu")(base(inputs, training=False))
+    model = keras.Model(inputs, keras.layers.Dense(len(labels.CLASSES),
+                                                   activation="softmax")(hidden))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    y = rng.integers(0, len(labels.CLASSES), batch)
+    model.train_on_batch(x, y)  # build and warm up
+    steps = 20
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    rates["network"] = steps * batch / (time.perf_counter() - start)
+    return {**rates, "tiles": len(rows)}
+
+
 def scoring_ceiling(rows: pd.DataFrame, bundle: Bundle, batch: int,
                     limit: int = 12_000) -> dict[str, float]:
     """Tiles/s of the same bundle reading the same windows outside Spark, all cores, nothing
@@ -468,7 +517,7 @@ def run_county(spark: Any, work: Path, name: str, tiles: int, bundle: Bundle,
     root = str(work / name / "out")
     county, made = timed(lambda: make_county(work, name, tiles))
     results, tiling_s = timed(lambda: build_county(county, YEARS, root, TilingConfig()))
-    os.sync()  # the chips' write-back would otherwise land on the scoring that follows
+    os.sync()  # the write-back would otherwise land on the scoring that follows
     total = sum(r.tiles for r in results)
     trainable = sum(r.trainable for r in results)
     if total != tiles * len(YEARS):
@@ -495,7 +544,7 @@ def run_county(spark: Any, work: Path, name: str, tiles: int, bundle: Bundle,
     }
     print(f"county {name}: {tiles:,} tiles x {len(YEARS)} vintages ({made:.0f} s to make), "
           f"{trainable:,} trainable (chips written: {out['chips']:,})\n"
-          f"  tiling   {out['tiling']:8.1f} tiles/s  ceiling {tile_ceiling:8.1f}  "
+          f"  dataset  {out['tiling']:8.1f} tiles/s  ceiling {tile_ceiling:8.1f}  "
           f"ratio {out['tiling'] / tile_ceiling:.3f}  (one process)\n"
           f"  scoring  {out['scoring']:8.1f} tiles/s  ceiling {ceiling:8.1f}  "
           f"ratio {out['scoring'] / ceiling:.3f}  (local[2], {scored['tiles']:,} tiles, "
@@ -573,17 +622,13 @@ def scoreable_rows_of(source: str) -> pd.DataFrame:
 # --- Azurite --------------------------------------------------------------------------------
 
 
-def azurite_requests(work: Path, tiles: int, bundle: Bundle, batch: int) -> None:
-    """Blob requests per tile for tiling and for scoring a county held in Azurite."""
+@contextmanager
+def azurite(work: Path) -> Iterator[Callable[[], int]]:
+    """Azurite on a free loopback port with a ``bench`` container, its connection string in
+    the environment; yields a function giving the requests it has answered so far (from its
+    access log)."""
     from azure.storage.blob import BlobServiceClient
 
-    from landuse.scoring.spark import score_on_spark
-    from landuse.spark import local_spark
-    from landuse.tiling import TilingConfig, build_county
-
-    if not AZURITE.exists():
-        print(f"azurite: not installed at {AZURITE} (scripts/setup.sh installs it); skipped")
-        return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -605,17 +650,60 @@ def azurite_requests(work: Path, tiles: int, bundle: Bundle, batch: int) -> None
                 f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
         os.environ["AZURE_STORAGE_CONNECTION_STRING"] = conn
         BlobServiceClient.from_connection_string(conn).create_container("bench")
-        root = "abfs://bench/landuse"
-        county = make_county(work, "azurite-county", tiles, naip="abfs://bench/naip")
 
         def requests() -> int:
             text = log_path.read_text(errors="replace")
             return len(re.findall(r'"(?:GET|PUT|HEAD|POST|DELETE) ', text))
 
+        yield requests
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def requests_per_open(requests: Callable[[], int], scene: str, opens: int = 20
+                      ) -> dict[str, float]:
+    """Blob requests per scene open and 8 x 8 read, with GDAL's side-car probing (the
+    project's settings before landuse.raster.OPEN_ONCE) and without it (now)."""
+    from landuse import raster
+    from landuse.raster import open_raster, read_checked
+
+    probing = {key: "FALSE" if key == "GDAL_DISABLE_READDIR_ON_OPEN" else ""
+               for key in raster.OPEN_ONCE}
+    out = {}
+    for name, options in (("before", probing), ("after", raster.OPEN_ONCE)):
+        saved = dict(raster._REMOTE_OPTIONS)
+        raster._REMOTE_OPTIONS.update(options)
+        try:
+            start = requests()
+            for _ in range(opens):
+                with open_raster(scene) as src:
+                    read_checked(src, scene, window=((0, 8), (0, 8)))
+            out[name] = (requests() - start) / opens
+        finally:
+            raster._REMOTE_OPTIONS.clear()
+            raster._REMOTE_OPTIONS.update(saved)
+    return out
+
+
+def azurite_requests(work: Path, tiles: int, bundle: Bundle, batch: int) -> None:
+    """Blob requests per tile for tiling and for scoring a county held in Azurite, and per
+    scene open."""
+    from landuse.scoring.spark import score_on_spark
+    from landuse.spark import local_spark
+    from landuse.tiling import TilingConfig, build_county
+
+    if not AZURITE.exists():
+        print(f"azurite: not installed at {AZURITE} (scripts/setup.sh installs it); skipped")
+        return
+    with azurite(work) as requests:
+        root = "abfs://bench/landuse"
+        county = make_county(work, "azurite-county", tiles, naip="abfs://bench/naip")
         before = requests()
         results = build_county(county, YEARS, root, TilingConfig())
         tiled = requests() - before
         total = sum(r.tiles for r in results)
+        conn = os.environ["AZURE_STORAGE_CONNECTION_STRING"]
         spark = local_spark("bench-azurite", master=f"local[{SPARK_CORES}]",
                             conf={"spark.executorEnv.AZURE_STORAGE_CONNECTION_STRING": conn})
         try:
@@ -626,15 +714,51 @@ def azurite_requests(work: Path, tiles: int, bundle: Bundle, batch: int) -> None
             scored = requests() - before
         finally:
             spark.stop()
-        print(f"azurite: {total:,} tiles ({tiles:,} x {len(YEARS)} vintages; scenes, manifests, "
-              f"chips and predictions in blob storage)\n"
-              f"  tiling   {tiled:,} blob requests = {tiled / total:.3f} per tile "
-              f"(scene reads, chip uploads of trainable tiles, manifests)\n"
+        scene = storage.glob("abfs://bench/naip/*.tif")[0]
+        per_open = requests_per_open(requests, scene)
+        print(f"azurite: {total:,} tiles ({tiles:,} x {len(YEARS)} vintages; scenes, manifests "
+              f"and predictions in blob storage)\n"
+              f"  dataset  {tiled:,} blob requests = {tiled / total:.3f} per tile "
+              f"(scene reads, manifests)\n"
               f"  scoring  {scored:,} blob requests = {scored / result.tiles:.4f} per tile "
-              f"(manifest reads, scene range reads, staged parts, commit)", flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+              f"(manifest reads, scene range reads, staged parts, commit)\n"
+              f"  scene open + 8x8 read: {per_open['before']:.1f} requests with side-car "
+              f"probing (before), {per_open['after']:.1f} with OPEN_ONCE (now)", flush=True)
+
+
+def dataset_stage(work: Path, full: int, epoch_tiles: int) -> float:
+    """Dataset construction of the full county against its read ceiling, a training
+    epoch's input pipeline against the network, and requests per scene open on Azurite;
+    returns the dataset construction ratio."""
+    from landuse.tiling import TilingConfig, build_county
+
+    county = make_county(work, "county-full", full)
+    root = str(work / "county-full" / "out")
+    results, seconds = timed(lambda: build_county(county, YEARS, root, TilingConfig()))
+    total = sum(r.tiles for r in results)
+    ceiling = tiling_ceiling(scoreable_rows(root, "county-full"))
+    rate = total / seconds
+    pngs = sum(1 for _ in (work / "county-full" / "out").rglob("*.png"))
+    print(f"  dataset  {rate:8.1f} tiles/s  ceiling {ceiling:8.1f}  ratio {rate / ceiling:.3f}  "
+          f"(one process, {total:,} tiles in {seconds:.0f} s, "
+          f"{sum(r.trainable for r in results):,} trainable, {pngs} chips)", flush=True)
+    epoch = epoch_pipeline(root, "county-full", epoch_tiles)
+    bound = "the network" if epoch["network"] < epoch["first"] else "reading the scenes"
+    print(f"  training epoch input, {epoch['tiles']:,} shuffled trainable tiles in batches of "
+          f"32: first epoch (from the scenes) {epoch['first']:.1f} tiles/s, later epochs "
+          f"(local cache) {epoch['cached']:.1f} tiles/s; the network (SqueezeNet head, frozen "
+          f"base, CPU) consumes {epoch['network']:.1f} tiles/s: the bound is {bound}",
+          flush=True)
+    if AZURITE.exists():
+        with azurite(work) as requests:
+            name = sorted(os.listdir(county.naip))[0]
+            scene = f"abfs://bench/naip/{name}"
+            storage.write_bytes(scene, (Path(county.naip) / name).read_bytes())
+            per_open = requests_per_open(requests, scene)
+        print(f"  scene open + 8x8 read on Azurite: {per_open['before']:.1f} requests with "
+              f"side-car probing (before), {per_open['after']:.1f} with OPEN_ONCE (now)",
+              flush=True)
+    return rate / ceiling
 
 
 def main() -> None:
@@ -650,8 +774,11 @@ def main() -> None:
                         help="skip both real networks (SqueezeNet and ResNet-50)")
     parser.add_argument("--skip-azurite", action="store_true")
     parser.add_argument("--skip-label-free", action="store_true")
-    parser.add_argument("--stage", choices=["all", "label-free"], default="all",
-                        help="label-free: build the full county and measure only that stage")
+    parser.add_argument("--stage", choices=["all", "label-free", "dataset"], default="all",
+                        help="label-free / dataset: build the full county and measure only "
+                             "that stage")
+    parser.add_argument("--epoch-tiles", type=int, default=4000,
+                        help="trainable tiles of the training-epoch measurement")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -665,6 +792,9 @@ def main() -> None:
           f"cpu: {cpu_info()}; load average {os.getloadavg()[0]:.1f}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-county-"))
     try:
+        if args.stage == "dataset":
+            print(f"ratio={dataset_stage(work, full, args.epoch_tiles):.3f}")
+            return
         bundle = cheap_bundle(work / "bundle-cheap")
         spark = local_spark("bench-county", master=f"local[{SPARK_CORES}]")
         if args.stage == "label-free":

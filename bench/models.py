@@ -33,8 +33,8 @@ sys.path.insert(0, str(PROJECT / "include"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from landuse.models.backbones import build_backbone  # noqa: E402
-from landuse.models.data import load_tiles  # noqa: E402
 from landuse.models.preprocessing import to_tensor  # noqa: E402
+from landuse.tiles import read_tiles  # noqa: E402
 from landuse.tiling import build_county  # noqa: E402
 
 BATCH = 32
@@ -61,8 +61,8 @@ def load_split(split: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
         split = splits.build_dataset(manifests, str(work / "out" / "dataset")).url
     train, val, classes = read_split(split)
     index = {c: i for i, c in enumerate(classes)}
-    return (load_tiles(list(train["image_url"]), CAFFE_BGR),
-            train["label"].map(index).to_numpy(), load_tiles(list(val["image_url"]), CAFFE_BGR),
+    return (read_tiles(train, CAFFE_BGR),
+            train["label"].map(index).to_numpy(), read_tiles(val, CAFFE_BGR),
             len(classes), split)
 
 

@@ -50,10 +50,11 @@ from landuse_airflow.errors import fail_fast_on_bad_input
         ),
         "tile_px": Param(224, type="integer", minimum=16, maximum=4096, title="Tile pixels"),
         "nir": Param(False, type="boolean", title="Add NIR as a 4th channel"),
-        "chips": Param("trainable", type="string", enum=["trainable", "all"],
-                       title="Tiles written as PNG chips",
-                       description="Training needs chips of trainable tiles only (scoring reads "
-                       "the scenes); 'all' for tools that want every tile as an image."),
+        "chips": Param("none", type="string", enum=["none", "trainable", "all"],
+                       title="Tiles also written as PNG chips",
+                       description="Training and scoring read the tiles from the scenes, so "
+                       "tiling writes manifests only; 'trainable' or 'all' also export PNG "
+                       "chips for tools that want images (or later: `landuse chips`)."),
         "purity_threshold": Param(
             1.0, type="number", exclusiveMinimum=0, maximum=1, title="Purity threshold"
         ),

@@ -40,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from landuse import config
+from landuse.models.metrics import classes_measured
 from landuse.models.tracking import read_evaluation
 
 root = Path(config.storage_root())
@@ -67,7 +68,7 @@ print(f"champion decision: {decision['decision']} ({decision['reason']}); histor
       f"{root / 'models' / 'decisions'}")
 print(f"champion on its held-out test counties ({', '.join(test['counties'])}, "
       f"{test['tiles']} tiles, never seen in training or choice): accuracy "
-      f"{test['accuracy']:.3f} ({len(test['classes'])} classes), {test['group_accuracy']:.3f} "
+      f"{test['accuracy']:.3f} ({classes_measured(test)}), {test['group_accuracy']:.3f} "
       "(groups)")
 
 print("\npredictions 2016 (Spark local[2], champion; 2010 scored too):")
@@ -119,7 +120,7 @@ for folder, s in real:
           f"{folder}/report.md")
 print(f"\nmaps (COG + PNG), changes.geojson, comparison.png: {root / 'change'}/county=*/2010-2016/")
 print("\nheadline (held-out test counties only):")
-print(f"  champion accuracy {test['accuracy']:.3f} ({len(test['classes'])} classes), "
+print(f"  champion accuracy {test['accuracy']:.3f} ({classes_measured(test)}), "
       f"{test['group_accuracy']:.3f} (groups) on test counties {', '.join(test['counties'])}")
 if planted:
     found = sum(p["both"] for p in planted)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from landuse import counties, labels, splits, storage
+from landuse.models.metrics import classes_measured
 from landuse.tiling import TilingConfig, build_county
 from landuse.windows.cli import add_parser as add_windows_parser
 
@@ -80,6 +81,20 @@ def _tiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chips(args: argparse.Namespace) -> int:
+    from landuse.tiling import export_chips
+
+    urls = storage.glob(args.manifest) if "*" in args.manifest else [args.manifest]
+    if not urls:
+        print(f"no manifests at {args.manifest}", file=sys.stderr)
+        return 2
+    for url in urls:
+        dest = storage.join(args.dest, url.split("/")[-3], url.split("/")[-2]) if (
+            args.dest and len(urls) > 1) else args.dest
+        print(f"{url}: chips listed in {export_chips(url, dest, args.which)}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from landuse.models.tracking import evaluate_on_test, promote_best
     from landuse.models.training import plan_candidates, run_candidate
@@ -138,7 +153,7 @@ def _score(args: argparse.Namespace) -> int:
     print(f"{result.tiles} tiles, {result.errors} errors, {result.seconds:.1f} s "
           f"({result.tiles / result.seconds:.1f} tiles/s on {args.master})")
     if result.report:
-        print(f"accuracy {result.report['accuracy']:.3f} (6 classes), "
+        print(f"accuracy {result.report['accuracy']:.3f} ({classes_measured(result.report)}), "
               f"{result.report.get('group_accuracy', float('nan')):.3f} (3 groups) on "
               f"{result.report['tiles']} labelled tiles")
     return 0
@@ -208,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_synth)
 
-    tiles = sub.add_parser("tiles", help="tile counties into labelled PNGs and manifests")
+    tiles = sub.add_parser("tiles", help="tile counties into labelled tile manifests")
     tiles.add_argument("--registry", required=True, help="counties.json")
     tiles.add_argument("--counties", type=_names, default=None, help="names (default: all)")
     tiles.add_argument("--years", type=_years, required=True, help="NAIP years, e.g. 2010,2016")
@@ -219,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(e.g. EPSG:5070)")
     tiles.add_argument("--tile-size-m", type=float, default=224.0)
     tiles.add_argument("--tile-px", type=int, default=224)
-    tiles.add_argument("--nir", action="store_true", help="add NIR as a 4th PNG channel")
+    tiles.add_argument("--nir", action="store_true", help="add NIR as a 4th channel")
     tiles.add_argument("--purity", type=float, default=1.0, help="training purity threshold")
     tiles.add_argument("--max-nodata", type=float, default=0.01)
     tiles.add_argument("--split", action="store_true", help="also write the train/val split")
@@ -233,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--tiles-per-class", type=int, default=None)
     tiles.add_argument("--seed", type=int, default=0)
     tiles.set_defaults(func=_tiles)
+
+    chips = sub.add_parser("chips", help="export a manifest's tiles as PNG chips (training "
+                           "and scoring read the scenes; chips are for tools that want images)")
+    chips.add_argument("manifest", help="a manifest.parquet, or a glob of them")
+    chips.add_argument("--dest", default=None,
+                       help="folder for the chips (default: tiles/ beside each manifest; with "
+                            "a glob, one sub-folder per county and year)")
+    chips.add_argument("--which", choices=["trainable", "all"], default="trainable")
+    chips.set_defaults(func=_chips)
 
     train = sub.add_parser("train", help="train candidates on a split, track them, promote")
     train.add_argument("--split", required=True, help="split.parquet of `landuse tiles --split`")

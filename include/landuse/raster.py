@@ -38,6 +38,14 @@ _REMOTE_OPTIONS = {
     "GDAL_HTTP_TIMEOUT": "60",
     "CPL_VSIL_CURL_NON_CACHED": "/vsiaz/:/vsicurl/",
 }
+# Opening a blob would otherwise list its folder and probe side-car files (.aux.xml, .msk,
+# .ovr, ...): requests of their own, each retried under throttling. A scene's overviews and
+# masks are inside the GeoTIFF; nothing beside a raster is read.
+OPEN_ONCE = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.png,.jpg,.jpeg,.jp2,.img,.vrt",
+}
+_REMOTE_OPTIONS.update(OPEN_ONCE)
 # The project's (adlfs-style) credential variables and the names GDAL reads itself.
 _GDAL_ENV_NAMES = {
     "AZURE_STORAGE_ACCOUNT": "AZURE_STORAGE_ACCOUNT_NAME",

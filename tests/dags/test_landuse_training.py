@@ -83,13 +83,13 @@ def test_trains_tracks_and_promotes(airflow_db, dataset):
 
 
 def test_champion_is_kept_unless_beaten_or_forced(airflow_db, dataset, monkeypatch):
-    from landuse.models import training
+    from landuse.models import tracking
 
     def perfect(bundle, split_url, input_size=None):  # a champion no challenger can beat
         return {"accuracy": 1.0, "group_accuracy": 1.0}
 
     # dag.test() runs the tasks in this process, so the champion's evaluation can be fixed.
-    monkeypatch.setattr(training, "evaluate_on_validation", perfect)
+    monkeypatch.setattr(tracking, "evaluate_on_validation", perfect)
     pointer = dataset / "models" / "champion.json"
     if not pointer.exists():
         assert _run({"storage_root": str(dataset), "methods": ["head"], "epochs": 1}
@@ -117,11 +117,11 @@ def test_failed_candidate_changes_no_champion(airflow_db, dataset, tmp_path):
     import pandas as pd
 
     split = pd.read_parquet(dataset / "naip" / "dataset" / "split.parquet")
-    broken = Path(split["image_url"].iloc[0])
+    broken = Path(split["scene_url"].iloc[0])
     original = broken.read_bytes()
     before = (dataset / "models" / "champion.json").read_bytes() if (
         dataset / "models" / "champion.json").exists() else None
-    broken.write_bytes(original[:100])  # a truncated PNG in the training set
+    broken.write_bytes(original[:100])  # a truncated scene under the training set
     try:
         run = _run({"storage_root": str(dataset), "methods": ["head"], "epochs": 1})
     finally:

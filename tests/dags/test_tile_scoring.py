@@ -16,7 +16,7 @@ CLASSES = ("Developed", "Barren", "Forest", "Shrub", "Herbaceous", "Cultivated")
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory, synthetic: Path) -> Path:
-    """Synthetic county 1, 2016: a scene manifest (chips for trainable tiles only)."""
+    """Synthetic county 1, 2016: a scene manifest (no chips)."""
     from landuse import counties
     from landuse.tiling import TilingConfig, build_county
 
@@ -30,17 +30,17 @@ def manifest(tmp_path_factory, synthetic: Path) -> Path:
 def bundles(tmp_path_factory, manifest: Path) -> dict[str, Path]:
     """A six-class ONNX bundle, and a copy with its int8 form."""
     from landuse.models.bundle import load_bundle
-    from landuse.models.data import load_tiles
     from landuse.models.preprocessing import PreprocessSpec
     from landuse.models.quantize import add_int8
+    from landuse.tiles import read_tiles
 
     folder = tmp_path_factory.mktemp("bundles")
     spec = PreprocessSpec(input_size=64, mean=(120.0, 120.0, 120.0), std=(60.0, 60.0, 60.0))
     fp32 = write_onnx_bundle(folder / "fp32", spec, CLASSES)
     shutil.copytree(fp32, folder / "int8")
-    chips = pd.read_parquet(manifest).dropna(subset=["image_url"]).head(48)
-    tiles = load_tiles(list(chips["image_url"]), spec)
-    add_int8(load_bundle(folder / "int8"), tiles[:24], tiles, list(chips["label"]))
+    labelled = pd.read_parquet(manifest).dropna(subset=["label"]).head(48)
+    tiles = read_tiles(labelled, spec)
+    add_int8(load_bundle(folder / "int8"), tiles[:24], tiles, list(labelled["label"]))
     return {"fp32": fp32, "int8": folder / "int8"}
 
 

@@ -81,8 +81,7 @@ def test_tiles_with_split(synth_out, tmp_path, capsys):
     assert sorted(summary["manifests"]) == [str(p) for p in manifests]
     assert summary["train"]["tiles"] == int((split["split"] == "train").sum()) > 0
     assert not set(summary["train"]["counties"]) & set(summary["validation"]["counties"])
-    for png in split["image_url"]:
-        assert Image.open(png).size == (32, 32)
+    assert split["image_url"].isna().all() and split["scene_url"].notna().all()  # no chips
 
 
 def test_tiles_with_nir_for_one_county(synth_out, tmp_path):
@@ -92,9 +91,13 @@ def test_tiles_with_nir_for_one_county(synth_out, tmp_path):
                  "--nir"])
     assert code == 0
     assert [p.parts[-3] for p in root.glob("naip/*/*/manifest.parquet")] == ["synthetic-county-2"]
-    m = pd.read_parquet(root / "naip" / "synthetic-county-2" / "2016" / "manifest.parquet")
+    manifest = root / "naip" / "synthetic-county-2" / "2016" / "manifest.parquet"
+    m = pd.read_parquet(manifest)
     assert (m["bands"] == "red,green,blue,nir").all()
-    assert Image.open(m["image_url"].dropna().iloc[0]).mode == "RGBA"  # trainable tiles' chips
+    assert main(["chips", str(manifest)]) == 0  # chips on demand, trainable tiles'
+    chips = pd.read_parquet(manifest.parent / "tiles" / "chips.parquet")
+    assert len(chips) == m["trainable"].sum() > 0
+    assert Image.open(chips["image_url"].iloc[0]).mode == "RGBA"  # NIR is the 4th channel
 
 
 def test_unknown_county_is_exit_code_2(synth_out, tmp_path, capsys):

@@ -360,6 +360,17 @@ def test_assets_are_read_through_vsicurl_with_range_requests(stac_api, real_scen
     assert reads and all(p.get("range", "").startswith("bytes=") for p in reads)
 
 
+def test_opening_an_asset_asks_for_the_asset_only(stac_api):
+    """No folder listing and no side-car probes (.aux.xml, .msk, .ovr): on blob storage each
+    would be a request of its own, retried under throttling."""
+    [scene] = NaipCatalog(stac_api.location).scenes(years=[2020], bbox=INSIDE)
+    before = len(stac_api.requests)
+    with open_raster(scene.url) as src:
+        read_checked(src, scene.url, window=((0, 8), (0, 8)))
+    asked = {path for _, path, _ in stac_api.requests[before:]}
+    assert asked == {urlsplit(scene.url).path}
+
+
 def test_assets_that_need_a_signature_are_signed_when_read(signed_api, real_scene):
     def sign(href: str) -> str:
         return f"{href}?sv=2024&sig={signed_api.signature}"

@@ -31,6 +31,7 @@ from landuse.tiling import (
     TileGrid,
     TilingConfig,
     build_county,
+    export_chips,
     label_stats,
     manifest_url,
     tile_scene,
@@ -226,21 +227,44 @@ def test_same_tile_ids_in_both_years(tiled, registry):
         assert list(frames[(name, 2010)]["tile_id"]) == list(frames[(name, 2016)]["tile_id"])
 
 
-def test_chips_of_trainable_tiles_are_tile_px_square_pngs(tiled):
+def test_tiling_writes_manifests_not_images(tiled):
     root, _, frames = tiled
-    m = frames[("synthetic-county-1", 2010)]
-    folder = f"{root}/naip/synthetic-county-1/2010/tiles"
+    for m in frames.values():
+        assert m["image_url"].isna().all()  # training and scoring read the scenes
+    assert not list(Path(root).rglob("*.png"))
+
+
+def test_exported_chips_are_the_chips_tiling_would_cut(tiled, registry, tmp_path):
+    root, _, _ = tiled
+    config = CONFIG.model_copy(update={"chips": "trainable"})
+    [cut] = build_county(registry["synthetic-county-1"], [2010], str(tmp_path / "cut"), config)
+    m = pd.read_parquet(cut.manifest_url)
     chips = m[m["trainable"]]
+    folder = f"{tmp_path}/cut/naip/synthetic-county-1/2010/tiles"
     assert 0 < len(chips) < len(m)
     assert list(chips["image_url"]) == [f"{folder}/{t}.png" for t in chips["tile_id"]]
-    assert m.loc[~m["trainable"], "image_url"].isna().all()  # scoring reads the scene
-    assert sorted(p.name for p in Path(folder).glob("*.png")) == sorted(
-        f"{t}.png" for t in chips["tile_id"])
-    for url in chips["image_url"]:
-        with Image.open(io.BytesIO(storage.read_bytes(url))) as img:
-            assert img.format == "PNG"
-            assert img.size == (CONFIG.tile_px, CONFIG.tile_px)
-            assert img.mode == "RGB"
+    assert m.loc[~m["trainable"], "image_url"].isna().all()
+
+    listed_url = export_chips(manifest_url(root, "synthetic-county-1", 2010),
+                              str(tmp_path / "exported"))
+    listed = pd.read_parquet(listed_url)
+    assert listed_url == f"{tmp_path}/exported/chips.parquet"
+    assert list(listed["tile_id"]) == list(chips["tile_id"])
+    for exported, at_tiling in zip(listed["image_url"], chips["image_url"], strict=True):
+        assert storage.read_bytes(exported) == storage.read_bytes(at_tiling)
+        with Image.open(io.BytesIO(storage.read_bytes(exported))) as img:
+            assert (img.format, img.size, img.mode) == ("PNG", (CONFIG.tile_px,) * 2, "RGB")
+    every = pd.read_parquet(export_chips(manifest_url(root, "synthetic-county-1", 2010),
+                                         str(tmp_path / "every"), "all"))
+    assert len(every) == (m["status"] != "empty").sum()
+
+
+def test_chips_need_a_manifest_from_tiling(tiled, tmp_path):
+    _, _, frames = tiled
+    bare = tmp_path / "manifest.parquet"
+    frames[("synthetic-county-1", 2010)].to_parquet(bare)  # no record of the tiling
+    with pytest.raises(ValueError, match="does not record its tiling"):
+        export_chips(str(bare))
 
 
 def test_trainable_tiles_are_pure_classes(tiled):
@@ -370,11 +394,11 @@ def test_a_committed_county_year_is_finished_whatever_the_orchestrator_recorded(
     county = registry["synthetic-county-2"]
     [first] = build_county(county, [2016], str(tmp_path), CONFIG)
     before = _files(tmp_path)
-    (tmp_path / "naip" / county.name / "2016" / "tiles" / ".tmp-crashed.png").write_bytes(b"x")
+    (tmp_path / "naip" / county.name / "2016" / ".tmp-crashed.parquet").write_bytes(b"x")
     [again] = build_county(county, [2016], str(tmp_path), CONFIG)
     assert again == first
     after = _files(tmp_path)
-    del after[tmp_path / "naip" / county.name / "2016" / "tiles" / ".tmp-crashed.png"]
+    del after[tmp_path / "naip" / county.name / "2016" / ".tmp-crashed.parquet"]
     assert after == before  # same bytes and modification times: not tiled again
     recorded = json.loads(pq.read_schema(first.manifest_url).metadata[INPUTS_KEY])
     assert recorded["county"] == county.name and recorded["year"] == 2016

@@ -36,6 +36,7 @@ from landuse.change.detect import (
     transition_matrix,
 )
 from landuse.change.water import water_shares
+from landuse.models.metrics import classes_measured
 from landuse.raster import RasterError, open_raster, read_checked
 
 if TYPE_CHECKING:
@@ -223,7 +224,8 @@ def _model_figures(evaluation: dict[str, Any] | None, county: str) -> dict[str, 
     if m:
         out.update(split="test", test_counties=m["counties"], test_tiles=m["tiles"],
                    accuracy=round(m["accuracy"], 4),
-                   group_accuracy=round(m.get("group_accuracy") or 0, 4))
+                   group_accuracy=round(m.get("group_accuracy") or 0, 4),
+                   measured_on=classes_measured(m))
     else:
         out["note"] = evaluation.get("note", "no test counties")
     try:
@@ -500,8 +502,8 @@ def _markdown(change: Change, s: dict[str, Any], files: list[str]) -> str:
     if "accuracy" in model:
         lines += [f"Model `{model['model_id']}` on its held-out test counties "
                   f"({', '.join(model['test_counties'])}, {model['test_tiles']} tiles): "
-                  f"accuracy {model['accuracy']:.3f} (classes), {model['group_accuracy']:.3f} "
-                  f"(groups). This county is {where}.", ""]
+                  f"accuracy {model['accuracy']:.3f} ({model.get('measured_on', 'classes')}), "
+                  f"{model['group_accuracy']:.3f} (groups). This county is {where}.", ""]
     else:
         lines += [f"Model: {model.get('note')}.", ""]
     e = s["expected_from_model_error"]

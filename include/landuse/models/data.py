@@ -1,4 +1,5 @@
-"""Tiles of a split as batches: the loading path that training and evaluation share."""
+"""A split's parts for training and evaluation, and aerial augmentation; their pixels are
+read by :mod:`landuse.tiles`, the path scoring uses too."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import numpy as np
 import pandas as pd
 
 from landuse import labels, storage
-from landuse.models.preprocessing import ImageError, PreprocessSpec, decode
 
 
 def read_split(url: str) -> tuple[pd.DataFrame, pd.DataFrame, tuple[str, ...]]:
@@ -45,19 +45,6 @@ def read_part(url: str, part: str) -> pd.DataFrame:
     """
     split = storage.read_parquet(url).to_pandas()
     return split[split["split"] == part].reset_index(drop=True)
-
-
-def load_tiles(urls: list[str], spec: PreprocessSpec) -> np.ndarray:
-    """Decode tiles into an (N, H, W, 3) uint8 array; a bad tile is an error naming its URL."""
-    out = np.empty((len(urls), spec.input_size, spec.input_size, 3), dtype=np.uint8)
-    for i, url in enumerate(urls):
-        try:
-            out[i] = decode(storage.read_bytes(url), spec, url)
-        except storage.StorageUnavailable:
-            raise  # storage trouble, not a bad tile: retried, never reported as bad input
-        except storage.StorageError as err:
-            raise ImageError(f"{url}: {err}") from err
-    return out
 
 
 def augment(tiles: np.ndarray, rng: np.random.Generator) -> np.ndarray:

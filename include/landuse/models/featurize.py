@@ -36,7 +36,7 @@ import numpy as np
 from landuse import storage
 from landuse.models.backbone_onnx import FEATURES, INPUT, export_backbone_onnx
 from landuse.models.bundle import Bundle, BundleSpec, Lineage, write_bundle
-from landuse.models.data import load_tiles, read_split
+from landuse.models.data import read_split
 from landuse.models.keras_trainer import PARITY_TOLERANCE, TrainResult
 from landuse.models.metrics import report
 from landuse.models.onnx_head import OUTPUT, append_classifier, classifier_nodes
@@ -50,6 +50,7 @@ from landuse.models.spark_classifiers import (
     with_label_index,
 )
 from landuse.models.spark_features import featurize
+from landuse.tiles import read_tiles
 
 if TYPE_CHECKING:
     import onnx
@@ -107,7 +108,7 @@ def featurize_and_classify(
     Raises:
         ValueError: the split is unusable (see :func:`read_split`), an unknown method or
             backbone, or a bundle disagrees with Spark.
-        ImageError: a tile is missing or corrupt (its URL is named).
+        ImageError: a tile or its scene cannot be read (named).
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
@@ -136,6 +137,7 @@ def featurize_and_classify(
         try:
             models = train_classifiers(features, classes, methods, seed)
             check = _check_rows(features, has_validation=len(val) > 0)
+            split = storage.read_parquet(split_url).to_pandas()
             for method, model in models.items():
                 results.append(
                     _write_method_bundle(
@@ -144,6 +146,7 @@ def featurize_and_classify(
                         model,
                         backbone_model,
                         check,
+                        split,
                         classes,
                         spec,
                         backbone,
@@ -167,8 +170,8 @@ def _check_rows(features: DataFrame, has_validation: bool) -> DataFrame:
     from pyspark.sql import functions as F
 
     if has_validation:
-        return features.filter(F.col("split") == "validation").orderBy("image_url")
-    return features.filter(F.col("split") == "train").orderBy("image_url").limit(_PARITY_ROWS)
+        return features.filter(F.col("split") == "validation").orderBy("row")
+    return features.filter(F.col("split") == "train").orderBy("row").limit(_PARITY_ROWS)
 
 
 def _write_method_bundle(
@@ -177,6 +180,7 @@ def _write_method_bundle(
     model: Any,
     backbone_model: onnx.ModelProto,
     check: DataFrame,
+    split: Any,
     classes: tuple[str, ...],
     spec: PreprocessSpec,
     backbone: str,
@@ -186,8 +190,8 @@ def _write_method_bundle(
 ) -> ClassifierResult:
     import onnx
 
-    rows = model.transform(check).select("image_url", "label", "probability").collect()
-    urls = [r["image_url"] for r in rows]
+    rows = model.transform(check).select("row", "label", "probability").collect()
+    checked = split.iloc[[r["row"] for r in rows]]
     truth = [r["label"] for r in rows]
     spark_probs = np.array([r["probability"].toArray() for r in rows], dtype=np.float64)
     combined = append_classifier(backbone_model, method, model, len(classes))
@@ -210,16 +214,12 @@ def _write_method_bundle(
         onnx.save(combined, str(folder / "model.onnx"))
         runner = OnnxRunner(Bundle(folder, bundle_spec), threads=min(4, os.cpu_count() or 1))
         probs = (
-            np.concatenate(
-                [
-                    runner.predict(load_tiles(urls[i : i + 64], spec))
-                    for i in range(0, len(urls), 64)
-                ]
-            )
-            if urls
+            np.concatenate([runner.predict(read_tiles(checked.iloc[i : i + 64], spec))
+                            for i in range(0, len(checked), 64)])
+            if len(checked)
             else np.zeros((0, len(classes)), dtype=np.float32)
         )
-        diff = float(np.abs(probs - spark_probs).max()) if len(urls) else 0.0
+        diff = float(np.abs(probs - spark_probs).max()) if len(checked) else 0.0
         if diff > PARITY_TOLERANCE:
             raise ValueError(
                 f"ONNX bundle {dest.name} disagrees with Spark's probabilities: max abs diff "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,10 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from landuse.models.backbones import build_backbone
 from landuse.models.bundle import Bundle, BundleSpec, Lineage, write_bundle
-from landuse.models.data import augment, load_tiles, read_split
+from landuse.models.data import augment, read_split
 from landuse.models.metrics import report
 from landuse.models.preprocessing import PreprocessSpec, to_tensor
 from landuse.models.runners import OnnxRunner
+from landuse.tiles import TileCache
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
@@ -63,40 +65,32 @@ class TrainResult:
     history: dict[str, list[float]]
 
 
-_CACHE_LIMIT = 20_000  # tiles kept decoded in memory (about 3 GB at 224 px)
-
-
-def _batches(
-    urls: list[str], y: np.ndarray, spec: PreprocessSpec, batch_size: int, train: bool, seed: int
-) -> Any:
+def _batches(tiles: TileCache, y: np.ndarray, spec: PreprocessSpec, batch_size: int,
+             train: bool, seed: int) -> Any:
     import keras
 
     class TileBatches(keras.utils.PyDataset):
-        """Batches decoded on demand (cached for small sets), augmented when training."""
+        """Batches read from the scenes on first use (then from the local cache), augmented
+        when training."""
 
         def __init__(self) -> None:
             super().__init__()
             self.rng = np.random.default_rng(seed)
-            self.order = np.arange(len(urls))
-            self.cache: dict[int, np.ndarray] = {}
+            self.order = np.arange(len(tiles))
 
         def __len__(self) -> int:
-            return math.ceil(len(urls) / batch_size)
+            return math.ceil(len(tiles) / batch_size)
 
         def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
             idx = self.order[i * batch_size : (i + 1) * batch_size]
-            missing = [j for j in idx if j not in self.cache]
-            loaded = dict(zip(missing, load_tiles([urls[j] for j in missing], spec), strict=True))
-            if len(urls) <= _CACHE_LIMIT:
-                self.cache.update(loaded)
-            tiles = np.stack([self.cache[j] if j in self.cache else loaded[j] for j in idx])
+            batch = tiles.get(idx)
             if train:
-                tiles = augment(tiles, self.rng)
-            return to_tensor(tiles, spec), y[idx]
+                batch = augment(batch, self.rng)
+            return to_tensor(batch, spec), y[idx]
 
         def on_epoch_end(self) -> None:
             if train:
-                self.order = self.rng.permutation(len(urls))
+                self.order = self.rng.permutation(len(tiles))
 
     return TileBatches()
 
@@ -130,14 +124,15 @@ def train_keras(
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "float32")
     try:
-        return _train(dest, config, name, lineage, train, val, classes, gpu)
+        with tempfile.TemporaryDirectory(prefix="landuse-tiles-") as cache:
+            return _train(dest, config, name, lineage, train, val, classes, gpu, Path(cache))
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _train(dest: str | Path, config: TrainConfig, name: str | None,
            lineage: Lineage | None, train: Any, val: Any, classes: tuple[str, ...],
-           gpu: bool) -> TrainResult:
+           gpu: bool, cache: Path) -> TrainResult:
     import keras
 
     log.info(
@@ -166,14 +161,11 @@ def _train(dest: str | Path, config: TrainConfig, name: str | None,
     y_val = val["label"].map(index).to_numpy(np.int64)
     counts = np.bincount(y_train, minlength=len(classes))
     class_weight = {i: float(len(y_train) / (len(classes) * n)) for i, n in enumerate(counts) if n}
-    train_data = _batches(
-        list(train["image_url"]), y_train, spec, config.batch_size, True, config.seed
-    )
-    val_data = (
-        _batches(list(val["image_url"]), y_val, spec, config.batch_size, False, 0)
-        if len(val)
-        else None
-    )
+    train_tiles = TileCache(train, spec, cache, "train")
+    val_tiles = TileCache(val, spec, cache, "validation")
+    train_data = _batches(train_tiles, y_train, spec, config.batch_size, True, config.seed)
+    val_data = (_batches(val_tiles, y_val, spec, config.batch_size, False, 0)
+                if len(val) else None)
     monitor = "val_loss" if val_data is not None else "loss"
     stop = keras.callbacks.EarlyStopping(
         monitor=monitor, patience=config.patience, restore_best_weights=True
@@ -206,10 +198,8 @@ def _train(dest: str | Path, config: TrainConfig, name: str | None,
         tuned = fit(config.fine_tune_epochs, config.learning_rate / 10)
         history = {k: history.get(k, []) + v for k, v in tuned.items()}
 
-    val_tiles = load_tiles(list(val["image_url"]), spec) if len(val) else None
-    check_tiles = (
-        val_tiles[:32] if val_tiles is not None else load_tiles(list(train["image_url"][:32]), spec)
-    )
+    check_from = val_tiles if len(val) else train_tiles
+    check_tiles = check_from.get(np.arange(min(32, len(check_from))))
 
     def write_models(folder: Path) -> None:
         model.save(folder / "model.keras")
@@ -229,10 +219,10 @@ def _train(dest: str | Path, config: TrainConfig, name: str | None,
         if diff > PARITY_TOLERANCE:
             raise ValueError(f"ONNX export of {name} disagrees with Keras: max abs diff {diff:.2e}")
         metrics["onnx_keras_max_abs_diff"] = diff
-        if val_tiles is not None:
-            probs = np.concatenate(
-                [runner.predict(val_tiles[i : i + 64]) for i in range(0, len(val_tiles), 64)]
-            )
+        if len(val):
+            pixels = val_tiles.all()
+            probs = np.concatenate([runner.predict(pixels[i : i + 64])
+                                    for i in range(0, len(val), 64)])
             predicted = [classes[i] for i in probs.argmax(axis=1)]
             metrics.update(report(list(val["label"]), predicted, classes))
         bundle_spec.metrics = metrics

@@ -44,7 +44,9 @@ def report(
     confusion matrix (rows truth, columns prediction).
 
     A precision (recall) is ``None`` where no tile was predicted as (truly is) that class;
-    accuracy is ``None`` for no tiles. Group figures (``group_accuracy``, ``group_confusion``
+    accuracy is ``None`` for no tiles. ``measured_classes`` are the classes the tiles truly
+    hold: an accuracy speaks for those only (a test county without water says nothing
+    about water). Group figures (``group_accuracy``, ``group_confusion``
     over ``groups``, all of :data:`~landuse.labels.GROUPS` in that order) appear
     only when every class belongs to a land-use group and there are tiles.
     """
@@ -73,6 +75,7 @@ def report(
         "per_class": per_class,
         "confusion": matrix.tolist(),
         "classes": list(classes),
+        "measured_classes": [c for i, c in enumerate(classes) if support[i]],
     }
     land = [i for i, t in enumerate(truth) if t != WATER_CLASS]
     if total and WATER_CLASS in classes and land:  # the seed's figures: water tiles apart
@@ -135,3 +138,11 @@ def confusion_png(metrics: dict[str, Any], path: Path, title: str = "") -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def classes_measured(metrics: dict[str, Any]) -> str:
+    """Which classes an accuracy was measured on, for reports: "6 classes, no Water tile"."""
+    known = metrics.get("classes", [])
+    present = metrics.get("measured_classes", known)
+    absent = [c for c in known if c not in present]
+    return f"{len(present)} classes" + (f", no {' or '.join(absent)} tile" if absent else "")

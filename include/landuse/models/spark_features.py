@@ -1,10 +1,10 @@
 """Pooled backbone features of a split's tiles, computed on Spark.
 
 ``mapInPandas`` over Arrow batches, one ONNX Runtime session per Python worker (cached by
-the model's SHA-256, so later tasks reuse it). Tiles are read with
-:func:`landuse.storage.read_bytes` and preprocessed only through
-:mod:`landuse.models.preprocessing`, the code training and scoring share; a tile that does
-not decode fails the run with its URL (training never skips bad tiles silently).
+the model's SHA-256, so later tasks reuse it). Tiles are read from their scenes by
+:func:`landuse.tiles.read_tiles` (partitions hold whole scenes, each opened once per batch),
+the read scoring uses, and preprocessed only through :mod:`landuse.models.preprocessing`; a
+tile that cannot be read fails the run naming it (training never skips bad tiles silently).
 """
 
 from __future__ import annotations
@@ -22,17 +22,20 @@ import pandas as pd
 
 from landuse import storage
 from landuse.models.backbone_onnx import FEATURES, INPUT, onnx_session
-from landuse.models.data import load_tiles
 from landuse.models.preprocessing import ImageError, PreprocessSpec, to_tensor
+from landuse.tiles import SCENE_COLUMNS, read_tiles
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
-_FEATURES_SCHEMA = (
-    "tile_id string, label string, split string, image_url string, features array<float>"
-)
+_FEATURES_SCHEMA = "row long, tile_id string, label string, split string, features array<float>"
+_KEYS = ["row", "tile_id", "label", "split"]
+_INPUT_SCHEMA = ("row long, tile_id string, label string, split string, image_url string, "
+                 "scene_url string, minx double, miny double, maxx double, maxy double, "
+                 "order long")
+_INPUT_COLUMNS = [c.split()[0] for c in _INPUT_SCHEMA.split(", ")]
 # ONNX sessions of this Python worker, by model SHA-256: built once, reused by every task.
 _SESSIONS: dict[str, Any] = {}
 _SESSIONS_KEPT = 4
@@ -61,10 +64,11 @@ def featurize(
         batch_size: tiles per ONNX call.
 
     Returns:
-        Columns tile_id, label, split, image_url, features (Spark ML DenseVector).
+        Columns row (the tile's row in the split), tile_id, label, split, features (Spark
+        ML DenseVector).
 
     Raises:
-        ImageError: a tile is missing or not a readable image; the message names its URL.
+        ImageError: a tile or its scene cannot be read; the message names it.
         ValueError: the model's input does not match ``spec``.
     """
     from pyspark.ml.functions import array_to_vector
@@ -76,12 +80,19 @@ def featurize(
     data = storage.read_bytes(model_url)
     _check_backbone(data, model_url, spec)
     rows = storage.read_parquet(split_url).to_pandas()
-    missing = {"tile_id", "label", "split", "image_url"} - set(rows.columns)
+    missing = {"tile_id", "label", "split"} - set(rows.columns)
     if missing:
         raise ValueError(f"split {split_url} lacks columns {sorted(missing)}")
-    rows = rows[["tile_id", "label", "split", "image_url"]].astype(str)
-    # Enough partitions to keep every core busy, each a few batches long.
+    for column in ("image_url", *SCENE_COLUMNS):  # a split of chips has no scenes, and back
+        if column not in rows:
+            rows[column] = None
+    rows = rows[_INPUT_COLUMNS[1:-1]].rename_axis("row").reset_index()
+    # Enough partitions to keep every core busy, each a few batches long; a scene's tiles
+    # in a row, so a task opens each of its scenes once per batch.
     parts = max(spark.sparkContext.defaultParallelism, -(-len(rows) // (batch_size * 8)))
+    rows = rows.sort_values(["scene_url", "maxy", "minx", "row"],
+                            ascending=[True, False, True, True], na_position="last")
+    rows["order"] = np.arange(len(rows))
     work = functools.partial(
         _featurize_partition,
         model_url=model_url,
@@ -90,8 +101,8 @@ def featurize(
         batch_size=batch_size,
     )
     frame = (
-        spark.createDataFrame(rows)
-        .repartition(parts)
+        spark.createDataFrame(rows, schema=_INPUT_SCHEMA)
+        .repartitionByRange(parts, "order")
         .mapInPandas(work, schema=_FEATURES_SCHEMA)
         .withColumn("features", array_to_vector(F.col("features")))
         .persist()
@@ -151,10 +162,9 @@ def _featurize_partition(
     for frame in batches:
         for start in range(0, len(frame), batch_size):
             chunk = frame.iloc[start : start + batch_size]
-            tiles = load_tiles(list(chunk["image_url"]), spec)  # ImageError names the URL
-            x = to_tensor(tiles, spec)
+            x = to_tensor(read_tiles(chunk, spec), spec)  # ImageError names the tile
             features = np.asarray(session.run([FEATURES], {INPUT: x})[0], dtype=np.float32)
-            out = chunk[["tile_id", "label", "split", "image_url"]].reset_index(drop=True)
+            out = chunk[_KEYS].reset_index(drop=True)
             out["features"] = list(features)
             yield out
 

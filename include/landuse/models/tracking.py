@@ -35,6 +35,7 @@ from typing import Any
 
 from landuse import config, storage
 from landuse.models.bundle import Bundle, BundleError, load_bundle
+from landuse.models.evaluation import UnfitModel, evaluate_on_split, evaluate_on_validation
 from landuse.models.metrics import confusion_png
 
 log = logging.getLogger(__name__)
@@ -208,8 +209,6 @@ def evaluate_on_test(champion: dict[str, Any], models_root: str,
     Whether the model learned from synthetic imagery only is read from the summary of the
     split it was trained on (kept from an earlier evaluation when that was another split).
     """
-    from landuse.models.training import UnfitModel, evaluate_on_split
-
     bundle = load_bundle(champion["bundle"])
     summary_url = split_url.rsplit("/", 1)[0] + "/summary.json"
     summary = json.loads(storage.read_bytes(summary_url)) if storage.exists(summary_url) else {}
@@ -298,8 +297,6 @@ def _decide(challenger: dict[str, Any], incumbent: dict[str, Any] | None,
                          "pass split_url")
     unfit = None
     try:
-        from landuse.models.training import UnfitModel, evaluate_on_validation
-
         current = load_bundle(incumbent["bundle"])
         decision["incumbent_model_id"] = current.model_id
         metrics = evaluate_on_validation(current, split_url, input_size=input_size)

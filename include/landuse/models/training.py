@@ -6,9 +6,8 @@ in Keras; ``logreg`` and ``random-forest`` featurize on Spark and fit Spark ML c
 
 Candidates are trained into a local temporary folder and then published under the models
 root (``{storage_root}/models``, a folder or ``abfs://``), so any machine can load them by
-URL. :func:`evaluate_on_split` scores any bundle on a split's validation tiles exactly as the
-trainers score their candidates, so an earlier champion can be compared with them, and the
-chosen champion on the test counties that neither training nor the choice saw.
+URL, and tracked (:mod:`landuse.models.tracking`), which compares them with the champion
+through :mod:`landuse.models.evaluation`.
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ from typing import Any
 
 from landuse import storage
 from landuse.models.bundle import Bundle, Lineage, publish_bundle
+from landuse.models.tracking import log_candidate
 
-EVAL_BATCH = 64  # tiles per ONNX call when scoring validation tiles, as the trainers do
 CALIBRATION_TILES = 32  # training tiles that set the int8 model's activation ranges
 MAX_INT8_CHECK = 2000  # validation tiles the int8 model is checked on, at most
 
@@ -105,8 +104,6 @@ def run_candidate(
             url = publish_bundle(bundle, storage.join(str(models_dir), bundle.path.name))
             run_id = None
             if track:
-                from landuse.models.tracking import log_candidate
-
                 run_id = log_candidate(bundle, history, bundle_url=url)
             out.append({"bundle": url, "run_id": run_id, "name": bundle.spec.name,
                         "accuracy": bundle.spec.metrics.get("accuracy"),
@@ -139,8 +136,9 @@ def _train(candidate: dict[str, Any], split_url: str, work: Path, options: dict[
 def _with_int8(bundle: Bundle, split_url: str) -> Bundle:
     """The bundle with its int8 form, calibrated on training tiles and checked on the
     validation tiles the candidates are judged on."""
-    from landuse.models.data import load_tiles, read_split
+    from landuse.models.data import read_split
     from landuse.models.quantize import add_int8
+    from landuse.tiles import read_tiles
 
     train, val, _ = read_split(split_url)
     if val.empty:
@@ -148,62 +146,10 @@ def _with_int8(bundle: Bundle, split_url: str) -> Bundle:
     spec = bundle.spec.preprocessing
     calibration = train.sample(n=min(CALIBRATION_TILES, len(train)), random_state=0)
     val = val.iloc[:MAX_INT8_CHECK]
-    return add_int8(bundle, load_tiles(list(calibration["image_url"]), spec),
-                    load_tiles(list(val["image_url"]), spec), list(val["label"]))
+    return add_int8(bundle, read_tiles(calibration, spec), read_tiles(val, spec),
+                    list(val["label"]))
 
 
 def run_folder(models_root: str | Path, run_id: str) -> str:
     """The URL under which one training run's candidates are published."""
     return storage.join(str(models_root), "candidates", storage.run_segment(run_id))
-
-
-class UnfitModel(ValueError):
-    """A bundle cannot be evaluated on a split (other classes or input size)."""
-
-
-def evaluate_on_validation(bundle: Bundle, split_url: str,
-                           input_size: int | None = None) -> dict[str, Any]:
-    """Validation metrics of ``bundle`` on a split (see :func:`evaluate_on_split`)."""
-    return evaluate_on_split(bundle, split_url, "validation", input_size)
-
-
-def evaluate_on_split(bundle: Bundle, split_url: str, part: str = "validation",
-                      input_size: int | None = None) -> dict[str, Any]:
-    """Metrics of ``bundle`` on one part of a split, computed as the trainers compute their
-    candidates': the part's tiles decoded with the bundle's own preprocessing, scored by the
-    ONNX runner in batches, reported by :func:`metrics.report`.
-
-    Args:
-        bundle: the model to evaluate.
-        split_url: the split whose rows are scored.
-        part: ``validation`` (comparing models) or ``test`` (reporting the chosen one).
-        input_size: the input size the compared candidates were evaluated at; a bundle
-            of another size would see the tiles resampled differently.
-
-    Raises:
-        UnfitModel: a class the bundle does not know, another input size, or no tiles in
-            that part.
-    """
-    from landuse.models.data import load_tiles, read_part
-    from landuse.models.metrics import report
-    from landuse.models.runners import OnnxRunner
-
-    rows = read_part(split_url, part)
-    spec = bundle.spec
-    if rows.empty:
-        raise UnfitModel(f"split {split_url} has no {part} tiles")
-    unknown = sorted(set(rows["label"]) - set(spec.classes))
-    if unknown:
-        raise UnfitModel(f"{bundle.model_id} has classes {list(spec.classes)}, but the split's "
-                         f"{part} part holds {unknown}")
-    if input_size is not None and spec.preprocessing.input_size != input_size:
-        raise UnfitModel(f"{bundle.model_id} takes {spec.preprocessing.input_size} px input, "
-                         f"the candidates {input_size} px")
-    runner = OnnxRunner(bundle)
-    urls = list(rows["image_url"])
-    predicted: list[str] = []
-    for i in range(0, len(urls), EVAL_BATCH):
-        probs = runner.predict(load_tiles(urls[i : i + EVAL_BATCH], spec.preprocessing))
-        predicted += [spec.classes[j] for j in probs.argmax(axis=1)]
-    return {**report(list(rows["label"]), predicted, spec.classes), "split": part,
-            "counties": sorted(rows["county"].unique().tolist())}

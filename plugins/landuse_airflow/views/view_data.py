@@ -259,7 +259,7 @@ def tile_image(report: Report, tile_id: str, which: str) -> tuple[bytes, str]:
         raise NotFound(f"{which!r} is not a year of the report (a or b)")
     url = _tile_row(report, tile_id).get(f"image_url_{which}")
     if not isinstance(url, str):
-        # Tiling keeps chips only for training tiles; the others are cut from their scene.
+        # Tiling writes no chips unless asked: the tile is cut from its scene.
         place = _scene_tile(report, tile_id, which)
         if place is None:
             raise NotFound(f"tile {tile_id} has no image in year {which.upper()}")

@@ -15,9 +15,9 @@ import rasterio
 from landuse import storage
 from landuse.change import features
 from landuse.change.detect import ChangeInputError
-from landuse.models.data import load_tiles
 from landuse.models.preprocessing import to_tensor
-from landuse.tiling import manifest_url
+from landuse.tiles import read_tiles
+from landuse.tiling import export_chips, manifest_url
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +49,16 @@ def test_every_tile_gets_its_features_once(root, change_root):
     pd.testing.assert_frame_equal(again, frame)
 
 
-def test_a_tile_read_from_its_scene_is_its_chip(root, change_root):
-    """The features of a tile's window equal those of the chip tiling cut from it."""
+def test_a_tile_read_from_its_scene_is_its_chip(root, change_root, tmp_path):
+    """The features of a tile's window equal those of the chip exported from it."""
     name = change_root.county.name
     frame = features.county_year_features(root, name, 2016)
-    rows = _rows(root, name, 2016)
-    chips = rows[rows["image_url"].notna()].iloc[:4]
+    listed = export_chips(manifest_url(root, name, 2016), str(tmp_path / "chips"))
+    chips = pd.read_parquet(listed).iloc[:4].drop(columns=["scene_url"])  # the chips alone
     model, spec = features.backbone_model()
     session = features._session(str(model))
-    from_chips = session.run(["features"], {"image": to_tensor(
-        load_tiles(list(chips["image_url"]), spec), spec)})[0]
+    from_chips = session.run(["features"], {"image": to_tensor(read_tiles(chips, spec),
+                                                                 spec)})[0]
     from_scene = np.stack(frame.loc[chips["tile_id"], "embedding"].to_numpy())
     np.testing.assert_allclose(from_scene, from_chips, rtol=1e-3, atol=1e-3)
 

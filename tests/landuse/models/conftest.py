@@ -2,7 +2,7 @@
 ``onnx_kit``, live in tests/onnx_kit.py, shared with the scoring tests).
 
 The dataset goes through the library's own path (synthetic counties -> tiling -> split), so
-the trainer and the preprocessing parity checks read the same PNGs scoring would.
+the trainer and the preprocessing parity checks read the same scene windows scoring does.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ VAL_COUNTY = "synthetic-county-2"
 
 @dataclass(frozen=True)
 class TinyDataset:
-    """A written split of real tiled PNGs."""
+    """A written split of tiles in real (synthetic) scenes."""
 
     url: str
     split: pd.DataFrame

@@ -18,9 +18,9 @@ import pytest
 
 from landuse import storage
 from landuse.models.bundle import load_bundle
+from landuse.models.evaluation import UnfitModel, evaluate_on_validation
 from landuse.models.preprocessing import PreprocessSpec
 from landuse.models.tracking import promote_best, read_champion
-from landuse.models.training import UnfitModel, evaluate_on_validation
 
 CLASSES = ("Developed", "Forest", "Shrub")
 SPEC = PreprocessSpec(input_size=64)

@@ -25,10 +25,10 @@ from landuse import labels, storage
 from landuse.models import featurize as route
 from landuse.models.backbone_onnx import export_backbone_onnx
 from landuse.models.bundle import load_bundle
-from landuse.models.data import load_tiles
 from landuse.models.preprocessing import ImageError, PreprocessSpec
 from landuse.models.runners import OnnxRunner
 from landuse.models.spark_features import featurize
+from landuse.tiles import read_tiles
 
 INPUT_SIZE = 64
 VAL_COUNTY = "synthetic-county-1"
@@ -106,7 +106,7 @@ def trained(
 
 def _rows(frame: Any, split_name: str) -> pd.DataFrame:
     """One side of the featurized split in a fixed order (features as DenseVector)."""
-    return frame.filter(frame.split == split_name).orderBy("image_url").toPandas()
+    return frame.filter(frame.split == split_name).orderBy("row").toPandas()
 
 
 # --- backbone and features ------------------------------------------------------------------
@@ -127,12 +127,12 @@ def test_backbone_onnx_has_named_input_and_pooled_output(backbone):
 def test_features_are_pooled_vectors_of_every_tile(features, split):
     from pyspark.ml.linalg import DenseVector, VectorUDT
 
-    assert features.columns == ["tile_id", "label", "split", "image_url", "features"]
+    assert features.columns == ["row", "tile_id", "label", "split", "features"]
     assert isinstance(features.schema["features"].dataType, VectorUDT)
-    rows = features.orderBy("image_url").toPandas()
-    expected = split.sort_values("image_url").reset_index(drop=True)
+    rows = features.orderBy("row").toPandas()
+    expected = split
     assert len(rows) == len(split)
-    assert (rows["image_url"] == expected["image_url"]).all()
+    assert list(rows["row"]) == list(range(len(split)))
     assert (rows["label"] == expected["label"]).all()
     assert (rows["split"] == expected["split"]).all()
     assert (rows["tile_id"] == expected["tile_id"]).all()
@@ -143,15 +143,15 @@ def test_features_are_pooled_vectors_of_every_tile(features, split):
     assert matrix.std(axis=0).max() > 0  # tiles differ
 
 
-def test_features_equal_the_backbone_on_the_shared_preprocessing(features, backbone):
-    """Spark's features are exactly what the backbone gives for load_tiles + to_tensor."""
+def test_features_equal_the_backbone_on_the_shared_preprocessing(features, backbone, split):
+    """Spark's features are exactly what the backbone gives for read_tiles + to_tensor."""
     import onnxruntime as ort
 
     from landuse.models.preprocessing import to_tensor
 
     path, spec = backbone
     rows = _rows(features, "validation").head(8)
-    x = to_tensor(load_tiles(list(rows["image_url"]), spec), spec)
+    x = to_tensor(read_tiles(split.iloc[rows["row"]], spec), spec)
     expected = ort.InferenceSession(str(path)).run(["features"], {"image": x})[0]
     got = np.stack([v.toArray() for v in rows["features"]])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
@@ -180,21 +180,21 @@ def test_each_python_worker_keeps_one_onnx_session(spark, features, backbone):
     assert (found["omp"] == "1").all()
 
 
-def test_a_corrupt_png_fails_naming_its_url(spark, split, backbone, tmp_path):
+def test_a_corrupt_chip_fails_naming_its_url(spark, split, backbone, tmp_path):
     bad = tmp_path / "corrupt-tile.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # a PNG signature, then garbage
     broken = split.copy()
-    broken.loc[3, "image_url"] = str(bad)
+    broken.loc[3, ["scene_url", "image_url"]] = [None, str(bad)]  # a tile only a chip holds
     url = str(tmp_path / "split.parquet")
     broken.to_parquet(url)
     with pytest.raises(ImageError, match=re.escape(str(bad))):
         featurize(spark, url, *backbone)
 
 
-def test_a_missing_tile_fails_naming_its_url(spark, split, backbone, tmp_path):
+def test_a_missing_scene_fails_naming_it(spark, split, backbone, tmp_path):
     broken = split.copy()
-    gone = str(tmp_path / "no-such-tile.png")
-    broken.loc[0, "image_url"] = gone
+    gone = str(tmp_path / "no-such-scene.tif")
+    broken.loc[0, "scene_url"] = gone
     url = str(tmp_path / "split.parquet")
     broken.to_parquet(url)
     with pytest.raises(ImageError, match=re.escape(gone)):
@@ -242,14 +242,14 @@ def test_bundle_output_is_one_model_of_class_probabilities(trained):
 
 
 @pytest.mark.parametrize("split_name", ["validation", "train"])
-def test_onnx_bundle_equals_spark_probabilities(trained, features, split_name):
+def test_onnx_bundle_equals_spark_probabilities(trained, features, split, split_name):
     """The bundle, run as scoring runs it, reproduces Spark's probability column."""
     rows = _rows(features, split_name)
-    tiles = load_tiles(list(rows["image_url"]), trained[0].bundle.spec.preprocessing)
+    tiles = read_tiles(split.iloc[rows["row"]], trained[0].bundle.spec.preprocessing)
     for result in trained:
         spark_rows = result.spark_model.transform(
             features.filter(features.split == split_name)
-        ).orderBy("image_url")
+        ).orderBy("row")
         spark_probs = np.stack([v.toArray() for v in spark_rows.toPandas()["probability"]])
         onnx_probs = OnnxRunner(load_bundle(result.bundle.path)).predict(tiles)
         assert onnx_probs.shape == spark_probs.shape == (len(rows), len(labels.CLASSES))
@@ -301,10 +301,10 @@ def test_unknown_methods_are_refused(spark, split_url, tmp_path):
 
 @pytest.mark.slow
 def test_a_corrupt_tile_leaves_no_bundle(spark, split, tmp_path):
-    bad = tmp_path / "corrupt.png"
+    bad = tmp_path / "corrupt.tif"
     bad.write_bytes(b"not an image at all")
     broken = split.copy()
-    broken.loc[len(broken) - 1, "image_url"] = str(bad)
+    broken.loc[len(broken) - 1, "scene_url"] = str(bad)
     url = _write_split(broken, tmp_path)
     with pytest.raises(ImageError, match=re.escape(str(bad))):
         route.featurize_and_classify(spark, url, tmp_path / "bundles", input_size=INPUT_SIZE)

@@ -11,10 +11,10 @@ import pytest
 
 from landuse import labels, storage
 from landuse.models.bundle import Lineage, load_bundle
-from landuse.models.data import load_tiles
 from landuse.models.keras_trainer import PARITY_TOLERANCE, TrainConfig, train_keras
 from landuse.models.preprocessing import CAFFE_BGR
 from landuse.models.runners import KerasRunner, OnnxRunner, open_runner
+from landuse.tiles import read_tiles
 
 CONFIG = TrainConfig(epochs=2, batch_size=16, dense_units=32, seed=1)
 
@@ -82,7 +82,7 @@ def test_metrics(trained, tiny_dataset):
 def test_keras_and_onnx_runners_agree_on_validation_tiles(trained, tiny_dataset):
     _, dest = trained
     bundle = load_bundle(dest)
-    tiles = load_tiles(list(tiny_dataset.validation["image_url"]), bundle.spec.preprocessing)
+    tiles = read_tiles(tiny_dataset.validation, bundle.spec.preprocessing)
     onnx_probs = OnnxRunner(bundle).predict(tiles)
     keras_probs = open_runner(bundle, "keras").predict(tiles)
     assert isinstance(open_runner(bundle, "keras"), KerasRunner)
@@ -142,22 +142,31 @@ def test_training_labels_that_are_not_classes(tiny_dataset, tmp_path):
     _fails(split, tmp_path, r"training labels \['Ice'\] are not land-use classes")
 
 
-def test_corrupt_png_in_the_training_set(tiny_dataset, tmp_path):
+def test_truncated_scene_in_the_training_set(tiny_dataset, tmp_path):
+    split = tiny_dataset.split.copy()
+    bad = tmp_path / "scenes" / "truncated.tif"
+    bad.parent.mkdir()
+    good = open(split["scene_url"].iloc[1], "rb").read()
+    bad.write_bytes(good[: len(good) // 3])  # cut short, as an interrupted copy leaves it
+    split.loc[split.index[1], "scene_url"] = str(bad)
+    _fails(split, tmp_path, f"tile {split['tile_id'].iloc[1]}: .*{re.escape(str(bad))}")
+
+
+def test_corrupt_chip_in_the_training_set(tiny_dataset, tmp_path):
     split = tiny_dataset.split.copy()
     bad = tmp_path / "tiles" / "corrupt.png"
     bad.parent.mkdir()
-    good = open(split["image_url"].iloc[1], "rb").read()
-    bad.write_bytes(good[: len(good) // 3])  # a PNG cut short, as an interrupted copy leaves it
-    split.loc[split.index[1], "image_url"] = str(bad)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    split.loc[split.index[1], ["scene_url", "image_url"]] = [None, str(bad)]  # chip only
     _fails(split, tmp_path, re.escape(f"{bad}: not a readable image"))
 
 
-def test_missing_png_in_the_validation_set(tiny_dataset, tmp_path):
+def test_missing_scene_in_the_validation_set(tiny_dataset, tmp_path):
     split = tiny_dataset.split.copy()
     row = split.index[split["split"] == "validation"][0]
-    missing = str(tmp_path / "tiles" / "gone.png")
-    split.loc[row, "image_url"] = missing
-    _fails(split, tmp_path, re.escape(missing) + ": .*does not exist")
+    missing = str(tmp_path / "scenes" / "gone.tif")
+    split.loc[row, "scene_url"] = missing
+    _fails(split, tmp_path, f"tile {split.loc[row, 'tile_id']}: .*{re.escape(missing)}")
 
 
 def test_training_without_validation_tiles(tiny_dataset, tmp_path):

@@ -87,15 +87,16 @@ LOAD_CHAMPION = textwrap.dedent("""
     import json, sys
     from landuse import config
     from landuse.models.bundle import load_bundle
-    from landuse.models.data import load_tiles, read_split
+    from landuse.models.data import read_split
     from landuse.models.runners import OnnxRunner
+    from landuse.tiles import read_tiles
     from landuse.models.tracking import models_root, read_champion
 
     champion = read_champion(models_root(config.storage_root()))
     bundle = load_bundle(champion["bundle"])
     again = load_bundle(champion["bundle"])
     _, val, _ = read_split(sys.argv[1])
-    tiles = load_tiles(list(val["image_url"][:4]), bundle.spec.preprocessing)
+    tiles = read_tiles(val.iloc[:4], bundle.spec.preprocessing)
     probs = OnnxRunner(bundle).predict(tiles)
     print(json.dumps({"path": str(bundle.path), "again": str(again.path),
                       "model_id": bundle.model_id, "sums": probs.sum(axis=1).tolist()}))

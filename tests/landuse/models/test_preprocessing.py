@@ -6,13 +6,14 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from pydantic import ValidationError
 
 from landuse.models.backbones import MOBILENET_V1_SPEC
 from landuse.models.bundle import load_bundle
-from landuse.models.data import augment, load_tiles
+from landuse.models.data import augment
 from landuse.models.keras_trainer import _batches
 from landuse.models.preprocessing import (
     CAFFE_BGR,
@@ -25,6 +26,7 @@ from landuse.models.preprocessing import (
     to_tensor,
 )
 from landuse.models.runners import OnnxRunner
+from landuse.tiles import TileCache, read_tiles
 from landuse.tiling import encode_png
 
 
@@ -43,9 +45,10 @@ def parity_tiles(fixtures_dir, tiny_dataset, tmp_path_factory):
     folder = tmp_path_factory.mktemp("parity")
     epic = folder / "epic.png"
     epic.write_bytes((fixtures_dir / "epic_sample_tile_developed.png").read_bytes())
-    synthetic = tiny_dataset.train["image_url"].iloc[0]
-    assert Image.open(synthetic).size == (64, 64)
-    return [str(epic), synthetic]
+    synthetic = folder / "synthetic.png"  # a chip as tiling exports it
+    pixels = read_tiles(tiny_dataset.train.iloc[:1], PreprocessSpec(input_size=64))[0]
+    synthetic.write_bytes(encode_png(pixels.transpose(2, 0, 1)))
+    return [str(epic), str(synthetic)]
 
 
 @pytest.mark.parametrize("spec", [CAFFE_BGR, TF_RESNET50], ids=["caffe-bgr", "tf-resnet50"])
@@ -54,8 +57,9 @@ def test_training_and_scoring_feed_bit_identical_tensors(
 ):
     # Training: the trainer's own batches (no augmentation on the evaluation path).
     labels = np.zeros(len(parity_tiles), dtype=np.int64)
-    x_batches, y = _batches(parity_tiles, labels, spec, 16, False, 0)[0]
-    x_train = to_tensor(load_tiles(parity_tiles, spec), spec)
+    chips = pd.DataFrame({"tile_id": ["epic", "synthetic"], "image_url": parity_tiles})
+    x_batches, y = _batches(TileCache(chips, spec, tmp_path), labels, spec, 16, False, 0)[0]
+    x_train = to_tensor(read_tiles(chips, spec), spec)
     # Scoring: a runner's predict on the decoded bytes of the same files; record its input.
     bundle = load_bundle(onnx_kit.bundle(tmp_path / "bundle", spec))
     runner = OnnxRunner(bundle)
@@ -80,15 +84,17 @@ def test_training_and_scoring_feed_bit_identical_tensors(
     np.testing.assert_array_equal(probabilities, predict_tensor(x_batches))
 
 
-def test_training_augmentation_only_moves_pixels(parity_tiles):
+def test_training_augmentation_only_moves_pixels(parity_tiles, tmp_path):
     spec = CAFFE_BGR
     labels = np.zeros(len(parity_tiles), dtype=np.int64)
-    plain = _batches(parity_tiles, labels, spec, 16, False, 0)[0][0]
-    augmented = _batches(parity_tiles, labels, spec, 16, True, 3)[0][0]
+    chips = pd.DataFrame({"tile_id": ["epic", "synthetic"], "image_url": parity_tiles})
+    cache = TileCache(chips, spec, tmp_path)
+    plain = _batches(cache, labels, spec, 16, False, 0)[0][0]
+    augmented = _batches(cache, labels, spec, 16, True, 3)[0][0]
     for a, b in zip(plain, augmented, strict=True):
         np.testing.assert_array_equal(np.sort(a, axis=None), np.sort(b, axis=None))
     rng = np.random.default_rng(0)
-    tiles = load_tiles(parity_tiles, spec)
+    tiles = read_tiles(chips, spec)
     for tile, moved in zip(tiles, augment(tiles, rng), strict=True):
         variants = [np.rot90(tile, k) for k in range(4)]
         variants += [v[:, ::-1] for v in variants]

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from landuse.models.bundle import load_bundle
-from landuse.models.data import load_tiles
 from landuse.models.preprocessing import PreprocessSpec
 from landuse.models.quantize import INT8, add_int8
 from landuse.models.runners import OnnxRunner
+from landuse.tiles import read_tiles
 
 CLASSES = ("Developed", "Forest", "Shrub")
 SPEC = PreprocessSpec(input_size=64)
@@ -20,8 +20,8 @@ def test_int8_form_is_checked_and_used_only_when_asked(onnx_kit, tiny_dataset, t
     bundle = load_bundle(onnx_kit.bundle(tmp_path / "b", SPEC, CLASSES, weights=weights,
                                          bias=bias))
     val = tiny_dataset.validation
-    tiles = load_tiles(list(val["image_url"]), SPEC)
-    calibration = load_tiles(list(tiny_dataset.train["image_url"][:16]), SPEC)
+    tiles = read_tiles(val, SPEC)
+    calibration = read_tiles(tiny_dataset.train.iloc[:16], SPEC)
 
     out = add_int8(bundle, calibration, tiles, list(val["label"]))
     assert INT8 in out.spec.formats and out.file(INT8).is_file()

@@ -146,18 +146,18 @@ def test_the_int8_form_scores_when_asked_and_names_itself(spark, tiled, bundle, 
 
     import numpy as np
 
-    from landuse.models.data import load_tiles
     from landuse.models.quantize import add_int8
+    from landuse.tiles import read_tiles
 
     source = str(tiled / "naip" / "synthetic-county-1" / "2016" / "manifest.parquet")
     with pytest.raises(BundleError, match="no onnx-int8 model"):  # on the driver, at once
         score_on_spark(spark, source, bundle, str(tmp_path / "none"), framework="onnx-int8")
 
     manifest = pd.read_parquet(source)
-    chips = manifest.dropna(subset=["image_url"])
-    tiles = load_tiles(list(chips["image_url"][:64]), load_bundle(bundle).spec.preprocessing)
+    labelled = manifest.dropna(subset=["label"]).iloc[:64]
+    tiles = read_tiles(labelled, load_bundle(bundle).spec.preprocessing)
     shutil.copytree(bundle, tmp_path / "int8")  # the fixture's bundle is shared
-    int8 = add_int8(load_bundle(tmp_path / "int8"), tiles[:32], tiles, list(chips["label"][:64]))
+    int8 = add_int8(load_bundle(tmp_path / "int8"), tiles[:32], tiles, list(labelled["label"]))
     fp32 = score_on_spark(spark, source, int8.path, str(tmp_path / "fp32"))
     q = score_on_spark(spark, source, int8.path, str(tmp_path / "q"), framework="onnx-int8")
     assert fp32.model_id == int8.model_id and q.model_id == f"{int8.model_id}+int8"
