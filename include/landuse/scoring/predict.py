@@ -2,7 +2,7 @@
 
 Tiles come two ways. A manifest's tiles are read straight from their NAIP scene
 (:func:`score_scene`: the scene is opened once, each tile's window read with
-:func:`landuse.tiling.read_tile`, the function that cut the training chips); a folder of
+:func:`landuse.tiling.read_tile`, the read training uses through :mod:`landuse.tiles`); a folder of
 chips, or a manifest of chips without scenes, is read chip by chip (:func:`score_frame`).
 
 A tile that cannot be read or decoded becomes an error row (its ``error`` says why), never a
@@ -25,6 +25,7 @@ from landuse import labels, storage
 from landuse.models.preprocessing import ImageError, PreprocessSpec, decode
 from landuse.models.runners import Runner
 from landuse.raster import RasterError
+from landuse.tiles import RGB, SCENE_COLUMNS  # what reading a tile from its scene needs
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -42,9 +43,6 @@ PREDICTION_SCHEMA = pa.schema(
     ]
 )
 INPUT_COLUMNS = ("tile_id", "county", "year", "image_url", "label")
-# What reading a tile from its scene needs, besides INPUT_COLUMNS.
-SCENE_COLUMNS = ("scene_url", "minx", "miny", "maxx", "maxy")
-RGB = ("red", "green", "blue")  # the network's channels; a NIR band is not read
 
 
 def manifest_tile_px(url: str, schema: pa.Schema | None = None) -> int | None:
@@ -199,7 +197,7 @@ def score_scene(rows: pd.DataFrame, runner: Runner, batch_size: int = 32,
 
     The scene is opened once and the tiles read in raster order, so neighbouring windows come
     from GDAL's block cache; each window is read by :func:`landuse.tiling.read_tile` at
-    ``tile_px`` (default: the bundle's input size), exactly as tiling cut the chips.
+    ``tile_px`` (default: the bundle's input size), exactly as training read them.
 
     Raises:
         ValueError: the rows span more than one scene.
