@@ -1,27 +1,25 @@
-"""Fully convolutional sliding windows: the work overlapping windows share is done once.
+"""The fully convolutional route of sliding-window scoring: choosing it for a run, and
+scoring strips through it.
 
-The bundle's network is made fully convolutional (:mod:`landuse.windows.fcn_convert`, which
-also says when that is exact). :func:`derive_fcn` builds that model from a bundle's
-``model.onnx`` and checks it against the per-window model on random input before it is
-used. :func:`choose_route` keeps it in the bundle folder
-(``windows-fcn-{size}-{stride}.onnx``, tagged with :func:`source_key`) or says why the
-per-window path must be used instead; :class:`FcnScorer` scores strips through it.
+:func:`choose_route` decides whether a run scores its windows through the bundle's fully
+convolutional model (:mod:`landuse.windows.fcn_model`; how a network is made fully
+convolutional, and when that is exact: :mod:`landuse.windows.fcn_convert`) or one by one
+(:mod:`landuse.windows.extract`), and says why. :class:`FcnScorer` scores strips through
+that model in bands of window rows, in process or on a Spark worker
+(:func:`worker_scorer`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from landuse.models.preprocessing import to_tensor
-from landuse.windows.extract import DEFAULT_MIN_VALID, valid_fraction, window_view
-from landuse.windows.fcn_convert import PIXELS, NotConvertible, convert, take_pixels
+from landuse.windows.extract import DEFAULT_MIN_VALID, valid_fraction
+from landuse.windows.fcn_convert import PIXELS, NotConvertible
+from landuse.windows.fcn_model import class_probabilities, cpu_session, fcn_file_name, load_fcn
 from landuse.windows.grid import Strip, WindowError, WindowGrid
 
 if TYPE_CHECKING:
@@ -33,133 +31,12 @@ log = logging.getLogger(__name__)
 FULLY_CONVOLUTIONAL = "fully-convolutional"
 PER_WINDOW = "per-window"
 ROUTES = ("auto", FULLY_CONVOLUTIONAL, PER_WINDOW)
-PARITY_TOLERANCE = 1e-4
-SOURCE_TAG = "landuse:fcn_source"
-# Changed whenever the derived model's form changes, so files of an older form are derived
-# again. 2: takes the pixels as read (uint8, band-major), the preprocessing inside.
-FCN_FORMAT = 2
 # Input pixels per model call (2 Mpx: 27 window rows of a 1 m NAIP scene). Bands of window
 # rows bound the trunk's activations (about 130 MB for the bench's small CNN; a whole
 # 16,384-window strip at once would double that), the rows recomputed where bands meet
 # (window - stride px per band) stay under 4 %; on the bench's CPU, bands of 0.5, 1 and
 # 2 Mpx ran within its noise of each other (46,000-50,000 windows per CPU second).
 MAX_FCN_PIXELS = 1 << 21
-
-def fcn_file_name(size: int, stride: int) -> str:
-    """Name of the fully convolutional model for one window layout, inside a bundle."""
-    return f"windows-fcn-{size}-{stride}.onnx"
-
-
-def source_key(bundle: Bundle) -> str:
-    """What a fully convolutional model is derived from: the bundle's ``model.onnx``, its
-    preprocessing (now inside the model) and the derived form (:data:`FCN_FORMAT`)."""
-    import hashlib
-
-    pre = bundle.spec.preprocessing.model_dump_json()
-    return hashlib.sha256(f"{FCN_FORMAT}:{bundle.onnx_sha256}:{pre}".encode()).hexdigest()
-
-
-def _session(model: bytes | str, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def _probabilities(scores: np.ndarray, as_probabilities: bool) -> np.ndarray:
-    from landuse.models.runners import softmax
-
-    flat = np.asarray(scores, dtype=np.float32).reshape(-1, scores.shape[-1])
-    return flat if as_probabilities else softmax(flat)
-
-
-def parity_gap(bundle: Bundle, fcn: bytes, size: int, stride: int, seed: int = 0) -> float:
-    """Largest difference between the fully convolutional and the per-window probabilities
-    on random pixels covering a 3 × 4 block of windows."""
-    spec = bundle.spec.preprocessing
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (size + 2 * stride, size + 3 * stride, 3), dtype=np.uint8)
-    whole = _session(fcn, 1).run(None, {PIXELS: pixels.transpose(2, 0, 1)[None].copy()})[0]
-    windows = window_view(pixels, size, stride).reshape(-1, size, size, 3)
-    single = _session(str(bundle.file("onnx")), 1).run(
-        [bundle.spec.onnx_output], {bundle.spec.onnx_input: to_tensor(windows, spec)})[0]
-    ours = _probabilities(whole, bundle.spec.outputs_probabilities)
-    theirs = _probabilities(single, bundle.spec.outputs_probabilities)
-    if ours.shape != theirs.shape:
-        return float("inf")
-    return float(np.abs(ours - theirs).max())
-
-
-def derive_fcn(bundle: Bundle, size: int, stride: int) -> bytes:
-    """The bundle's network made fully convolutional for ``size`` / ``stride`` windows,
-    serialised, after checking it against the per-window network on random input.
-
-    Raises:
-        NotConvertible: the network cannot be converted exactly, or the check fails.
-    """
-    import onnx
-    from onnx import helper
-
-    spec = bundle.spec
-    if spec.preprocessing.input_size != size:
-        raise NotConvertible(f"the model takes {spec.preprocessing.input_size} px input, so "
-                             f"every {size} px window is resized")
-    model = onnx.load(str(bundle.file("onnx")))
-    fcn = convert(model, input_name=spec.onnx_input, output_name=spec.onnx_output,
-                  layout=spec.preprocessing.layout, size=size, stride=stride)
-    fcn = take_pixels(fcn, spec.preprocessing, spec.onnx_input)
-    helper.set_model_props(fcn, {**{p.key: p.value for p in fcn.metadata_props},
-                                 SOURCE_TAG: source_key(bundle)})
-    data: bytes = fcn.SerializeToString()
-    gap = parity_gap(bundle, data, size, stride)
-    if not gap <= PARITY_TOLERANCE:
-        raise NotConvertible(f"the converted model differs from the per-window one by {gap:.2e}"
-                             f" (tolerance {PARITY_TOLERANCE:g})")
-    return data
-
-
-def _stored(path: Path, key: str) -> bytes | None:
-    """The fully convolutional model at ``path`` if it was derived from ``key``
-    (:func:`source_key`)."""
-    import onnx
-
-    if not path.is_file():
-        return None
-    try:
-        data = path.read_bytes()
-        props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
-    except Exception:  # a truncated or foreign file: derive again
-        return None
-    return data if props.get(SOURCE_TAG) == key else None
-
-
-def load_fcn(bundle: Bundle, size: int, stride: int, *, store: bool = True) -> bytes:
-    """The bundle's fully convolutional model for this layout: the one kept in the bundle
-    folder when it was derived from this ``model.onnx`` and preprocessing, else derived now
-    and (``store``) written there atomically; a read-only bundle folder only skips the
-    write.
-
-    Raises:
-        NotConvertible: see :func:`derive_fcn`.
-    """
-    path = bundle.path / fcn_file_name(size, stride)
-    data = _stored(path, source_key(bundle))
-    if data is not None:
-        return data
-    data = derive_fcn(bundle, size, stride)
-    if store:
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except OSError as err:
-            log.info("bundle %s is read-only (%s): fully convolutional model kept in memory",
-                     bundle.path, err)
-    return data
 
 
 @dataclass(frozen=True)
@@ -220,7 +97,7 @@ class FcnScorer:
                  max_pixels: int = MAX_FCN_PIXELS) -> None:
         self.bundle = bundle
         self.size, self.stride, self.max_pixels = size, stride, max_pixels
-        self.session = _session(load_fcn(bundle, size, stride), threads)
+        self.session = cpu_session(load_fcn(bundle, size, stride), threads)
 
     def band_rows(self, width: int) -> int:
         """Window rows per model call for an image ``width`` px wide."""
@@ -236,7 +113,7 @@ class FcnScorer:
         if out.shape[1] < rows or out.shape[2] < cols:
             raise RuntimeError(f"the fully convolutional model gave a {out.shape[1]} × "
                                f"{out.shape[2]} grid for {rows} × {cols} windows")
-        return _probabilities(out[0, :rows, :cols], spec.outputs_probabilities)
+        return class_probabilities(out[0, :rows, :cols], spec.outputs_probabilities)
 
     def score_strip(self, source: ImageSource, grid: WindowGrid, strip: Strip, *,
                     min_valid: float = DEFAULT_MIN_VALID) -> np.ndarray:

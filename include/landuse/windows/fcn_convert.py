@@ -19,7 +19,7 @@ identities). :func:`convert` gives an ONNX model with dynamic input height and w
 output is the window grid, (N, rows, cols, classes); :func:`take_pixels` makes its input
 the pixels as GDAL reads them, the bundle's preprocessing inside. Only ``onnx`` is needed,
 no framework, so imported ONNX models qualify too. Deriving, checking and keeping the
-model for a bundle is :mod:`landuse.windows.fcn`.
+model for a bundle is :mod:`landuse.windows.fcn_model`.
 """
 
 from __future__ import annotations
