@@ -134,7 +134,7 @@ def make_county(work: Path, name: str, tiles: int, naip: str | None = None) -> C
     from affine import Affine
     from rasterio.warp import transform
 
-    from landuse.naip import parse_scene_name
+    from landuse.naip_scene import parse_scene_name
 
     folder = work / name / "naip"
     folder.mkdir(parents=True, exist_ok=True)

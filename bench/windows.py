@@ -341,7 +341,9 @@ def route_flops(bundle: Bundle, image_width: int
     included); None when the network cannot be converted."""
     import onnx
 
-    from landuse.windows.fcn import FcnScorer, NotConvertible, load_fcn
+    from landuse.windows.fcn import FcnScorer
+    from landuse.windows.fcn_convert import NotConvertible
+    from landuse.windows.fcn_model import load_fcn
 
     side = bundle.spec.preprocessing.input_size  # the windows are resized to it
     per_window = node_flops(onnx.load(str(bundle.file("onnx"))), [1, side, side, 3])

@@ -3,7 +3,7 @@
 A county names a STAC source as ``stac+{api}/collections/{collection}``, for example
 ``stac+https://planetarycomputer.microsoft.com/api/stac/v1/collections/naip``. Scenes are
 found by an item search (pystac-client) on the county's bounding box and years; each item's
-GeoTIFF asset becomes a :class:`~landuse.naip.NaipScene` whose URL is the asset's plain
+GeoTIFF asset becomes a :class:`~landuse.naip_scene.NaipScene` whose URL is the asset's plain
 href, read through GDAL's ``/vsicurl/``. Catalogues whose assets need a signature get one
 when a scene is opened, not when it is found (:func:`landuse.storage.register_signer`), so
 each open gets a live token and manifests never record one. The signer is registered in
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from landuse import storage
-from landuse.naip import BBox, NaipScene, parse_scene_name
+from landuse.naip_scene import BBox, NaipScene, parse_scene_name
 
 PREFIX = "stac+"
 PLANETARY_COMPUTER_HOST = "planetarycomputer.microsoft.com"

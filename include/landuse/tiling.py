@@ -39,7 +39,8 @@ from rasterio.windows import Window, from_bounds
 
 from landuse import labels, storage
 from landuse.counties import County
-from landuse.naip import NaipCatalog, NaipScene
+from landuse.naip import NaipCatalog
+from landuse.naip_scene import NaipScene
 from landuse.nlcd import NlcdSource, read_labels
 from landuse.progress import track
 from landuse.raster import RasterError, open_raster, read_checked

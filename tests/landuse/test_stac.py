@@ -31,7 +31,8 @@ from shapely.geometry import box, mapping, shape
 
 from landuse import stac, storage
 from landuse.counties import County
-from landuse.naip import NaipCatalog, parse_scene_name
+from landuse.naip import NaipCatalog
+from landuse.naip_scene import parse_scene_name
 from landuse.raster import RasterError, open_raster, read_checked
 from landuse.tiling import TilingConfig, build_county
 

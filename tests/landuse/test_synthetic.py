@@ -13,7 +13,8 @@ from rasterio.warp import transform, transform_bounds
 
 from landuse import labels
 from landuse.counties import load_registry
-from landuse.naip import NaipCatalog, parse_scene_name
+from landuse.naip import NaipCatalog
+from landuse.naip_scene import parse_scene_name
 from landuse.synthetic import make_synthetic, quad_name
 
 TINY = dict(counties=1, years=(2010, 2016), size_m=672.0, res_m=4.0, parcel_m=200.0)

@@ -22,7 +22,8 @@ from rasterio.windows import Window
 
 from landuse import labels, storage
 from landuse.counties import County, load_registry
-from landuse.naip import NaipCatalog, parse_scene_name
+from landuse.naip import NaipCatalog
+from landuse.naip_scene import parse_scene_name
 from landuse.raster import RasterError
 from landuse.synthetic import _BASE
 from landuse.tiling import (

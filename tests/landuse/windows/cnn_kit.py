@@ -8,6 +8,9 @@ import numpy as np
 
 from landuse.models.preprocessing import PreprocessSpec
 
+# The preprocessing of the tests' CNN bundles: 32 px windows, pixels scaled to [0, 1].
+CNN_PREPROCESSING = PreprocessSpec(input_size=32, scale=1 / 255)
+
 
 def small_cnn(classes: int, *, size: int = 32, layout: str = "NHWC", pad: int = 0,
               seed: int = 0, head: str = "gemm", channels: tuple[int, ...] = (8, 16, 16),

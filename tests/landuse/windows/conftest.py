@@ -23,6 +23,8 @@ from rasterio.transform import from_origin
 
 from landuse.models.preprocessing import PreprocessSpec
 
+from .cnn_kit import CNN_PREPROCESSING, write_cnn_bundle
+
 CLASSES = ("background", "car", "boat")
 OBJECT = 32  # object side, px (the seed's CIFAR tiles)
 CELL = 96  # one object (or none) per cell, so objects stay apart
@@ -121,3 +123,10 @@ def colour_bundle_64(tmp_path_factory: pytest.TempPathFactory, onnx_kit) -> Path
     """The same classifier on 64 px NCHW input (windows are resized and transposed)."""
     return _colour_bundle(tmp_path_factory.mktemp("bundles") / "colour-64", onnx_kit, 64,
                           "NCHW")
+
+
+@pytest.fixture(scope="module")
+def cnn_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid-convolution small CNN on 32 px NHWC input, three classes."""
+    return write_cnn_bundle(tmp_path_factory.mktemp("cnn") / "valid", CLASSES,
+                            CNN_PREPROCESSING)
