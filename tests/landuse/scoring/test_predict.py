@@ -17,16 +17,20 @@ from landuse.scoring.predict import (
 )
 
 
-def test_manifest_glob_and_image_folder_sources(tiled):
-    one = load_source(str(tiled / "naip" / "synthetic-county-1" / "2010" / "manifest.parquet"))
+def test_manifest_glob_and_image_folder_sources(tiled, tmp_path):
+    from landuse.tiling import export_chips
+
+    manifest = str(tiled / "naip" / "synthetic-county-1" / "2010" / "manifest.parquet")
+    one = load_source(manifest)
     both = load_source(str(tiled / "naip" / "*" / "2010" / "manifest.parquet"))
     assert set(one["county"]) == {"synthetic-county-1"}
     assert set(both["county"]) == {"synthetic-county-1", "synthetic-county-2"}
     assert len(both) > len(one) > 0
     assert one["scene_url"].notna().all()  # scored from the scenes, chips or not
-    folder = load_source(str(tiled / "naip" / "synthetic-county-1" / "2010" / "tiles"))
-    chips = one[one["image_url"].notna()]
-    assert 0 < len(chips) < len(one)  # tiling wrote chips of the trainable tiles only
+    assert one["image_url"].isna().all()  # tiling wrote no chips
+    chips = pd.read_parquet(export_chips(manifest, str(tmp_path / "chips")))
+    folder = load_source(str(tmp_path / "chips"))
+    assert 0 < len(chips) < len(one)  # the trainable tiles
     assert sorted(folder["tile_id"]) == sorted(chips["tile_id"])
     assert folder["county"].isna().all()
 

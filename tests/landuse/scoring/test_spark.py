@@ -19,6 +19,7 @@ from landuse.scoring.spark import (
     score_task,
     task_rows,
 )
+from landuse.tiling import export_chips
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,9 @@ def test_corrupt_scene_or_chip_is_an_error_row_not_a_failed_job(spark, tiled, bu
     assert len(part) == 12 and result.errors == 1
     assert "broken.tif" in part.set_index("tile_id").loc[manifest["tile_id"].iloc[0], "error"]
     # A manifest of chips alone (no scenes) is still scoreable: the chip is read.
-    chips = manifest[manifest["image_url"].notna()][["tile_id", "county", "year", "image_url"]]
+    listed = export_chips(str(tiled / "naip" / "synthetic-county-2" / "2016" / "manifest.parquet"),
+                          str(tmp_path / "chips"))
+    chips = pd.read_parquet(listed).head(12)[["tile_id", "county", "year", "image_url"]]
     chips.loc[chips.index[0], "image_url"] = str(broken)
     chips.to_parquet(tmp_path / "chips.parquet")
     again = score_on_spark(spark, str(tmp_path / "chips.parquet"), bundle, str(tmp_path / "c"))
