@@ -70,8 +70,7 @@ def _batches(tiles: TileCache, y: np.ndarray, spec: PreprocessSpec, batch_size: 
     import keras
 
     class TileBatches(keras.utils.PyDataset):
-        """Batches read from the scenes on first use (then from the local cache), augmented
-        when training."""
+        """Batches from the local tile cache, augmented when training."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -163,6 +162,8 @@ def _train(dest: str | Path, config: TrainConfig, name: str | None,
     class_weight = {i: float(len(y_train) / (len(classes) * n)) for i, n in enumerate(counts) if n}
     train_tiles = TileCache(train, spec, cache, "train")
     val_tiles = TileCache(val, spec, cache, "validation")
+    for tiles in (train_tiles, val_tiles):
+        tiles.all()  # read once, scene by scene; every epoch then reads the local cache
     train_data = _batches(train_tiles, y_train, spec, config.batch_size, True, config.seed)
     val_data = (_batches(val_tiles, y_val, spec, config.batch_size, False, 0)
                 if len(val) else None)
