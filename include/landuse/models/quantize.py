@@ -166,7 +166,7 @@ def add_int8(bundle: Bundle, calibration: np.ndarray, tiles: np.ndarray,
                 "error": error, "kept": False,
                 "reason": f"ONNX Runtime could not quantize it: {error}"}}, None)
         check.update(_timing(bundle, int8, x, timer or time_forms))
-        reason = _why_not(check)
+        reason = why_not_kept(check)
         check["kept"] = force or reason is None
         if force:
             check["forced"] = True
@@ -196,8 +196,13 @@ def _timing(bundle: Bundle, int8: Path, x: np.ndarray, timer: Timer) -> dict[str
             "min_speedup": MIN_SPEEDUP, "min_agreement": MIN_AGREEMENT, **cpu_description()}
 
 
-def _why_not(check: dict[str, Any]) -> str | None:
-    """Why the int8 form should not be kept (None: keep it)."""
+def why_not_kept(check: dict[str, Any]) -> str | None:
+    """Why an int8 form should not be kept, or None to keep it.
+
+    Args:
+        check: the figures as ``metrics.int8`` records them: ``fp32_tiles_per_s``,
+            ``int8_tiles_per_s``, ``speedup``, ``agreement``, ``tiles``, ``cpu``, ``vnni``.
+    """
     reasons = []
     if check["speedup"] < MIN_SPEEDUP:
         vnni = "" if check["vnni"] else ", which has no VNNI"
