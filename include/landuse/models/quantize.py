@@ -10,11 +10,12 @@ their own, so a change run never compares int8 with fp32 calls as if one model m
 
 Whether int8 is faster depends on the CPU and the network: with VNNI (AVX-512 or AVX-VNNI)
 ONNX Runtime's int8 kernels ran the project's networks about 2-3x faster; with AVX2 alone
-they were no faster, and an imported torchvision ResNet-50 ran slower as int8 even with VNNI
-(issue 25). So the int8 form is timed against fp32 on the machine that builds it and kept
-only where it is at least :data:`MIN_SPEEDUP` times as fast and agrees with fp32 on at least
-:data:`MIN_AGREEMENT` of the check tiles; ``metrics.int8`` records both throughputs, the
-speed-up, the agreement, the CPU, ``kept`` and, when dropped, ``reason``.
+one session found them no faster and another 1.4-1.8x (one thread), and an imported
+torchvision ResNet-50 ran slower as int8 even with VNNI (issue 25). So the int8 form is
+timed against fp32 on the machine that builds it and kept only where it is at least
+:data:`MIN_SPEEDUP` times as fast and agrees with fp32 on at least :data:`MIN_AGREEMENT` of
+the check tiles; ``metrics.int8`` records both throughputs, the speed-up, the agreement,
+the CPU, ``kept`` and, when dropped, ``reason``.
 """
 
 from __future__ import annotations
