@@ -10,7 +10,12 @@ head on a frozen base, on the tiles of a dataset split (``--split``; default the
   onnx fp32  the same network exported to ONNX, ONNX Runtime
   onnx int8  statically quantized (QDQ, per channel) with onnxruntime's tools, calibrated
              on 32 training tiles; top-1 agreement with fp32 on the validation tiles
-Threads: TensorFlow and ONNX Runtime both use the machine's cores.
+  decision   whether training would keep this int8 form (landuse.models.quantize): both
+             forms timed as add_int8 times them (model only, 1 thread, best of 3 on up to
+             64 validation tiles), int8 kept only at >= MIN_SPEEDUP x fp32 and
+             >= MIN_AGREEMENT agreement; printed with the CPU
+Threads: TensorFlow and ONNX Runtime both use the machine's cores (except the decision's
+1-thread timing).
 
 Run:  .venv/bin/python bench/models.py [--split URL]
 Ends with ``ratio=<onnx fp32 / keras>`` (SqueezeNet).
@@ -137,7 +142,34 @@ def bench(name: str, weights: str, data: tuple[np.ndarray, np.ndarray, np.ndarra
     print(f"{name:<10} ({weights} weights) train head {train_rate:6.1f} img/s | keras "
           f"{keras_rate:6.1f} | onnx fp32 {onnx_rate:6.1f} | onnx int8 {int8_rate:6.1f} img/s, "
           f"top-1 agreement with fp32 {agreement:.3f} on {len(held)} validation tiles")
+    print(f"{'':<10} {int8_decision(fp32, int8, held, input_name, agreement)}")
     return onnx_rate / keras_rate
+
+
+def int8_decision(fp32: Path, int8: Path, held: np.ndarray, input_name: str,
+                  agreement: float) -> str:
+    """Whether training's int8 step (add_int8) would keep this int8 form on this machine,
+    timed the way it times it, and why not."""
+    from landuse.models.quantize import (
+        INT8,
+        MIN_AGREEMENT,
+        MIN_SPEEDUP,
+        TIMING_TILES,
+        cpu_description,
+        time_forms,
+        why_not_kept,
+    )
+
+    timed = held[:TIMING_TILES]
+    rates = time_forms({"onnx": fp32, INT8: int8}, timed, input_name)
+    check = {"fp32_tiles_per_s": rates["onnx"], "int8_tiles_per_s": rates[INT8],
+             "speedup": rates[INT8] / rates["onnx"], "agreement": agreement,
+             "tiles": len(held), **cpu_description()}
+    reason = why_not_kept(check)
+    return (f"int8 decision (1 thread, model only, {len(timed)} tiles): int8 "
+            f"{check['int8_tiles_per_s']:.1f} vs fp32 {check['fp32_tiles_per_s']:.1f} img/s = "
+            f"{check['speedup']:.2f}x (needs {MIN_SPEEDUP}x), agreement {agreement:.3f} (needs "
+            f"{MIN_AGREEMENT}) -> " + ("kept" if reason is None else f"not kept: {reason}"))
 
 
 def main() -> None:
@@ -147,8 +179,12 @@ def main() -> None:
     parser.add_argument("--split", default=None, help="split.parquet to take tiles from")
     args = parser.parse_args()
     *data, source = load_split(args.split)
+    from landuse.models.quantize import cpu_description
+
+    cpu = cpu_description()
     print(f"{len(data[0])} training / {len(data[2])} validation tiles from {source}; batch "
-          f"{BATCH}; {THREADS} CPU threads")
+          f"{BATCH}; {THREADS} CPU threads; CPU {cpu['cpu']}, VNNI: "
+          f"{' '.join(cpu['vnni']) or 'none'}")
     with tempfile.TemporaryDirectory() as tmp:
         ratio = bench("squeezenet", "imagenet", tuple(data), Path(tmp))  # type: ignore[arg-type]
         bench("resnet50", "random", tuple(data), Path(tmp))  # type: ignore[arg-type]

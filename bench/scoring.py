@@ -271,20 +271,25 @@ def bench(name: str, weights: str, n: int, tiles: pd.DataFrame, spark: Any, work
 def int8_run(spark: Any, bundle: Bundle, decoded: np.ndarray, rows: pd.DataFrame,
              warm: pd.DataFrame, work: Path, name: str, batch: int) -> Any:
     """The same Spark job on the bundle's int8 form (quantized here as training does, on 32
-    of the tiles); returns a function that prints it beside the fp32 rate of the same run."""
+    of the tiles, and kept whatever training's check would decide, so that it can be
+    timed); returns a function that prints it beside the fp32 rate of the same run, with
+    the decision training would make on this machine."""
     from landuse.models.quantize import INT8, add_int8
 
     n = min(len(decoded), 256)  # unlabelled tiles: agreement with fp32 is the check
-    quantized = add_int8(bundle, decoded[:32], decoded[:n], [""] * n)
+    quantized = add_int8(bundle, decoded[:32], decoded[:n], [""] * n, force=True)
+    m = quantized.spec.metrics["int8"]
     if INT8 not in quantized.spec.formats:
-        return lambda fp32: f"  int8: none ({quantized.spec.metrics['int8']['error']})"
+        return lambda fp32: f"  int8: none ({m['error']})"
+    verdict = f"drop it: {m['check_failed']}" if "check_failed" in m else "keep it"
+    decision = f"training would {verdict} (model only, 1 thread: {m['speedup']:.2f}x fp32)"
     spark_run(spark, warm, quantized, work, f"{name}-int8-warmup", batch, "onnx-int8")
     rate = len(rows) / spark_run(spark, rows, quantized, work, f"{name}-int8", batch,
                                  "onnx-int8")
-    agreement = quantized.spec.metrics["int8"]["agreement"]
+    agreement = m["agreement"]
     return lambda fp32: (f"  int8 (framework onnx-int8) end to end {rate:7.1f} img/s = "
                          f"{rate / fp32:.2f}x fp32 in this run; top-1 agreement with fp32 "
-                         f"{agreement:.3f} on {n} tiles")
+                         f"{agreement:.3f} on {n} tiles\n  int8 decision: {decision}")
 
 
 def standalone_speedup(tiles: pd.DataFrame, work: Path, batch: int, n: int = 400) -> None:

@@ -62,9 +62,11 @@ CLUSTER: dict[str, Any] = {
                        description="'champion', or a bundle folder."),
         "framework": Param("onnx", type="string", enum=["onnx", "onnx-int8", "keras", "tflite"],
                            title="Inference framework",
-                           description="onnx-int8: the bundle's int8 form, checked against "
-                           "fp32 at training time; faster on CPUs with VNNI. Its predictions "
-                           "carry their own model id."),
+                           description="onnx-int8: the bundle's int8 form, kept at training "
+                           "time only where it was faster than fp32 and agreed with it on "
+                           "the machine that built it (usually CPUs with VNNI). A bundle "
+                           "without it fails in plan, saying why (its metrics.int8). Its "
+                           "predictions carry their own model id."),
         "batch_size": Param(32, type="integer", minimum=1, maximum=1024, title="Batch size"),
         "spark_master": Param("local[2]", type="string", title="Spark master",
                               description="local[N], or spark://host:port of a cluster sized "

@@ -57,8 +57,10 @@ POOL = "county_refresh"
                        description="'champion', or a bundle folder."),
         "framework": Param("onnx", type="string", enum=["onnx", "onnx-int8"],
                            title="Model form",
-                           description="onnx (fp32) or onnx-int8 (about twice as fast on "
-                           "CPUs with VNNI; the bundle must carry it). Keep one form across "
+                           description="onnx (fp32) or onnx-int8 (kept in a bundle only "
+                           "where it was faster than fp32 and agreed with it on the machine "
+                           "that built it; a bundle without it fails in discover, saying "
+                           "why). Keep one form across "
                            "a county's years: change detection compares one model's "
                            "predictions with themselves."),
         "tile_size_m": Param(224.0, type="number", minimum=10, title="Tile size (m)",

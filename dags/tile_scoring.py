@@ -52,8 +52,10 @@ def _task_id(framework: str) -> str:
         "model": Param("champion", type="string", minLength=1, title="Model",
                        description="'champion', or a bundle folder or URL."),
         "framework": Param("onnx", type="string", enum=list(OPERATORS), title="Model form",
-                           description="onnx-int8: the bundle's int8 form (faster on CPUs "
-                           "with VNNI); keras and tflite need a bundle that carries them."),
+                           description="onnx-int8: the bundle's int8 form, kept only where "
+                           "it was faster than fp32 and agreed with it on the machine that "
+                           "built it (a bundle without it fails in plan, saying why); keras "
+                           "and tflite need a bundle that carries them."),
         "batch_size": Param(32, type="integer", minimum=1, maximum=4096, title="Batch size",
                             description="Tiles per model call."),
         "storage_root": params.storage_root(),

@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--root", required=True, help="storage root; predictions go under it")
     score.add_argument("--bundle", default=None, help="bundle folder (default: the champion)")
     score.add_argument("--framework", default="onnx", choices=FRAMEWORKS,
-                       help="onnx-int8: the bundle's int8 form (faster on CPUs with VNNI)")
+                       help="onnx-int8: the bundle's int8 form, kept only where it beat fp32 "
+                       "on the machine that built it (a bundle without it fails, saying why)")
     score.add_argument("--batch-size", type=int, default=32)
     score.add_argument("--master", default="local[2]", help="local[N] or spark://host:port")
     score.set_defaults(func=_score)

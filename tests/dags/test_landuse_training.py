@@ -65,9 +65,12 @@ def test_trains_tracks_and_promotes(airflow_db, dataset):
     champion = json.loads((dataset / "models" / "champion.json").read_text())
     bundle = load_bundle(champion["bundle"])
     assert bundle.spec.lineage.split_sha256 and bundle.spec.metrics["accuracy"] is not None
-    # the int8 form, checked on the validation tiles at training time
-    assert "onnx-int8" in bundle.spec.formats, bundle.spec.metrics.get("int8")
-    assert bundle.spec.metrics["int8"]["agreement"] >= 0.8
+    # the int8 form, timed against fp32 and checked on the validation tiles at training
+    # time, kept only where it wins (on this machine's CPU: either way)
+    int8 = bundle.spec.metrics["int8"]
+    assert int8["fp32_tiles_per_s"] > 0 and int8["int8_tiles_per_s"] > 0, int8
+    assert ("onnx-int8" in bundle.spec.formats) == int8["kept"], int8
+    assert int8["kept"] or int8["reason"]
     mlflow.set_tracking_uri(f"sqlite:///{airflow_db}/mlflow.db")
     client = MlflowClient()
     version = client.get_model_version_by_alias("landuse", "champion")

@@ -110,7 +110,8 @@ def test_int8_form_scores_the_refresh_and_a_bundle_without_it_fails_at_discover(
 
     bundle = load_bundle(root / "models" / "tiny")
     tiles = np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
-    add_int8(bundle, tiles[:8], tiles, [labels.CLASSES[i % 3] for i in range(16)])
+    add_int8(bundle, tiles[:8], tiles, [labels.CLASSES[i % 3] for i in range(16)],
+             force=True)  # int8 scoring is tested here, whether or not it wins on this CPU
     run = _run(conf)
     assert run.state == "success"
     preds = pd.read_parquet(root / "predictions" / "county=synthetic-county-1" / "year=2016"

@@ -124,10 +124,26 @@ class Bundle:
         return self._onnx_hash[1]
 
     def file(self, fmt: str) -> Path:
-        """Path of one model file."""
+        """Path of one model file.
+
+        Raises:
+            BundleError: the bundle lacks that form; for the int8 form, with the reason
+                recorded when it was made (``metrics.int8.reason``).
+        """
         if fmt not in self.spec.formats:
-            raise BundleError(f"bundle {self.path} has no {fmt} model (it has {self.spec.formats})")
+            why = f"; {self.int8_absence()}" if fmt == "onnx-int8" else ""
+            raise BundleError(f"bundle {self.path} has no {fmt} model (it has "
+                              f"{self.spec.formats}){why}")
         return self.path / MODEL_FILES[fmt]
+
+    def int8_absence(self) -> str:
+        """Why this bundle has no int8 form, as recorded in ``metrics.int8`` (see
+        :mod:`landuse.models.quantize`: it is kept only where it wins)."""
+        record = self.spec.metrics.get("int8")
+        if not isinstance(record, dict):
+            return "no int8 form was made for it (bundle.json has no metrics.int8)"
+        reason = record.get("reason") or record.get("error") or "no reason recorded"
+        return f"its int8 form was not kept when it was built: {reason}"
 
 
 def sha256_file(path: Path) -> str:

@@ -196,6 +196,19 @@ def test_bundle_file_of_an_absent_format(onnx_kit, tmp_path):
         bundle.file("tflite")
 
 
+def test_a_missing_int8_form_says_why(onnx_kit, tmp_path):
+    """Asking for the int8 form of a bundle without one gives the reason recorded when the
+    bundle was built (metrics.int8), or says that none was made."""
+    folder = onnx_kit.bundle(tmp_path / "b", SPEC)
+    with _error(folder, "has no onnx-int8 model", "no int8 form was made for it"):
+        load_bundle(folder).file("onnx-int8")
+    _edit(folder, metrics={"int8": {"kept": False, "reason": "not faster: int8 9.0 vs fp32 "
+                                                            "10.0 tiles/s"}})
+    with _error(folder, "has no onnx-int8 model", "its int8 form was not kept when it was "
+                "built: not faster: int8 9.0 vs fp32 10.0 tiles/s"):
+        load_bundle(folder).file("onnx-int8")
+
+
 # --- writing --------------------------------------------------------------------------------
 
 

@@ -160,7 +160,8 @@ def test_the_int8_form_scores_when_asked_and_names_itself(spark, tiled, bundle, 
     labelled = manifest.dropna(subset=["label"]).iloc[:64]
     tiles = read_tiles(labelled, load_bundle(bundle).spec.preprocessing)
     shutil.copytree(bundle, tmp_path / "int8")  # the fixture's bundle is shared
-    int8 = add_int8(load_bundle(tmp_path / "int8"), tiles[:32], tiles, list(labelled["label"]))
+    int8 = add_int8(load_bundle(tmp_path / "int8"), tiles[:32], tiles, list(labelled["label"]),
+                    force=True)  # scored in int8 whether or not it wins on this CPU
     fp32 = score_on_spark(spark, source, int8.path, str(tmp_path / "fp32"))
     q = score_on_spark(spark, source, int8.path, str(tmp_path / "q"), framework="onnx-int8")
     assert fp32.model_id == int8.model_id and q.model_id == f"{int8.model_id}+int8"
