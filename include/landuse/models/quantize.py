@@ -175,8 +175,10 @@ def add_int8(bundle: Bundle, calibration: np.ndarray, tiles: np.ndarray,
                 check["check_failed"] = reason
         elif reason:
             check["reason"] = reason
-        verdict = ("kept" if not reason else "kept on request, although "
-                   f"{reason}") if check["kept"] else f"not kept: {reason}"
+        if not check["kept"]:
+            verdict = f"not kept: {reason}"
+        else:
+            verdict = f"kept on request, although {reason}" if reason else "kept"
         log.info("bundle %s int8 form %s (top-1 agreement with fp32 %.4f on %d check tiles; "
                  "int8 %.1f vs fp32 %.1f tiles/s, %.2fx, on %s)", bundle.path, verdict,
                  check["agreement"], check["tiles"], check["int8_tiles_per_s"],
