@@ -9,6 +9,12 @@ skipped. Manual runs name the counties and years. Each report
 (``{root}/change/county={county}/{A}-{B}/``: COG and PNG maps, GeoJSON of changed tiles,
 side-by-side figure, report.md, summary.json) is published whole and emitted as an Asset
 through the ``landuse_change`` alias.
+
+With ``review`` on (manual runs by default), each compared county then waits for an
+analyst: a human-in-the-loop task links to the county's review page in the Land use view,
+and once the analyst is done (or after ``review_timeout`` days) the report is published
+again with the review's figures (flagged, reviewed, confirmed, precision and the estimated
+real change, with 95 % intervals) and a second Asset event that carries them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,13 @@ from airflow.sdk import Param, dag, get_current_context, task
 from landuse_airflow import params
 from landuse_airflow.assets import CHANGE_REPORTS, PREDICTIONS, change_asset
 from landuse_airflow.errors import fail_fast_on_bad_input
+from landuse_airflow.operators.review import (
+    PUBLISH,
+    REVIEW_TIMEOUT_DAYS,
+    UNREVIEWED,
+    ChangeReviewOperator,
+    review_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +81,16 @@ log = logging.getLogger(__name__)
                                  "every pair) are computed in the task. local[N] or "
                                  "spark://host:port: on Spark, the executors reading the "
                                  "windows (counties of tens of thousands of tiles)."),
+        "review": Param("auto", type="string", enum=["auto", "ask", "off"],
+                        title="Review the flagged tiles",
+                        description="ask: each compared county waits for an analyst to review "
+                        "its flagged tiles in the Land use view before the report is published "
+                        "with the review's figures; off: publish without waiting; auto: ask "
+                        "for manual runs, off for scheduled ones."),
+        "review_timeout": Param(REVIEW_TIMEOUT_DAYS, type="number", exclusiveMinimum=0,
+                                maximum=365, title="Review timeout (days)",
+                                description="After this long a waiting review ends and the "
+                                "report is published as unreviewed."),
         "registry": params.registry(),
         "storage_root": params.storage_root(),
     },
@@ -134,7 +157,54 @@ def change_detection() -> None:
                      r["url"])
         return flat
 
-    report(detect.expand(jobs=plan()))
+    @task
+    def ask_for_review(headlines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A review request (the headline with the task's subject and body) per compared
+        county, none when ``review`` is off; each report then says it is in review."""
+        from airflow.sdk.configuration import conf
+
+        from landuse import review
+
+        if not _reviewing(get_current_context()):
+            return []
+        base = conf.get("api", "base_url", fallback="") or ""
+        pending = []
+        for h in headlines:
+            tiles = _report_tiles(h["url"])
+            flagged = int(review.flag_kinds(tiles).notna().sum())
+            review.publish(h["url"], status="in review")
+            pending.append({**h, **review_request(h, len(review.queue(tiles)), flagged, base)})
+        return pending
+
+    @task(outlets=[CHANGE_REPORTS])
+    def publish_review(pending: dict[str, Any]) -> dict[str, Any]:
+        """Publish one county's report again with its review's figures, and its Asset
+        event."""
+        from landuse import review
+
+        context = get_current_context()
+        ti = context["ti"]
+        answer = ti.xcom_pull(task_ids="review", map_indexes=ti.map_index) or {}
+        by = answer.get("responded_by_user") or {}
+        chosen = answer.get("chosen_options") or [UNREVIEWED]
+        status = "reviewed" if PUBLISH in chosen and by else "unreviewed"
+        figures = review.publish(pending["url"], status=status)
+        h = {k: v for k, v in pending.items() if k not in ("subject", "body")}
+        extra = {**h, "review": {k: figures.get(k) for k in (
+            "status", "flagged", "reviewed", "confirmed", "precision", "precision_interval",
+            "estimated_real", "estimated_real_interval")},
+            "reviewed_by": by.get("name") if isinstance(by, dict) else None}
+        context["outlet_events"][CHANGE_REPORTS].add(
+            change_asset(h["county"], h["year_a"], h["year_b"]), extra=extra)
+        log.info("%s %d->%d: %s, %s of %s flagged tiles reviewed, %s confirmed", h["county"],
+                 h["year_a"], h["year_b"], status, figures["reviewed"], figures["flagged"],
+                 figures["confirmed"])
+        return extra
+
+    pending = ask_for_review(report(detect.expand(jobs=plan())))
+    answers = ChangeReviewOperator.partial(task_id="review").expand_kwargs(
+        pending.map(_task_text))
+    answers >> publish_review.expand(pending=pending)
 
 
 def _detect_one(context: Any, job: dict[str, Any]) -> dict[str, Any]:
@@ -174,6 +244,25 @@ def _detect_one(context: Any, job: dict[str, Any]) -> dict[str, Any]:
     context["outlet_events"][CHANGE_REPORTS].add(change_asset(county, year_a, year_b),
                                                  extra=headline)
     return headline
+
+
+def _reviewing(context: Any) -> bool:
+    """Whether this run asks for a review (``auto``: manual runs do)."""
+    wanted = context["params"]["review"]
+    if wanted == "auto":
+        return str(context["dag_run"].run_type).lower().endswith("manual")
+    return bool(wanted == "ask")
+
+
+def _report_tiles(url: str) -> Any:
+    from landuse import storage
+
+    return storage.read_parquet(storage.join(url, "tiles.parquet")).to_pandas()
+
+
+def _task_text(pending: dict[str, Any]) -> dict[str, Any]:
+    """A review request's subject and body: the review task's arguments."""
+    return {"subject": pending["subject"], "body": pending["body"]}
 
 
 def _previous_year(root: str, county: str, year_b: int) -> int | None:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -42,11 +47,12 @@ def root(tmp_path_factory, synthetic: Path) -> Path:
 
 
 def _run(conf: dict):
+    """A manual run (``dag.test()``); it asks for no review unless ``conf`` says so."""
     from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=str(PROJECT / "dags" / "change_detection.py")).get_dag(
         "change_detection")
-    return dag.test(run_conf=conf)
+    return dag.test(run_conf={"review": "off", **conf})
 
 
 def test_reports_every_county_with_its_planted_change(airflow_db, root: Path, synthetic: Path):
@@ -100,3 +106,178 @@ def test_bad_change_test_params_are_refused(airflow_db, root: Path, name: str, v
 
     with pytest.raises(ParamValidationError, match=name):
         _run({"storage_root": str(root), "year_b": 2016, name: value})
+
+
+# --- the review step ------------------------------------------------------------------------
+
+
+class _Analyst(threading.Thread):
+    """Waits (in a thread, while ``dag.test()`` runs) for the run's review tasks, then acts
+    as ``act`` says; records what it saw. Airflow's modules are imported first, in the main
+    thread: two threads importing them at once can deadlock on the import locks."""
+
+    def __init__(self, act, tasks: int = 1) -> None:
+        super().__init__(daemon=True)
+        from airflow.models import import_all_models
+        from sqlalchemy.orm import configure_mappers
+
+        import_all_models()
+        configure_mappers()
+        import airflow.api_fastapi.app
+        import airflow.jobs.scheduler_job_runner  # noqa: F401
+        from fastapi.testclient import TestClient  # noqa: F401
+
+        self.act, self.tasks, self.seen, self.error = act, tasks, [], None
+
+    def waiting(self) -> list[dict]:
+        from airflow.models.hitl import HITLDetail
+        from airflow.models.taskinstance import TaskInstance as TI
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import select
+
+        with create_session() as session:
+            rows = session.execute(
+                select(TI.run_id, TI.task_id, TI.map_index, TI.trigger_timeout,
+                       HITLDetail.subject, HITLDetail.body)
+                .join(HITLDetail, HITLDetail.ti_id == TI.id)
+                .where(TI.dag_id == "change_detection",
+                       TI.state == TaskInstanceState.AWAITING_INPUT,
+                       HITLDetail.responded_at.is_(None))).all()
+        return [r._asdict() for r in rows]
+
+    def run(self) -> None:
+        try:
+            deadline = time.monotonic() + 600
+            while len(waiting := self.waiting()) < self.tasks:
+                assert time.monotonic() < deadline, "no review task waited"
+                time.sleep(0.5)
+            self.seen = waiting
+            self.act(waiting)
+        except BaseException as err:  # reported by the test, not lost in the thread
+            self.error = err
+
+
+def _api(role: str, user: str):
+    """The REST API in-process, and a token of a ``role`` user of the simple auth manager."""
+    from airflow.api_fastapi.app import create_app, get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app("core"))
+    token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username=user, role=role))
+    return client, {"Authorization": f"Bearer {token}"}
+
+
+def _hitl_url(task: dict) -> str:
+    return (f"/api/v2/dags/change_detection/dagRuns/{task['run_id']}/taskInstances/"
+            f"{task['task_id']}/{task['map_index']}/hitlDetails")
+
+
+def test_a_manual_run_waits_for_review_then_publishes_its_figures(airflow_db, root: Path,
+                                                                  synthetic: Path):
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from landuse import review
+    from landuse.change.run import change_url
+
+    county = "synthetic-county-1"
+    url = change_url(str(root), county, 2010, 2016)
+    answered: dict = {}
+
+    def analyst(waiting: list[dict]) -> None:
+        summary = json.loads(storage.read_bytes(f"{url}/summary.json"))
+        answered["status"] = summary["review"]["status"]
+        tiles = pd.read_parquet(f"{url}/tiles.parquet")
+        q = review.queue(tiles)
+        for i, tile_id in enumerate(q["tile_id"][:5]):
+            review.record(url, tiles, user="ana", tile_id=tile_id,
+                          answer="change" if i < 3 else "no_change")
+        client, viewer = _api("viewer", "vic")
+        answered["viewer"] = client.patch(_hitl_url(waiting[0]), headers=viewer, json={
+            "chosen_options": ["Publish the review"], "params_input": {}}).status_code
+        client, analyst_token = _api("user", "ana")
+        r = client.patch(_hitl_url(waiting[0]), headers=analyst_token, json={
+            "chosen_options": ["Publish the review"], "params_input": {}})
+        answered["analyst"] = r.status_code
+
+    thread = _Analyst(analyst)
+    thread.start()
+    # No review Param: a manual run asks for one (auto).
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(PROJECT / "dags" / "change_detection.py")).get_dag(
+        "change_detection")
+    run = dag.test(run_conf={"storage_root": str(root), "counties": [county], "year_b": 2016,
+                             "registry": str(synthetic / "counties.json"),
+                             "embeddings": False})
+    thread.join(timeout=60)
+    assert thread.error is None, thread.error
+    assert run.state == "success"
+    task = thread.seen[0]
+    assert task["subject"] == f"Review the change in {county} 2010-2016"
+    assert f"/landuse/review/{county}/2010-2016" in task["body"]
+    assert answered == {"status": "in review", "viewer": 403, "analyst": 200}
+    summary = json.loads(storage.read_bytes(f"{url}/summary.json"))
+    r = summary["review"]
+    assert (r["status"], r["reviewed"], r["confirmed"]) == ("reviewed", 5, 3)
+    assert r["flagged"] == summary["newly_developed"]  # embeddings off: no other flag
+    assert r["precision"] == pytest.approx(0.6)
+    lo, hi = r["precision_interval"]
+    assert lo < 0.6 < hi
+    assert "3 confirmed as real change" in storage.read_bytes(f"{url}/report.md").decode()
+    with create_session() as session:
+        events = session.scalars(select(AssetEvent).where(
+            AssetEvent.source_run_id == run.run_id)).all()
+    reviewed = [e.extra for e in events if "review" in (e.extra or {})]
+    assert len(reviewed) == 1 and reviewed[0]["review"]["confirmed"] == 3
+    assert reviewed[0]["reviewed_by"] == "ana"
+
+
+def test_a_review_nobody_answers_ends_unreviewed(airflow_db, root: Path, synthetic: Path):
+    """After ``review_timeout`` the scheduler's sweep (run here by hand: ``dag.test()`` has
+    no scheduler) resumes the task with the default, and the report says unreviewed."""
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+
+    from landuse.change.run import change_url
+
+    county = "synthetic-county-2"
+
+    def wait_out(waiting: list[dict]) -> None:
+        deadline = waiting[0]["trigger_timeout"]
+        while datetime.now(UTC) < deadline.astimezone(UTC):
+            time.sleep(0.5)
+        SchedulerJobRunner.check_awaiting_input_timeouts(
+            SimpleNamespace(log=logging.getLogger("sweep")))
+
+    thread = _Analyst(wait_out)
+    thread.start()
+    run = _run({"storage_root": str(root), "counties": [county], "year_b": 2016,
+                "registry": str(synthetic / "counties.json"), "embeddings": False,
+                "review": "ask", "review_timeout": 3 / 86400})  # three seconds
+    thread.join(timeout=60)
+    assert thread.error is None, thread.error
+    assert run.state == "success"
+    summary = json.loads(storage.read_bytes(
+        f"{change_url(str(root), county, 2010, 2016)}/summary.json"))
+    assert summary["review"]["status"] == "unreviewed"
+    assert summary["review"]["reviewed"] == 0
+
+
+@pytest.mark.parametrize(("wanted", "run_type", "asks"), [
+    ("auto", "manual", True), ("auto", "scheduled", False), ("auto", "asset_triggered", False),
+    ("ask", "asset_triggered", True), ("off", "manual", False)])
+def test_auto_review_asks_on_manual_runs_only(wanted: str, run_type: str, asks: bool):
+    import importlib.util
+
+    from airflow.utils.types import DagRunType
+
+    spec = importlib.util.spec_from_file_location("change_dag", PROJECT / "dags" /
+                                                  "change_detection.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    context = {"params": {"review": wanted},
+               "dag_run": SimpleNamespace(run_type=DagRunType(run_type))}
+    assert module._reviewing(context) is asks
