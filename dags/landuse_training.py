@@ -109,7 +109,8 @@ def landuse_training() -> None:
     @task(outlets=[CHAMPION_CHANGES])
     def select_best(results: list[list[dict[str, Any]]]) -> dict[str, Any]:
         """Challenge the champion with the best candidate, then evaluate the champion on the
-        test counties; returns the decision and the test figures."""
+        test counties (and apart on their reviewed real tiles); returns the decision and the
+        test figures."""
         from landuse.models.tracking import (
             champion_url,
             evaluate_on_test,
@@ -124,17 +125,20 @@ def landuse_training() -> None:
         with fail_fast_on_bad_input():
             champion = promote_best(candidates, root, force=p["force_promotion"])
             # once chosen, the champion is measured on the counties nothing was chosen on
-            test = evaluate_on_test(champion, root, candidates[0]["split_url"])["metrics"] or {}
+            evaluation = evaluate_on_test(champion, root, candidates[0]["split_url"])
+        test = evaluation["metrics"] or {}
+        reviewed = evaluation.get("metrics_reviewed") or {}
+        figures = {"test_accuracy": test.get("accuracy"), "test_counties": test.get("counties"),
+                   "reviewed_test_accuracy": reviewed.get("accuracy"),
+                   "reviewed_test_tiles": reviewed.get("tiles", 0)}
         decision: dict[str, Any] = champion["decision"]
         if decision["changed"]:
             context["outlet_events"][CHAMPION_CHANGES].add(CHAMPION_MODEL, extra={
                 "bundle": champion["bundle"], "model_id": champion["model_id"],
-                "validation_accuracy": champion["accuracy"],
-                "test_accuracy": test.get("accuracy"), "test_counties": test.get("counties"),
+                "validation_accuracy": champion["accuracy"], **figures,
                 "champion_url": champion_url(root), "decision": decision["decision"],
             })
-        return {**decision, "test_accuracy": test.get("accuracy"),
-                "test_counties": test.get("counties")}
+        return {**decision, **figures}
 
     select_best(train_candidate.expand(candidate=plan()))
 

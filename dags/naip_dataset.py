@@ -1,13 +1,16 @@
 """naip_dataset: NAIP imagery + NLCD labels -> labelled tiles, manifests and a training split.
 
 One mapped task per county (per batch of counties beyond ``[core] max_map_length``) tiles
-every requested year and commits a manifest per county-year; the last task balances a
-county-held-out train/validation split and emits the ``naip_dataset`` Asset, on which
-training is scheduled.
+every requested year and commits a manifest per county-year, labelled by NLCD and by the
+classes analysts set when reviewing change reports under the storage root (the ``reviews``
+Param); the last task balances a county-held-out train/validation split (a single real
+county split in spatial blocks) and emits the ``naip_dataset`` Asset, on which training is
+scheduled.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +19,8 @@ from airflow.sdk import Param, dag, get_current_context, task
 from landuse_airflow import params
 from landuse_airflow.assets import NAIP_DATASET
 from landuse_airflow.errors import fail_fast_on_bad_input
+
+log = logging.getLogger(__name__)
 
 
 @dag(
@@ -44,6 +49,13 @@ from landuse_airflow.errors import fail_fast_on_bad_input
             title="NLCD CRS override",
             description="The NLCD rasters' true CRS when their embedded one is wrong, e.g. "
             "EPSG:5070 (NLCD's CONUS Albers).",
+        ),
+        "reviews": Param(
+            True,
+            type="boolean",
+            title="Use reviewed tiles as labels",
+            description="Use analysts' reviewed tiles from change reports under the storage "
+            "root as labels beside NLCD (a reviewed tile is trainable when its imagery is).",
         ),
         "tile_size_m": Param(
             224.0, type="number", minimum=10, maximum=10000, title="Tile size (m)"
@@ -126,8 +138,12 @@ def naip_dataset() -> None:
             for county in counties:
                 results += build_county(
                     registry[county], p["years"], p["storage_root"], _tiling_config(p),
-                    nlcd=p["nlcd"], nlcd_crs=p["nlcd_crs"],
+                    nlcd=p["nlcd"], nlcd_crs=p["nlcd_crs"], reviews=p["reviews"],
                 )
+        for r in results:
+            log.info("%s %d: %d tiles, %d trainable; %d labelled by reviews, %d of them "
+                     "disagreeing with NLCD", r.county, r.year, r.tiles, r.trainable,
+                     r.reviewed, r.disagreed)
         return [asdict(r) for r in results]
 
     @task(outlets=[NAIP_DATASET])
@@ -149,6 +165,11 @@ def naip_dataset() -> None:
                 seed=p["seed"],
             )
         counts = {s: dataset.summary[s]["tiles"] for s in splits.PARTS}
+        reviewed = {s: dataset.summary[s].get("reviewed", 0) for s in splits.PARTS}
+        log.info("split: %s tiles, of them labelled by reviews %s", counts, reviewed)
+        if "real_blocks" in dataset.summary:
+            log.info("the single real county split in spatial blocks: %s",
+                     dataset.summary["real_blocks"])
         context["outlet_events"][NAIP_DATASET].extra = {
             "url": dataset.url,
             "summary_url": dataset.summary_url,

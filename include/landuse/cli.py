@@ -60,10 +60,12 @@ def _tiles(args: argparse.Namespace) -> int:
     manifests = []
     for county in chosen:
         for result in build_county(county, args.years, args.root, config, nlcd=args.nlcd,
-                                   nlcd_crs=args.nlcd_crs):
+                                   nlcd_crs=args.nlcd_crs, reviews=args.reviews):
+            reviewed = (f" ({result.reviewed} labelled by reviews, {result.disagreed} "
+                        "disagreeing with NLCD)" if result.reviewed else "")
             print(
                 f"{result.county} {result.year}: {result.tiles} tiles, {result.trainable} "
-                f"trainable -> {result.manifest_url}"
+                f"trainable{reviewed} -> {result.manifest_url}"
             )
             manifests.append(result.manifest_url)
     if args.split:
@@ -232,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--nlcd-crs", default=None,
                        help="the NLCD rasters' true CRS when the embedded one is wrong "
                        "(e.g. EPSG:5070)")
+    tiles.add_argument("--no-reviews", dest="reviews", action="store_false",
+                       help="label tiles by NLCD only, not also by analysts' reviewed tiles "
+                       "of change reports under the root")
     tiles.add_argument("--tile-size-m", type=float, default=224.0)
     tiles.add_argument("--tile-px", type=int, default=224)
     tiles.add_argument("--nir", action="store_true", help="add NIR as a 4th channel")

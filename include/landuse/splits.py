@@ -6,6 +6,13 @@ out of both: training never reads it, and every accuracy, expected-error and pla
 figure the project reports is measured there. Each part is balanced by undersampling every
 class to the rarest class's count (capped at ``tiles_per_class``); the same seed gives the
 same split.
+
+Tiles labelled by analysts' reviews (``label_source`` "review") go where their county goes
+and are never undersampled away: balancing draws from the NLCD rows only. Where a single real
+(non-synthetic) county has trainable tiles, it cannot be held out whole without leaving
+training no real land, so its tiles are split in spatial blocks of :data:`BLOCK_TILES` ×
+:data:`BLOCK_TILES` tiles instead (about 60/20/20 of the blocks to train / validation /
+test): a block, and so every year of each of its tiles, lies in one part only.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ class Dataset:
 
 
 PARTS = ("train", "validation", "test")
+BLOCK_TILES = 5  # side of the spatial blocks a single real county is split in, in tiles
+BLOCK_SHARES = {"validation": 0.2, "test": 0.2}  # of a single real county's blocks
 
 
 def choose_validation_counties(
@@ -57,6 +66,15 @@ def choose_validation_counties(
 
 
 def _balance(frame: pd.DataFrame, cap: int | None, rng: np.random.Generator) -> pd.DataFrame:
+    """NLCD rows undersampled to the rarest class (capped), plus every reviewed row."""
+    reviewed = frame["label_source"] == "review"
+    if reviewed.any():
+        return pd.concat([_undersample(frame[~reviewed], cap, rng), frame[reviewed]])
+    return _undersample(frame, cap, rng)
+
+
+def _undersample(frame: pd.DataFrame, cap: int | None,
+                 rng: np.random.Generator) -> pd.DataFrame:
     present = frame.groupby("label").size()
     n = int(present.min()) if len(present) else 0
     if cap is not None:
@@ -67,6 +85,48 @@ def _balance(frame: pd.DataFrame, cap: int | None, rng: np.random.Generator) -> 
         take = rng.choice(len(rows), size=n, replace=False)
         parts.append(rows.iloc[np.sort(take)])
     return pd.concat(parts) if parts else frame.iloc[0:0]
+
+
+def block_parts(tile_ids: pd.Series, seed: int,
+                block: int = BLOCK_TILES) -> tuple[pd.Series, dict[str, int]]:
+    """Each tile's part when one county is split in spatial blocks of ``block`` × ``block``
+    tiles (tile ids ``{epsg}_{col}_{row}``): the blocks are shuffled by ``seed`` and dealt
+    out by :data:`BLOCK_SHARES` (each part at least one block when there are three or more;
+    two blocks give train and validation, one block trains).
+
+    Returns:
+        The part of every tile (same index), and the number of blocks per part.
+
+    Raises:
+        ValueError: a tile id that is not ``{epsg}_{col}_{row}``.
+    """
+    from landuse.review import ReviewError, tile_position
+
+    keys = []
+    for tile_id in tile_ids:
+        try:
+            col, row = tile_position(str(tile_id))
+        except ReviewError as err:
+            raise ValueError(f"cannot split by blocks: {err}") from None
+        keys.append(f"{str(tile_id).split('_', 1)[0]}_{col // block}_{row // block}")
+    blocks = sorted(set(keys))
+    # a generator of its own, so the counties' draws do not depend on the blocks
+    order = [blocks[i] for i in np.random.default_rng([seed, block]).permutation(len(blocks))]
+    n = len(order)
+    counts = {name: (max(1, round(share * n)) if n >= 3 else 0)
+              for name, share in BLOCK_SHARES.items()}
+    if n == 2:
+        counts["validation"] = 1
+    part_of: dict[str, str] = {}
+    i = 0
+    for name in ("test", "validation"):
+        for key in order[i : i + counts[name]]:
+            part_of[key] = name
+        i += counts[name]
+    for key in order[i:]:
+        part_of[key] = "train"
+    per_part = {name: sum(1 for p in part_of.values() if p == name) for name in PARTS}
+    return pd.Series([part_of[k] for k in keys], index=tile_ids.index), per_part
 
 
 def make_split(
@@ -87,6 +147,12 @@ def make_split(
     for training; with fewer there is no test part unless ``test_counties`` names one, and
     no held-out figure can be reported (reports say so).
 
+    Where exactly one real (not ``synthetic``) county has trainable tiles and it is not
+    named for validation or test, its tiles are split in spatial blocks (:func:`block_parts`)
+    and the other counties are held out as above; the frame's ``attrs["real_blocks"]`` says
+    so. Rows labelled by reviews (``label_source`` "review") are all kept; balancing
+    undersamples the NLCD rows only.
+
     Args:
         manifests: concatenated tile manifests (any number of counties and years).
         val_counties: counties for validation; chosen from ``seed`` when not given.
@@ -104,54 +170,88 @@ def make_split(
         The selected rows with a ``split`` column ('train', 'validation' or 'test').
 
     Raises:
-        ValueError: fewer than two counties have trainable tiles, a named county has none or
-            is named for two parts, no county is left for training, or training would be
-            left with fewer than two classes.
+        ValueError: fewer than two counties have trainable tiles (and no single real county
+            to split in blocks), a named county has none or is named for two parts, no
+            county is left for training, or training would be left with fewer than two
+            classes.
     """
     unknown = sorted(set(classes) - set(labels.CLASSES))
     if unknown or len(set(classes)) < 2:
         raise ValueError(f"classes must be two or more of {list(labels.CLASSES)}, got "
                          f"{list(classes)}")
     rng = np.random.default_rng(seed)
-    trainable = manifests[manifests["trainable"] & manifests["label"].isin(classes)]
+    manifests = with_provenance(manifests)
+    trainable = manifests[manifests["trainable"].fillna(False).astype(bool)
+                          & manifests["label"].isin(classes)]
     per_county = trainable.groupby("county").size().sort_index()
-    if len(per_county) < 2:
+    named = set(val_counties or []) | set(test_counties or [])
+    # counties known to be real: manifests record ``synthetic`` (frames without it: none)
+    real = (sorted(set(trainable.loc[trainable["synthetic"].eq(False), "county"]))
+            if "synthetic" in trainable else [])
+    block_county = real[0] if len(real) == 1 and real[0] not in named else None
+    if len(per_county) < 2 and block_county is None:
         raise ValueError(
             "a county-held-out split needs trainable tiles in at least two counties; found "
-            f"{list(per_county.index) or 'none'} (check NLCD sources and the purity threshold)"
+            f"{list(per_county.index) or 'none'} (check NLCD sources, the purity threshold "
+            "and reviews)"
         )
-    for part, named in (("validation", val_counties), ("test", test_counties)):
-        missing = sorted(set(named or []) - set(per_county.index))
+    for part, named_part in (("validation", val_counties), ("test", test_counties)):
+        missing = sorted(set(named_part or []) - set(per_county.index))
         if missing:
             raise ValueError(f"{part} counties {missing} have no trainable tiles")
     both = sorted(set(val_counties or []) & set(test_counties or []))
     if both:
         raise ValueError(f"counties {both} are named for both validation and test")
-    if set(val_counties or []) | set(test_counties or []) >= set(per_county.index):
+    if block_county is None and named >= set(per_county.index):
         raise ValueError("every county is held out; leave at least one for training")
+    whole = per_county.drop(block_county) if block_county else per_county
     if test_counties is not None:
         test = sorted(test_counties)
-    elif test_fraction > 0 and len(per_county) - len(val_counties or []) >= (
+    elif test_fraction > 0 and len(whole) - len(val_counties or []) >= (
             3 if val_counties else 4):
-        pool = per_county.drop(val_counties or [])  # two counties stay for training
+        pool = whole.drop(val_counties or [])  # two counties stay for training
         test = choose_validation_counties(pool, test_fraction, rng, keep=2 if val_counties else 3,
-                                          total=int(per_county.sum()))
+                                          total=int(whole.sum()))
     else:
         test = []
     if val_counties:
         val = sorted(val_counties)
+    elif len(whole) - len(test) >= 2:
+        val = choose_validation_counties(whole.drop(test), val_fraction, rng,
+                                         total=int(whole.sum()))
     else:
-        val = choose_validation_counties(per_county.drop(test), val_fraction, rng,
-                                         total=int(per_county.sum()))
+        val = []  # a lone county trains; validation comes from the real county's blocks
     part = trainable["county"].map(lambda c: "test" if c in test else
                                    "validation" if c in val else "train")
+    real_blocks = None
+    if block_county is not None:
+        mine = trainable["county"] == block_county
+        block_part, blocks = block_parts(trainable.loc[mine, "tile_id"], seed)
+        part[mine] = block_part
+        real_blocks = {"county": block_county, "block_tiles": BLOCK_TILES, **blocks}
     parts = [_balance(trainable[part == name], tiles_per_class, rng).assign(split=name)
              for name in PARTS]
     if parts[0]["label"].nunique() < 2:
         raise ValueError(
             f"training would hold {parts[0]['label'].nunique()} class(es): a classifier needs two"
         )
-    return pd.concat(parts, ignore_index=True)
+    out = pd.concat(parts, ignore_index=True)
+    if real_blocks is not None:
+        out.attrs["real_blocks"] = real_blocks
+    return out
+
+
+def with_provenance(manifests: pd.DataFrame) -> pd.DataFrame:
+    """Manifest rows with ``label_source`` filled in where manifests written before reviews
+    lack it: NLCD labelled every labelled tile."""
+    out = manifests.copy()
+    nlcd = out["label"].notna().map({True: "nlcd", False: None}).astype(object)
+    if "label_source" in out:
+        out["label_source"] = out["label_source"].astype(object).where(
+            out["label_source"].notna(), nlcd)
+    else:
+        out["label_source"] = nlcd
+    return out
 
 
 def summarize(split: pd.DataFrame, manifest_hashes: dict[str, str], seed: int,
@@ -162,6 +262,8 @@ def summarize(split: pd.DataFrame, manifest_hashes: dict[str, str], seed: int,
     if "synthetic" in split:
         summary["synthetic_training"] = bool(split.loc[split["split"] == "train",
                                                        "synthetic"].all())
+    if split.attrs.get("real_blocks"):
+        summary["real_blocks"] = split.attrs["real_blocks"]
     for name in PARTS:
         part = split[split["split"] == name]
         counts = part.groupby("label").size()
@@ -171,6 +273,8 @@ def summarize(split: pd.DataFrame, manifest_hashes: dict[str, str], seed: int,
             "per_class": {c: int(counts.get(c, 0)) for c in classes},
             "missing_classes": [c for c in classes if c not in counts.index],
         }
+        if "label_source" in part:
+            summary[name]["reviewed"] = int((part["label_source"] == "review").sum())
     return summary
 
 

@@ -14,10 +14,17 @@ atomically, and both are deterministic, so a failed run leaves no manifest and a
 writes the same bytes. The manifest records the inputs it was made from (scenes and their
 sizes, NLCD source, county, tiling config); a county-year whose committed manifest records
 the same inputs is finished, whatever the orchestrator remembers, and is not tiled again.
+
+Analysts' reviews of change reports (:func:`landuse.review.reviewed_labels`) label tiles
+beside NLCD (:func:`apply_reviews`): a reviewed tile takes the analyst's class (provenance
+``review``; NLCD's label stays in ``label_nlcd``) and is trainable when its imagery is. The
+reviews are part of a manifest's inputs: new reviews re-commit the manifest from the tiles
+already cut, the same reviews redo nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from affine import Affine
 from PIL import Image
@@ -37,7 +45,7 @@ from rasterio.errors import NodataShadowWarning
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window, from_bounds
 
-from landuse import labels, storage
+from landuse import labels, review, storage
 from landuse.counties import County
 from landuse.naip import NaipCatalog
 from landuse.naip_scene import NaipScene
@@ -78,6 +86,11 @@ MANIFEST_SCHEMA = pa.schema(
         ("image_url", pa.string()),
         ("bands", pa.string()),
         ("synthetic", pa.bool_()),
+        # Where ``label`` comes from: "nlcd", "review" (an analyst's class, see
+        # apply_reviews) or null (no label). ``label_nlcd`` keeps NLCD's own label, so a
+        # review that disagrees with NLCD leaves both in the manifest.
+        ("label_source", pa.string()),
+        ("label_nlcd", pa.string()),
     ]
 )
 
@@ -412,6 +425,8 @@ class CountyYear:
     tiles: int
     trainable: int
     scenes: tuple[str, ...]
+    reviewed: int = 0  # tiles labelled by analysts' reviews
+    disagreed: int = 0  # of those, tiles whose NLCD label is another class
 
 
 def tiling_inputs(
@@ -452,6 +467,101 @@ def _encode_inputs(inputs: dict[str, Any]) -> bytes:
     return json.dumps(inputs, sort_keys=True, default=str).encode()
 
 
+def _committed_tiles(url: str, inputs: dict[str, Any]) -> tuple[pa.Table | None, bytes | None]:
+    """The manifest at ``url`` and its recorded inputs when its *tiles* were cut from
+    ``inputs`` (whatever reviews labelled them), else ``(None, None)``."""
+    if not storage.exists(url):
+        return None, None
+    table = storage.read_parquet(url)
+    recorded = (table.schema.metadata or {}).get(INPUTS_KEY)
+    if recorded is None:
+        return None, None
+    tiled = {k: v for k, v in json.loads(recorded).items() if k != REVIEWS_INPUT}
+    return (table, recorded) if _encode_inputs(tiled) == _encode_inputs(inputs) else (None, None)
+
+
+REVIEWS_INPUT = "reviews"
+REVIEWED_COLUMNS = ["tile_id", "label"]
+
+
+def reviews_input(reviewed: pd.DataFrame) -> dict[str, Any] | None:
+    """What a county-year's reviewed labels add to its manifest's inputs: their number and a
+    SHA-256 of their (tile, class) pairs; None without reviews (earlier manifests match)."""
+    if reviewed.empty:
+        return None
+    pairs = sorted(zip(reviewed["tile_id"].astype(str), reviewed["label"].astype(str),
+                       strict=True))
+    digest = hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+    return {"tiles": len(pairs), "sha256": digest}
+
+
+def apply_reviews(table: pa.Table, reviewed: pd.DataFrame,
+                  max_nodata_fraction: float = 0.01) -> pa.Table:
+    """A county-year's manifest with analysts' classes as labels (idempotent).
+
+    Every row a review labels gets the review's class as ``label`` (and its ``group``),
+    ``label_source`` "review", and is trainable when its imagery is usable (not empty, no-data
+    at most ``max_nodata_fraction``) whatever NLCD said; ``label_nlcd`` keeps NLCD's label
+    and ``note`` NLCD's reason for leaving the tile out of training. Other rows get
+    ``label_source`` "nlcd" where NLCD labelled them, null otherwise. Labels of an earlier
+    application are undone first, so a manifest can be given new reviews; a manifest
+    written before reviews existed (without the provenance columns) is read too.
+
+    Args:
+        table: manifest rows of one county-year (from tiling, or a committed manifest).
+        reviewed: ``tile_id`` and ``label`` of that county-year's reviewed tiles (see
+            :func:`landuse.review.reviewed_labels`); ids not in the manifest are ignored.
+        max_nodata_fraction: the tiling config's limit on no-data for training tiles.
+
+    Returns:
+        The manifest in :data:`MANIFEST_SCHEMA`, in the same row order.
+
+    Raises:
+        ValueError: a reviewed class that is not a land-use class, or two classes for one
+            tile.
+    """
+    missing = sorted(set(REVIEWED_COLUMNS) - set(reviewed.columns))
+    if missing:
+        raise ValueError(f"reviewed labels lack column(s) {missing}")
+    unknown = sorted(set(reviewed["label"]) - set(labels.CLASSES))
+    if unknown:
+        raise ValueError(f"reviewed labels {unknown} are not land-use classes "
+                         f"{list(labels.CLASSES)}")
+    if reviewed["tile_id"].duplicated().any():
+        dup = sorted(reviewed.loc[reviewed["tile_id"].duplicated(), "tile_id"])[:5]
+        raise ValueError(f"reviewed labels give tiles {dup} more than one class")
+    classes = dict(zip(reviewed["tile_id"], reviewed["label"], strict=True))
+    rows = table.to_pylist()
+    for row in rows:
+        if row.get("label_source") == "review":  # an earlier review's label: back to NLCD's
+            nlcd = row.get("label_nlcd")
+            # NLCD made a tile trainable exactly when it gave no reason not to (_label_fields)
+            row.update(label=nlcd, group=labels.CLASS_TO_GROUP.get(nlcd or ""),
+                       trainable=row.get("note") is None)
+        row["label_nlcd"] = row.get("label")
+        row["label_source"] = "nlcd" if row.get("label") is not None else None
+        klass = classes.get(row["tile_id"])
+        if klass is None:
+            continue
+        nodata = row.get("nodata_fraction")
+        usable = row.get("status") != "empty" and (nodata is None
+                                                   or nodata <= max_nodata_fraction)
+        row.update(label=klass, group=labels.CLASS_TO_GROUP.get(klass), label_source="review",
+                   trainable=usable)
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def review_counts(table: pa.Table | pd.DataFrame) -> tuple[int, int]:
+    """Tiles of a manifest labelled by reviews, and how many of them NLCD labelled another
+    class (0, 0 for a manifest written before reviews)."""
+    frame = table if isinstance(table, pd.DataFrame) else table.to_pandas()
+    if "label_source" not in frame:
+        return 0, 0
+    reviewed = frame[frame["label_source"] == "review"]
+    nlcd = reviewed.get("label_nlcd", pd.Series(None, index=reviewed.index, dtype=object))
+    return len(reviewed), int((nlcd.notna() & (nlcd != reviewed["label"])).sum())
+
+
 def build_county(
     county: County,
     years: Iterable[int],
@@ -460,12 +570,16 @@ def build_county(
     nlcd: str | None = None,
     overwrite: bool = False,
     nlcd_crs: str | None = None,
+    reviews: bool = True,
 ) -> list[CountyYear]:
     """Tile every requested year of a county and commit one manifest per year.
 
     A year whose manifest is already committed from the same inputs is finished and is not
     tiled again (a rerun after a crash between the commit and the orchestrator noticing it
-    redoes nothing), unless ``overwrite``.
+    redoes nothing), unless ``overwrite``. With ``reviews``, the classes analysts set on the
+    county's change reports under ``root`` label their tiles (:func:`apply_reviews`); they
+    are inputs too: new reviews re-commit a manifest from its committed tiles (no tile is
+    cut again), the same reviews leave it as it is.
 
     Args:
         county: the county (its NAIP root, bounding box and default NLCD source).
@@ -476,6 +590,8 @@ def build_county(
         overwrite: tile again even when a manifest from the same inputs is committed.
         nlcd_crs: the NLCD rasters' true CRS, overriding their embedded one and the
             county's ``nlcd_crs``.
+        reviews: label tiles with the classes analysts set in reviews of the county's
+            change reports under ``root`` (:func:`landuse.review.reviewed_labels`).
 
     Raises:
         ValueError: the county has no NAIP scenes in any requested year.
@@ -493,6 +609,11 @@ def build_county(
         raise ValueError(
             f"county {county.name}: no NAIP scenes for years {years} under {county.naip}"
         )
+    reviewed_all = (review.reviewed_labels(root, county.name) if reviews
+                    else pd.DataFrame(columns=["year", *REVIEWED_COLUMNS]))
+    if reviewed_all.attrs.get("conflicts"):
+        log.warning("county %s: %d reviewed tile-years left unlabelled: analysts set "
+                    "different classes", county.name, reviewed_all.attrs["conflicts"])
     results = []
     for year in years:
         year_scenes = [s for s in scenes if s.year == year]
@@ -503,20 +624,34 @@ def build_county(
         url = manifest_url(root, county.name, year)
         crs = source.crs if source else None
         inputs = tiling_inputs(county, year, year_scenes, config, nlcd_url, crs)
-        table = None if overwrite else committed_manifest(url, inputs)
-        if table is not None:
+        reviewed = reviewed_all[reviewed_all["year"] == year]
+        reviewed_inputs = reviews_input(reviewed)
+        full = {**inputs, **({REVIEWS_INPUT: reviewed_inputs} if reviewed_inputs else {})}
+        table, recorded = (None, None) if overwrite else _committed_tiles(url, inputs)
+        if table is not None and recorded == _encode_inputs(full):
             log.info("county %s %d: already tiled from the same inputs (%s)", county.name,
                      year, url)
         else:
-            table = _tile_year(county, year, year_scenes, config, nlcd_url, root, crs)
-            table = table.replace_schema_metadata({INPUTS_KEY: _encode_inputs(inputs)})
+            if table is None:
+                table = _tile_year(county, year, year_scenes, config, nlcd_url, root, crs)
+            else:
+                log.info("county %s %d: reviews changed; labelling the committed tiles again",
+                         county.name, year)
+            table = apply_reviews(table, reviewed, config.max_nodata_fraction)
+            table = table.replace_schema_metadata({INPUTS_KEY: _encode_inputs(full)})
             storage.write_parquet(url, table)
+        unmatched = len(set(reviewed["tile_id"]) - set(table.column("tile_id").to_pylist()))
+        if unmatched:
+            log.warning("county %s %d: %d reviewed tiles are not in the manifest (another "
+                        "tile grid?), ignored", county.name, year, unmatched)
         trainable = sum(bool(t) for t in table.column("trainable").to_pylist())
-        log.info("county %s %d: %d tiles, %d trainable -> %s", county.name, year,
-                 table.num_rows, trainable, url)
+        n_reviewed, disagreed = review_counts(table)
+        log.info("county %s %d: %d tiles, %d trainable, %d labelled by reviews (%d "
+                 "disagreeing with NLCD) -> %s", county.name, year, table.num_rows, trainable,
+                 n_reviewed, disagreed, url)
         results.append(
             CountyYear(county.name, year, url, table.num_rows, trainable,
-                       tuple(s.name for s in year_scenes))
+                       tuple(s.name for s in year_scenes), n_reviewed, disagreed)
         )
     return results
 
@@ -589,8 +724,12 @@ def export_chips(manifest: str, dest: str | None = None, which: Literal["trainab
                 url = urls[i] = storage.join(dest, f"{t.tile_id}.png")
                 storage.write_bytes(url, encode_png(pixels))
     listed = chosen.assign(image_url=[urls[i] for i in chosen.index])
+    for column in MANIFEST_SCHEMA.names:  # a manifest written before a column existed
+        if column not in listed:
+            listed[column] = None
     out = storage.join(dest, "chips.parquet")
-    storage.write_parquet(out, pa.Table.from_pandas(listed, schema=MANIFEST_SCHEMA,
+    storage.write_parquet(out, pa.Table.from_pandas(listed[MANIFEST_SCHEMA.names],
+                                                    schema=MANIFEST_SCHEMA,
                                                     preserve_index=False))
     log.info("%d chips of %s -> %s", len(listed), manifest, dest)
     return out

@@ -64,6 +64,43 @@ def test_builds_manifests_split_and_emits_asset(airflow_db, registry, tmp_path, 
     assert event.extra["train"] == len(train)
 
 
+def test_reviewed_tiles_make_the_real_county_trainable(airflow_db, registry, tmp_path):
+    """Analysts' classes on the unlabelled real county's tiles: it trains, split in blocks."""
+    from landuse.change.run import change_url
+    from landuse.counties import load_registry
+    from landuse.review import record
+    from landuse.tiling import TilingConfig, build_county
+
+    root = tmp_path / "out"
+    county = load_registry(str(registry))["stutsman-nd"]
+    [probe] = build_county(county, [2016], str(tmp_path / "probe"), TilingConfig(tile_px=16))
+    ids = pd.read_parquet(probe.manifest_url)["tile_id"].tolist()
+    report = change_url(str(root), "stutsman-nd", 2010, 2016)
+    for i, tile in enumerate(ids):
+        record(report, pd.DataFrame({"tile_id": ids}), user="ana", tile_id=tile,
+               answer="change", class_b="Forest" if i % 2 else "Cultivated")
+    run = _run("naip_dataset", {"registry": str(registry), "years": [2016],
+                                "storage_root": str(root), "tile_px": 32})
+    assert run.state == "success"
+    manifest = pd.read_parquet(root / "naip" / "stutsman-nd" / "2016" / "manifest.parquet")
+    assert (manifest["label_source"] == "review").sum() == len(ids)
+    assert manifest["trainable"].sum() > 0
+    split = pd.read_parquet(root / "naip" / "dataset" / "split.parquet")
+    real = split[split["county"] == "stutsman-nd"]
+    assert (real["label_source"] == "review").all() and len(real) == manifest["trainable"].sum()
+    assert set(real["split"]) == {"train", "validation", "test"}
+    assert (real.groupby("tile_id")["split"].nunique() == 1).all()
+    summary = json.loads((root / "naip" / "dataset" / "summary.json").read_text())
+    assert summary["real_blocks"]["county"] == "stutsman-nd"
+    assert summary["synthetic_training"] is False
+
+    off = _run("naip_dataset", {"registry": str(registry), "years": [2016], "tile_px": 32,
+                                "storage_root": str(root), "reviews": False})
+    assert off.state == "success"
+    split = pd.read_parquet(root / "naip" / "dataset" / "split.parquet")
+    assert "stutsman-nd" not in set(split["county"])
+
+
 def test_unknown_county_fails_at_once_without_retries(airflow_db, registry, tmp_path):
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session

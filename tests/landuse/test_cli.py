@@ -35,7 +35,8 @@ def test_tiles_help_lists_its_options(capsys):
     with pytest.raises(SystemExit):
         main(["tiles", "--help"])
     out = capsys.readouterr().out
-    for option in ("--registry", "--years", "--root", "--nir", "--split", "--val-counties"):
+    for option in ("--registry", "--years", "--root", "--nir", "--split", "--val-counties",
+                   "--no-reviews"):
         assert option in out
 
 
@@ -82,6 +83,28 @@ def test_tiles_with_split(synth_out, tmp_path, capsys):
     assert summary["train"]["tiles"] == int((split["split"] == "train").sum()) > 0
     assert not set(summary["train"]["counties"]) & set(summary["validation"]["counties"])
     assert split["image_url"].isna().all() and split["scene_url"].notna().all()  # no chips
+
+
+def test_tiles_says_what_reviews_labelled(synth_out, tmp_path, capsys):
+    from landuse.change.run import change_url
+    from landuse.review import record
+
+    root = tmp_path / "out"
+    args = ["tiles", "--registry", str(synth_out / "counties.json"), "--years", "2016",
+            "--counties", "synthetic-county-1", "--root", str(root), "--tile-px", "32"]
+    assert main([*args, "--no-reviews"]) == 0
+    manifest = root / "naip" / "synthetic-county-1" / "2016" / "manifest.parquet"
+    tile = pd.read_parquet(manifest)["tile_id"].iloc[0]
+    record(change_url(str(root), "synthetic-county-1", 2010, 2016),
+           pd.DataFrame({"tile_id": [tile]}), user="ana", tile_id=tile, answer="change",
+           class_b="Barren")
+    capsys.readouterr()
+    assert main([*args, "--no-reviews"]) == 0
+    assert "labelled by reviews" not in capsys.readouterr().out
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "(1 labelled by reviews, 1 disagreeing with NLCD)" in out
+    assert pd.read_parquet(manifest).set_index("tile_id").loc[tile, "label"] == "Barren"
 
 
 def test_tiles_with_nir_for_one_county(synth_out, tmp_path):

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from landuse import labels, storage
-from landuse.splits import build_dataset, choose_validation_counties, make_split
+from landuse.splits import build_dataset, choose_validation_counties, make_split, summarize
 
 
 def _manifest(county: str, per_class: dict[str, int], untrainable: int = 3) -> pd.DataFrame:
@@ -245,3 +245,95 @@ def test_the_class_set_belongs_to_the_dataset(manifests):
     assert "Water" not in set(seed["label"])
     with pytest.raises(ValueError, match=r"classes must be two or more of"):
         make_split(watery, classes=("Forest", "Lava"))
+
+
+# --- reviewed tiles and a single real county ----------------------------------------------
+
+CLASSES3 = ("Forest", "Cultivated", "Developed")
+
+
+def _grid_county(county: str, *, synthetic: bool, side: int = 20, years=(2010, 2016),
+                 col0: int = 400, seed: int = 0) -> pd.DataFrame:
+    """A county of ``side`` × ``side`` real tile ids, every tile in every year, NLCD-labelled
+    with three classes at random."""
+    rng = np.random.default_rng(seed)
+    rows = [dict(tile_id=f"26914_{col0 + c}_{2100 + r}", county=county, year=year,
+                 label=CLASSES3[int(rng.integers(3))], trainable=True, synthetic=synthetic,
+                 label_source="nlcd")
+            for year in years for c in range(side) for r in range(side)]
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def one_real() -> pd.DataFrame:
+    """One real county (stutsman-nd) beside three synthetic ones."""
+    return pd.concat([_grid_county("stutsman-nd", synthetic=False)]
+                     + [_grid_county(f"synthetic-county-{i}", synthetic=True, col0=1000 * i,
+                                     seed=i) for i in (1, 2, 3)], ignore_index=True)
+
+
+def _block(tile_id: str) -> tuple[int, int]:
+    _, col, row = tile_id.split("_")
+    return int(col) // 5, int(row) // 5
+
+
+def test_a_single_real_county_is_split_in_spatial_blocks(one_real):
+    split = make_split(one_real, seed=3)
+    real = split[split["county"] == "stutsman-nd"]
+    assert set(real["split"]) == {"train", "validation", "test"}
+    # no block and no tile (in any year) in two parts
+    assert (real.groupby(real["tile_id"].map(_block))["split"].nunique() == 1).all()
+    assert (real.groupby("tile_id")["split"].nunique() == 1).all()
+    blocks = split.attrs["real_blocks"]
+    assert blocks == {"county": "stutsman-nd", "block_tiles": 5, "train": 10, "validation": 3,
+                      "test": 3}  # 16 blocks of 5 x 5 tiles, about 60/20/20
+    for name in ("train", "validation", "test"):
+        assert real.loc[real["split"] == name, "tile_id"].map(_block).nunique() <= blocks[name]
+    synthetic = split[split["county"] != "stutsman-nd"]
+    assert (synthetic.groupby("county")["split"].nunique() == 1).all()  # held out whole
+    again = make_split(one_real, seed=3)
+    pd.testing.assert_frame_equal(split, again)
+    other = make_split(one_real, seed=4)
+    assert not other[other["county"] == "stutsman-nd"]["split"].equals(real["split"])
+    summary = summarize(split, {}, 3)
+    assert summary["real_blocks"] == blocks and summary["synthetic_training"] is False
+
+
+def test_a_real_county_alone_is_split_in_blocks(one_real):
+    split = make_split(one_real[one_real["county"] == "stutsman-nd"], seed=0)
+    assert set(split["split"]) == {"train", "validation", "test"}
+    assert (split.groupby("tile_id")["split"].nunique() == 1).all()
+    # named for a part, the county is held out whole as before
+    with pytest.raises(ValueError, match="at least two counties"):
+        make_split(one_real[one_real["county"] == "stutsman-nd"], val_counties=["stutsman-nd"])
+
+
+def test_two_real_counties_are_held_out_whole(one_real):
+    two = pd.concat([one_real, _grid_county("cass-nd", synthetic=False, col0=5000, seed=9)],
+                    ignore_index=True)
+    split = make_split(two, seed=0)
+    assert (split.groupby("county")["split"].nunique() == 1).all()
+    assert "real_blocks" not in split.attrs
+
+
+def test_reviewed_rows_survive_balancing(one_real):
+    frame = one_real.copy()
+    real = frame["county"] == "stutsman-nd"
+    # 60 reviewed Barren tiles, far more than the cap of 5 tiles per class and part
+    reviewed = frame.index[real & (frame["year"] == 2016)][::6][:60]
+    assert len(reviewed) == 60
+    frame.loc[reviewed, ["label", "label_source"]] = ["Barren", "review"]
+    split = make_split(frame, seed=1, tiles_per_class=5)
+    kept = split[split["label_source"] == "review"]
+    assert sorted(kept["tile_id"]) == sorted(frame.loc[reviewed, "tile_id"])
+    assert set(kept["label"]) == {"Barren"}
+    for _, part in split[split["label_source"] == "nlcd"].groupby("split"):
+        assert part.groupby("label").size().nunique() == 1  # NLCD rows still balanced
+        assert part.groupby("label").size().max() <= 5
+    summary = summarize(split, {}, 1)
+    assert sum(summary[p]["reviewed"] for p in ("train", "validation", "test")) == 60
+
+
+def test_manifests_from_before_reviews_give_nlcd_provenance(manifests):
+    split = make_split(manifests, seed=0)
+    assert (split["label_source"] == "nlcd").all()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import rasterio
@@ -664,3 +665,135 @@ def test_nlcd_with_a_wrong_crs_is_refused_then_overridden(registry, synthetic, t
     pd.testing.assert_frame_equal(a, b)
     recorded = json.loads(pq.read_schema(fixed.manifest_url).metadata[INPUTS_KEY])
     assert recorded["nlcd_crs"] == "EPSG:5070"
+
+
+# --- reviewed tiles as labels ------------------------------------------------------------
+
+
+def _review(root, county, tile_id, *, class_a=None, class_b=None, answer="change",
+            user="ana", years=(2010, 2016)):
+    from landuse.change.run import change_url
+    from landuse.review import record
+
+    record(change_url(str(root), county, *years), pd.DataFrame({"tile_id": [tile_id]}),
+           user=user, tile_id=tile_id, answer=answer, class_a=class_a, class_b=class_b)
+
+
+def test_a_review_labels_a_tile_nlcd_left_unlabelled(registry, tmp_path):
+    county = registry["synthetic-county-1"]
+    [plain] = build_county(county, [2010], str(tmp_path), CONFIG, nlcd="")
+    tile = pd.read_parquet(plain.manifest_url)["tile_id"].iloc[7]
+    _review(tmp_path, county.name, tile, class_a="Forest", class_b="Developed")
+    a, b = build_county(county, [2010, 2016], str(tmp_path), CONFIG, nlcd="")
+    for result, klass in ((a, "Forest"), (b, "Developed")):
+        m = pd.read_parquet(result.manifest_url).set_index("tile_id")
+        assert (result.trainable, result.reviewed, result.disagreed) == (1, 1, 0)
+        assert m.loc[tile, ["label", "label_source", "trainable"]].tolist() == [
+            klass, "review", True]
+        assert m.loc[tile, "group"] == labels.CLASS_TO_GROUP[klass]
+        assert m.loc[tile, "label_nlcd"] is None and m.loc[tile, "note"] == "no NLCD labels"
+        others = m.drop(tile)
+        assert others["label_source"].isna().all() and not others["trainable"].any()
+
+
+def test_a_county_without_nlcd_becomes_trainable_by_reviews(real_scene, tmp_path):
+    county = County(name="stutsman-nd", state="nd", bbox=(-99.17, 47.01, -99.15, 47.03),
+                    naip=str(real_scene.parent))
+    config = TilingConfig(tile_px=32)
+    [before] = build_county(county, [2016], str(tmp_path), config)
+    assert before.trainable == 0
+    ids = pd.read_parquet(before.manifest_url)["tile_id"].tolist()[:3]
+    for tile in ids:  # a "no change" verdict with one class labels both years
+        _review(tmp_path, county.name, tile, class_b="Cultivated", answer="no_change")
+    [after] = build_county(county, [2016], str(tmp_path), config)
+    m = pd.read_parquet(after.manifest_url)
+    assert after.trainable == after.reviewed == 3
+    assert set(m.loc[m["trainable"], "tile_id"]) == set(ids)
+    assert (m.loc[m["trainable"], "label_source"] == "review").all()
+    assert (m.loc[m["trainable"], "label"] == "Cultivated").all()
+    assert not (m["synthetic"]).any()
+    assert len(m) == before.tiles  # the same tiles, labelled
+
+
+def test_a_disagreeing_review_keeps_both_labels(tiled, registry, tmp_path):
+    county = registry["synthetic-county-1"]
+    m0 = tiled[2][(county.name, 2016)]
+    pure = m0[m0["trainable"]].iloc[0]
+    other = next(c for c in labels.CLASSES if c != pure["label"])
+    impure = m0[~m0["trainable"] & m0["label"].isin(labels.CLASSES)
+                & (m0["nodata_fraction"] <= CONFIG.max_nodata_fraction)].iloc[0]
+    _review(tmp_path, county.name, pure["tile_id"], class_b=other)
+    _review(tmp_path, county.name, impure["tile_id"], class_b=impure["label"])
+    [r] = build_county(county, [2016], str(tmp_path), CONFIG)
+    m = pd.read_parquet(r.manifest_url).set_index("tile_id")
+    assert (r.reviewed, r.disagreed) == (2, 1)
+    assert m.loc[pure["tile_id"], ["label", "label_nlcd", "label_source"]].tolist() == [
+        other, pure["label"], "review"]
+    assert m.loc[impure["tile_id"], ["label", "label_nlcd", "trainable"]].tolist() == [
+        impure["label"], impure["label"], True]  # NLCD's impure tile, now trainable
+    assert m.loc[impure["tile_id"], "note"] == impure["note"]  # why NLCD left it out
+    assert r.trainable == m0["trainable"].sum() + 1
+    rest = m.drop([pure["tile_id"], impure["tile_id"]])
+    assert (rest["label_nlcd"].fillna("-") == rest["label"].fillna("-")).all()
+    assert (rest["label_source"] == rest["label"].map(lambda x: "nlcd" if x else None)).all()
+
+
+def test_the_same_reviews_commit_nothing_new_reviews_recommit_without_tiling(
+        registry, tmp_path, monkeypatch):
+    import landuse.tiling as tiling
+
+    county = registry["synthetic-county-2"]
+    [plain] = build_county(county, [2016], str(tmp_path), CONFIG)
+    reference = pq.read_table(plain.manifest_url)
+    ids = reference.column("tile_id").to_pylist()
+    _review(tmp_path, county.name, ids[0], class_b="Barren")
+    [first] = build_county(county, [2016], str(tmp_path), CONFIG)
+    manifest = Path(first.manifest_url)
+    stamp = manifest.stat().st_mtime_ns
+
+    def no_tiling(*args, **kwargs):
+        raise AssertionError("tiled again")
+
+    monkeypatch.setattr(tiling, "_tile_year", no_tiling)
+    [again] = build_county(county, [2016], str(tmp_path), CONFIG)
+    assert again == first and manifest.stat().st_mtime_ns == stamp  # same reviews: nothing
+    _review(tmp_path, county.name, ids[1], class_b="Shrub", user="bo")
+    [second] = build_county(county, [2016], str(tmp_path), CONFIG)
+    assert manifest.stat().st_mtime_ns != stamp and second.reviewed == first.reviewed + 1
+    recorded = json.loads(pq.read_schema(manifest).metadata[INPUTS_KEY])
+    assert recorded["reviews"]["tiles"] == 2
+    # without reviews, the manifest is NLCD's again, row for row
+    [undone] = build_county(county, [2016], str(tmp_path), CONFIG, reviews=False)
+    assert undone.reviewed == 0
+    back = pq.read_table(manifest)
+    assert back.drop(["label_source", "label_nlcd"]).equals(reference.drop(
+        ["label_source", "label_nlcd"]))
+    assert back.schema.metadata == reference.schema.metadata
+
+
+def test_a_manifest_from_before_reviews_is_still_read(registry, tmp_path):
+    county = registry["synthetic-county-2"]
+    [plain] = build_county(county, [2016], str(tmp_path), CONFIG)
+    table = pq.read_table(plain.manifest_url)
+    old = table.drop(["label_source", "label_nlcd"])
+    pq.write_table(old.replace_schema_metadata(table.schema.metadata), plain.manifest_url)
+    stamp = Path(plain.manifest_url).stat().st_mtime_ns
+    [again] = build_county(county, [2016], str(tmp_path), CONFIG)
+    assert Path(plain.manifest_url).stat().st_mtime_ns == stamp  # still current
+    assert (again.reviewed, again.trainable) == (0, plain.trainable)
+    chips = pd.read_parquet(export_chips(plain.manifest_url, str(tmp_path / "chips")))
+    assert chips["label_source"].isna().all()
+    tile = old.column("tile_id").to_pylist()[0]
+    _review(tmp_path, county.name, tile, class_b="Water")
+    [reviewed] = build_county(county, [2016], str(tmp_path), CONFIG)
+    assert reviewed.reviewed == 1
+    assert pq.read_schema(plain.manifest_url).names == MANIFEST_SCHEMA.names
+
+
+def test_reviewed_labels_must_be_classes():
+    from landuse.tiling import apply_reviews
+
+    table = pa.Table.from_pylist([{"tile_id": "26914_1_2", "label": None}],
+                                 schema=MANIFEST_SCHEMA)
+    with pytest.raises(ValueError, match=r"\['Lava'\] are not land-use classes"):
+        apply_reviews(table, pd.DataFrame({"tile_id": ["26914_1_2"], "label": ["Lava"]}))

@@ -201,9 +201,26 @@ def _evaluation(root: str, model_id: str | None) -> dict[str, Any] | None:
 
 
 def _caveat(evaluation: dict[str, Any] | None, manifest_b: pd.DataFrame) -> dict[str, Any]:
-    """A first line for real counties when the model learned from synthetic imagery only."""
+    """A first line for real counties: the model's figure on reviewed real test tiles and
+    how many tiles stand behind it, or, without one, that a model which learned from
+    synthetic imagery only has never seen real land."""
     real = not bool(manifest_b["synthetic"].any()) if "synthetic" in manifest_b else True
-    if real and evaluation and evaluation.get("trained_on_synthetic"):
+    if not (real and evaluation):
+        return {}
+    reviewed = evaluation.get("metrics_reviewed") or {}
+    if reviewed.get("tiles") and reviewed.get("accuracy") is not None:
+        measured = reviewed.get("measured_classes") or []
+        test_tiles = (evaluation.get("metrics") or {}).get("tiles", reviewed["tiles"])
+        others = ("; its other figures come from synthetic counties"
+                  if reviewed.get("others_synthetic") else
+                  "; its other figures come from its other test tiles"
+                  if test_tiles > reviewed["tiles"] else "")
+        return {"caveat": (
+            f"Model {evaluation['model_id']} was measured on {reviewed['tiles']} reviewed real "
+            f"test tiles of {', '.join(reviewed.get('counties') or ['real counties'])} "
+            f"({len(measured)} classes: {', '.join(measured)}): accuracy "
+            f"{reviewed['accuracy']:.2f}{others}.")}
+    if evaluation.get("trained_on_synthetic"):
         return {"caveat": (
             f"Model {evaluation['model_id']} was trained on synthetic imagery only and has "
             "never seen real land: its land-use classes and counts for this real county are "

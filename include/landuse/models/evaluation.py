@@ -1,16 +1,19 @@
 """Any bundle scored on a part of a split exactly as the trainers score their candidates.
 
 So an earlier champion can be compared with new candidates on the validation tiles, and the
-chosen champion reported on the test counties that neither training nor the choice saw.
+chosen champion reported on the test counties that neither training nor the choice saw, and
+apart on the test tiles of real land that analysts labelled (:func:`evaluate_on_test_part`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
 from landuse.models.bundle import Bundle
 from landuse.models.data import read_part
-from landuse.models.metrics import report
+from landuse.models.metrics import classes_measured, report
 from landuse.models.runners import OnnxRunner
 from landuse.tiles import TileCache
 
@@ -45,7 +48,62 @@ def evaluate_on_split(bundle: Bundle, split_url: str, part: str = "validation",
         UnfitModel: a class the bundle does not know, another input size, or no tiles in
             that part.
     """
+    rows, predicted = _predict(bundle, split_url, part, input_size)
+    return _figures(rows, predicted, bundle, part)
+
+
+def evaluate_on_test_part(bundle: Bundle, split_url: str) -> tuple[dict[str, Any],
+                                                                   dict[str, Any] | None]:
+    """Metrics of ``bundle`` on the split's test part (as :func:`evaluate_on_split`), and
+    apart on its reviewed real tiles: test rows labelled by analysts' reviews
+    (``label_source`` "review") of counties that are not synthetic, the only figure that
+    speaks for real land when the rest of the test part is synthetic.
+
+    Returns:
+        The test metrics, and the reviewed real tiles' metrics (with ``measured_on``, the
+        classes they hold, and ``others_synthetic``, whether every other test tile is
+        synthetic), or None when the test part has no reviewed real tile.
+
+    Raises:
+        UnfitModel: see :func:`evaluate_on_split`.
+    """
+    rows, predicted = _predict(bundle, split_url, "test", None)
+    metrics = _figures(rows, predicted, bundle, "test")
+    reviewed = reviewed_real(rows)
+    if not reviewed.any():
+        return metrics, None
+    figures = _figures(rows[reviewed], predicted[reviewed.to_numpy()], bundle, "test")
+    others = rows[~reviewed]
+    figures.update(measured_on=classes_measured(figures),
+                   others_synthetic=bool(not others.empty and _synthetic(others).all()))
+    return metrics, figures
+
+
+def reviewed_real(rows: pd.DataFrame) -> pd.Series:
+    """Which rows of a split are reviewed tiles of real land (False for splits made before
+    reviews)."""
+    if "label_source" not in rows:
+        return pd.Series(False, index=rows.index)
+    return (rows["label_source"] == "review") & ~_synthetic(rows)
+
+
+def _synthetic(rows: pd.DataFrame) -> pd.Series:
+    if "synthetic" not in rows:
+        return pd.Series(False, index=rows.index)
+    return rows["synthetic"].astype("boolean").fillna(False).astype(bool)
+
+
+def _figures(rows: pd.DataFrame, predicted: Any, bundle: Bundle, part: str) -> dict[str, Any]:
+    return {**report(list(rows["label"]), list(predicted), bundle.spec.classes), "split": part,
+            "counties": sorted(rows["county"].unique().tolist())}
+
+
+def _predict(bundle: Bundle, split_url: str, part: str,
+             input_size: int | None) -> tuple[pd.DataFrame, Any]:
+    """The part's rows and the bundle's class for each (a numpy array of names)."""
     import tempfile
+
+    import numpy as np
 
     rows = read_part(split_url, part)
     spec = bundle.spec
@@ -66,5 +124,4 @@ def evaluate_on_split(bundle: Bundle, split_url: str, part: str = "validation",
             probs = runner.predict(tiles[i : i + EVAL_BATCH])
             predicted += [spec.classes[j] for j in probs.argmax(axis=1)]
         del tiles  # the memory map, before its folder goes
-    return {**report(list(rows["label"]), predicted, spec.classes), "split": part,
-            "counties": sorted(rows["county"].unique().tolist())}
+    return rows, np.array(predicted, dtype=object)

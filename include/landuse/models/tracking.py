@@ -17,8 +17,9 @@ until every candidate succeeded.
 Then the champion in force is evaluated once on the split's *test* counties, which neither
 training nor the choice saw: ``{models_root}/evaluations/{model_id}.json`` holds those
 metrics and confusion matrices (the figures reports quote, and the model-error rates that
-change reports derive their expected false change from) and whether the model was trained on
-synthetic imagery only.
+change reports derive their expected false change from), the same figures on the test tiles
+of real land that analysts reviewed (``metrics_reviewed``; None without any), and whether the
+model was trained on synthetic imagery only.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 
 from landuse import config, storage
 from landuse.models.bundle import Bundle, BundleError, load_bundle
-from landuse.models.evaluation import UnfitModel, evaluate_on_split, evaluate_on_validation
+from landuse.models.evaluation import UnfitModel, evaluate_on_test_part, evaluate_on_validation
 from landuse.models.metrics import confusion_png
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,9 @@ def evaluate_on_test(champion: dict[str, Any], models_root: str,
     with ``metrics`` None, so reports can say that no held-out figure exists.
 
     Whether the model learned from synthetic imagery only is read from the summary of the
-    split it was trained on (kept from an earlier evaluation when that was another split).
+    split it was trained on (kept from an earlier evaluation when that was another split):
+    reviewed tiles of a real county in training make it False. ``metrics_reviewed`` holds
+    the figures on the test part's reviewed real tiles apart (None without any).
     """
     bundle = load_bundle(champion["bundle"])
     summary_url = split_url.rsplit("/", 1)[0] + "/summary.json"
@@ -218,11 +221,12 @@ def evaluate_on_test(champion: dict[str, Any], models_root: str,
                  else earlier.get("trained_on_synthetic"))
     record: dict[str, Any] = {
         "model_id": bundle.model_id, "split_url": split_url, "split_sha256": digest,
-        "trained_on_synthetic": synthetic, "metrics": None,
+        "trained_on_synthetic": synthetic, "metrics": None, "metrics_reviewed": None,
         "evaluated": dt.datetime.now(dt.UTC).isoformat(),
     }
     try:
-        record["metrics"] = evaluate_on_split(bundle, split_url, "test")
+        record["metrics"], record["metrics_reviewed"] = evaluate_on_test_part(bundle,
+                                                                              split_url)
     except UnfitModel as err:
         record["note"] = str(err)
         log.warning("no held-out figure for %s: %s", bundle.model_id, err)
@@ -230,14 +234,20 @@ def evaluate_on_test(champion: dict[str, Any], models_root: str,
         m = record["metrics"]
         log.info("champion %s on test counties %s: accuracy %.4f, group accuracy %.4f",
                  bundle.model_id, m["counties"], m["accuracy"], m.get("group_accuracy") or 0)
+        reviewed = record["metrics_reviewed"]
+        if reviewed:
+            log.info("champion %s on %d reviewed real test tiles of %s: accuracy %.4f",
+                     bundle.model_id, reviewed["tiles"], reviewed["counties"],
+                     reviewed["accuracy"])
         if champion.get("run_id"):
-            _log_test_metrics(champion["run_id"], m)
+            _log_test_metrics(champion["run_id"], m, reviewed)
     storage.write_bytes(evaluation_url(models_root, bundle.model_id),
                         json.dumps(record, indent=2).encode())
     return record
 
 
-def _log_test_metrics(run_id: str, metrics: dict[str, Any]) -> None:
+def _log_test_metrics(run_id: str, metrics: dict[str, Any],
+                      reviewed: dict[str, Any] | None = None) -> None:
     import mlflow
     from mlflow import MlflowClient
 
@@ -246,6 +256,8 @@ def _log_test_metrics(run_id: str, metrics: dict[str, Any]) -> None:
     for key in ("accuracy", "group_accuracy"):
         if metrics.get(key) is not None:
             client.log_metric(run_id, f"test_{key}", float(metrics[key]))
+        if reviewed and reviewed.get(key) is not None:
+            client.log_metric(run_id, f"test_reviewed_{key}", float(reviewed[key]))
     client.set_tag(run_id, "test_counties", ",".join(metrics["counties"]))
 
 

@@ -339,3 +339,30 @@ def test_a_real_county_scored_by_a_synthetic_trained_model_says_so_first(
     assert "one of the model's training counties: not a held-out figure" in report
     _evaluation(root, name, "train", synthetic=False)
     assert "caveat" not in run_change(root, name, 2010, 2016, embeddings=False).summary
+
+
+def test_a_real_county_caveat_quotes_the_reviewed_real_figure(tmp_path, change_root,
+                                                              change_kit):
+    root = _root(tmp_path, change_root, change_kit)
+    name = change_root.county.name
+    for year in YEARS:  # the same county, now real imagery
+        change_kit.write_manifest(root, name, year,
+                                  change_root.manifests[year].assign(synthetic=False))
+    record = _evaluation(root, name, "train", synthetic=False)
+    record["metrics_reviewed"] = {"accuracy": 0.75, "tiles": 24, "counties": ["stutsman-nd"],
+                                  "measured_classes": ["Cultivated", "Herbaceous", "Water"],
+                                  "others_synthetic": True}
+    from landuse.models.tracking import evaluation_url, models_root
+
+    storage.write_bytes(evaluation_url(models_root(root), "labels@1"),
+                        json.dumps(record).encode())
+    s = run_change(root, name, 2010, 2016, embeddings=False).summary
+    assert next(iter(s)) == "caveat"
+    assert s["caveat"] == (
+        "Model labels@1 was measured on 24 reviewed real test tiles of stutsman-nd (3 classes: "
+        "Cultivated, Herbaceous, Water): accuracy 0.75; its other figures come from synthetic "
+        "counties.")
+    assert "never seen real land" not in s["caveat"]
+    report = storage.read_bytes(os.path.join(change_url(root, name, 2010, 2016),
+                                             "report.md")).decode()
+    assert report.splitlines()[0] == f"> **Caution:** {s['caveat']}"

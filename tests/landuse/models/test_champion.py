@@ -241,3 +241,46 @@ def test_the_champion_is_evaluated_once_on_the_test_counties(onnx_kit, tiny_data
                              "split_url": tiny_dataset.url}], str(tmp_path / "models-2"))
     record = evaluate_on_test(pointer, str(tmp_path / "models-2"), tiny_dataset.url)
     assert record["metrics"] is None and "has no test tiles" in record["note"]
+
+
+def test_reviewed_real_test_tiles_are_reported_apart(onnx_kit, tiny_dataset, tmp_path):
+    from landuse.models.tracking import evaluate_on_test
+
+    # test part: the validation county's tiles; some of them stand for reviewed real tiles
+    split = tiny_dataset.split.assign(label_source="nlcd")
+    held_out = split[split["split"] == "validation"].assign(split="test").reset_index(drop=True)
+    real = held_out.index % 3 == 0
+    held_out.loc[real, ["county", "synthetic", "label_source"]] = ["stutsman-nd", False,
+                                                                   "review"]
+    held_out.loc[held_out.index % 3 == 1, "label_source"] = "review"  # reviewed, synthetic
+    trained = split[split["split"] == "train"].head(4).assign(
+        county="stutsman-nd", synthetic=False, label_source="review")
+    rows = pd.concat([split.drop(trained.index), trained, held_out], ignore_index=True)
+    split_url = str(tmp_path / "dataset" / "split.parquet")
+    storage.write_parquet(split_url, pa.Table.from_pandas(rows, preserve_index=False))
+    storage.write_bytes(str(tmp_path / "dataset" / "summary.json"),
+                        json.dumps({"synthetic_training": False}).encode())
+    folder = _always(onnx_kit, tmp_path / "shrub", "Shrub")
+    meta = json.loads((folder / "bundle.json").read_text())
+    meta["lineage"]["split_sha256"] = _sha(split_url)
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    models = str(tmp_path / "models")
+    pointer = promote_best([{"bundle": str(folder), "run_id": None, "split_url": split_url}],
+                           models)
+
+    record = evaluate_on_test(pointer, models, split_url)
+    assert record["trained_on_synthetic"] is False  # real reviewed tiles in training
+    assert record["metrics"]["tiles"] == len(held_out)
+    r = record["metrics_reviewed"]
+    expected = held_out[real]
+    assert r["tiles"] == len(expected) and r["counties"] == ["stutsman-nd"]
+    assert r["accuracy"] == pytest.approx(float((expected["label"] == "Shrub").mean()))
+    assert r["per_class"]["Shrub"]["support"] == int((expected["label"] == "Shrub").sum())
+    assert r["measured_classes"] == [c for c in CLASSES if c in set(expected["label"])]
+    assert r["measured_on"].startswith(f"{len(r['measured_classes'])} classes")
+    assert r["others_synthetic"] is True
+
+    # a test part without reviewed real tiles has no such figure
+    plain = rows.assign(label_source="nlcd")
+    storage.write_parquet(split_url, pa.Table.from_pandas(plain, preserve_index=False))
+    assert evaluate_on_test(pointer, models, split_url)["metrics_reviewed"] is None
