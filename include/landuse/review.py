@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from landuse import labels, storage
+from landuse.change import SUMMARY, change_url
 
 Verdict = Literal["change", "no_change", "unsure"]
 ANSWERS: tuple[str, ...] = ("change", "no_change", "unsure")
@@ -302,8 +303,6 @@ def publish(report_url: str, status: str = "reviewed") -> dict[str, Any]:
     Raises:
         ReviewError: no whole report at ``report_url``.
     """
-    from landuse.change.run import SUMMARY
-
     marker = storage.join(report_url, SUMMARY)
     if not storage.exists(marker):
         raise ReviewError(f"no change report at {report_url}")
@@ -334,8 +333,6 @@ def reviewed_labels(root: str, county: str) -> pd.DataFrame:
     Returns:
         ``county``, ``year``, ``tile_id``, ``label``, ``users``, ``pair``.
     """
-    from landuse.change.run import change_url
-
     columns = ["county", "year", "tile_id", "label", "users", "pair"]
     rows = []
     pattern = storage.join(change_url(root, county, 1000, 1001).rsplit("/", 1)[0], "*",

@@ -19,7 +19,16 @@ import pandas as pd
 from rasterio.windows import from_bounds
 
 from landuse import labels, storage
-from landuse.change import embedding, expected, features, maps, normalise, significance
+from landuse.change import (
+    SUMMARY,
+    change_url,
+    embedding,
+    expected,
+    features,
+    maps,
+    normalise,
+    significance,
+)
 from landuse.change.detect import (
     NEWLY_DEVELOPED_FROM,
     Change,
@@ -47,7 +56,6 @@ log = logging.getLogger(__name__)
 WATER_CHANGE = 0.15
 # A tile counts as planted new development when this share of it became Developed.
 PLANTED_SHARE = 0.5
-SUMMARY = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -56,12 +64,6 @@ class ChangeResult:
 
     url: str
     summary: dict[str, Any]
-
-
-def change_url(root: str, county: str, year_a: int, year_b: int) -> str:
-    """The report folder of one county and pair of years."""
-    return storage.join(root, "change", f"county={storage.safe_name(county)}",
-                        f"{year_a}-{year_b}")
 
 
 def run_change(
