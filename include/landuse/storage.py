@@ -340,13 +340,16 @@ def remove_temporaries(url: str) -> int:
     return len(stale)
 
 
-def write_folder(url: str, files: dict[str, bytes], commit: str) -> None:
+def write_folder(url: str, files: dict[str, bytes], commit: str,
+                 keep: tuple[str, ...] = ()) -> None:
     """Publish a folder of files as one unit; ``commit`` is the file that says it is whole.
 
     Locally the files go to a temporary sibling folder that then replaces ``url`` by rename.
     On blob storage every file is one atomic upload and ``commit`` goes last, so a reader
     that looks for it first never sees a half-written folder; files of an earlier version
-    that the new one lacks are deleted first (after its ``commit``).
+    that the new one lacks are deleted first (after its ``commit``). The subfolders named in
+    ``keep`` (others' records, such as a report's reviews) survive a republish whole,
+    including files written into them while it ran.
     """
     if commit not in files:
         raise ValueError(f"commit file {commit} is not among the files for {url}")
@@ -359,7 +362,9 @@ def write_folder(url: str, files: dict[str, bytes], commit: str) -> None:
             existing = fs.find(folder)
         except FileNotFoundError:
             existing = []
-        stale = [p for p in existing if p.removeprefix(f"{folder}/") not in files]
+        kept = tuple(f"{folder}/{k.strip('/')}/" for k in keep)
+        stale = [p for p in existing if p.removeprefix(f"{folder}/") not in files
+                 and not p.startswith(kept)]
         if stale:  # a rerun replaces the folder, as it does locally
             fs.rm(stale)
         for name in sorted(files, key=lambda n: n == commit):
@@ -374,14 +379,28 @@ def write_folder(url: str, files: dict[str, bytes], commit: str) -> None:
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(data)
         os.chmod(tmp, 0o755)
+        for sub in keep:
+            _copy_missing(os.path.join(path, sub), os.path.join(tmp, sub))
         old = f"{tmp}.old"
         if os.path.exists(path):
             os.replace(path, old)
         os.replace(tmp, path)
+        for sub in keep:  # what was written into them since the first copy
+            _copy_missing(os.path.join(old, sub), os.path.join(path, sub))
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _copy_missing(src: str, dst: str) -> None:
+    """Copy the files under ``src`` that ``dst`` lacks (kept subfolders of a republish)."""
+    for folder, _, names in os.walk(src):
+        target = os.path.join(dst, os.path.relpath(folder, src))
+        os.makedirs(target, exist_ok=True)
+        for name in names:
+            if not os.path.exists(os.path.join(target, name)):
+                shutil.copy2(os.path.join(folder, name), os.path.join(target, name))
 
 
 def write_parquet(url: str, table: pa.Table) -> None:

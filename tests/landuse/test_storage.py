@@ -227,6 +227,16 @@ def test_write_folder_on_blob_storage_replaces_the_folder(azure_env):
     assert storage.read_bytes(f"{url}/s.json") == b"2"
 
 
+def test_write_folder_on_blob_storage_keeps_the_named_subfolders(azure_env):
+    url = f"abfs://{azure_env}/change/county=b/2010-2016"
+    storage.write_folder(url, {"a.txt": b"1", "s.json": b"1"}, commit="s.json")
+    storage.write_bytes(f"{url}/reviews/1.json", b"answer")
+    storage.write_folder(url, {"s.json": b"2"}, commit="s.json", keep=("reviews",))
+    fs, path = storage.filesystem(url)
+    assert sorted(p.removeprefix(f"{path}/") for p in fs.find(path)) == [
+        "reviews/1.json", "s.json"]
+
+
 def test_remove_temporaries_deletes_only_a_killed_writers_debris(tmp_path):
     from landuse import storage
 
@@ -317,3 +327,15 @@ def test_reachability_check(azurite, monkeypatch):
         azurite.split("BlobEndpoint=http://127.0.0.1:", 1)[1].split("/", 1)[0], str(port)))
     with pytest.raises(storage.StorageUnavailable, match=r"missing\.tif"):
         storage.check_reachable("abfs://nocontainer/missing.tif")
+
+
+def test_write_folder_keeps_the_named_subfolders_of_a_rerun(tmp_path):
+    url = str(tmp_path / "out" / "report")
+    storage.write_folder(url, {"a.txt": b"1", "s.json": b"1"}, commit="s.json")
+    storage.write_bytes(f"{url}/reviews/1.json", b"answer")
+    storage.write_folder(url, {"a.txt": b"2", "s.json": b"2"}, commit="s.json",
+                         keep=("reviews",))
+    assert storage.read_bytes(f"{url}/reviews/1.json") == b"answer"
+    assert storage.read_bytes(f"{url}/a.txt") == b"2"
+    storage.write_folder(url, {"s.json": b"3"}, commit="s.json")  # nothing kept
+    assert not (tmp_path / "out" / "report" / "reviews").exists()

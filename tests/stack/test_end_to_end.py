@@ -127,13 +127,43 @@ def test_chain_through_the_rest_api(deployed, azurite: str, azure_env: str):
                 f"predictions/county={county}/year=2010/predictions.parquet",
                 f"predictions/county={county}/year=2016/predictions.parquet"):
         storage.write_bytes(f"{blob_root}/{rel}", (root / rel).read_bytes())
+    # A manual run asks for a review: the county's review task waits (awaiting_input, no
+    # worker slot) until an analyst answers; the scheduler then resumes it and the report
+    # is published again with the review's figures.
     run = api.trigger("change_detection", {"storage_root": blob_root, "counties": [county],
                                            "year_a": 2010, "year_b": 2016})
+    task = f"/dags/change_detection/dagRuns/{run}/taskInstances/review/0"
+    deadline = time.monotonic() + 600
+    while (state := _state(api, task)) != "awaiting_input":
+        assert state not in ("failed", "upstream_failed") and time.monotonic() < deadline, state
+        time.sleep(3)
+    report_url = f"{blob_root}/change/county={county}/2010-2016"
+    _answer_two_tiles(report_url)
+    api.call("PATCH", f"{task}/hitlDetails",
+             json={"chosen_options": ["Publish the review"], "params_input": {}})
     api.wait("change_detection", run)
-    assert storage.exists(f"{blob_root}/change/county={county}/2010-2016/summary.json")
+    summary = json.loads(storage.read_bytes(f"{report_url}/summary.json"))
+    assert summary["review"]["status"] == "reviewed"
+    assert (summary["review"]["reviewed"], summary["review"]["confirmed"]) == (2, 1)
 
     key = azurite.split("AccountKey=", 1)[1].split(";", 1)[0]
     logs = [*(deployed.home / "logs").rglob("*.log"), *deployed.home.glob("*.log")]
     assert len(logs) > 10
     leaked = [str(p) for p in logs if key in p.read_text(errors="replace")]
     assert not leaked, leaked
+
+
+def _state(api: Api, task: str) -> str | None:
+    """A task instance's state; None while the scheduler has not expanded it yet."""
+    r = requests.get(f"{api.url}{task}", headers=api.headers, timeout=60)
+    return r.json().get("state") if r.ok else None
+
+
+def _answer_two_tiles(report_url: str) -> None:
+    """An analyst's answers on the first two tiles of the review queue."""
+    from landuse import review, storage
+
+    tiles = storage.read_parquet(f"{report_url}/tiles.parquet").to_pandas()
+    first, second = review.queue(tiles)["tile_id"][:2]
+    review.record(report_url, tiles, user="admin", tile_id=first, answer="change")
+    review.record(report_url, tiles, user="admin", tile_id=second, answer="no_change")

@@ -10,6 +10,8 @@ from landuse import storage
 
 # A report folder's commit marker: a folder without it holds no whole report.
 SUMMARY = "summary.json"
+# The analysts' answers on a report (landuse.review): kept when the report is published again.
+REVIEWS = "reviews"
 
 
 def change_url(root: str, county: str, year_a: int, year_b: int) -> str:

@@ -20,6 +20,7 @@ from rasterio.windows import from_bounds
 
 from landuse import labels, storage
 from landuse.change import (
+    REVIEWS,
     SUMMARY,
     change_url,
     embedding,
@@ -145,7 +146,7 @@ def run_change(
     files = _render(change, summary)
     summary["files"] = sorted(files)
     files[SUMMARY] = json.dumps(summary, indent=2, default=str).encode()
-    storage.write_folder(url, files, commit=SUMMARY)
+    storage.write_folder(url, files, commit=SUMMARY, keep=(REVIEWS,))
     log.info("change %s %d-%d: %d newly developed tiles -> %s", county, year_a, year_b,
              summary["newly_developed"], url)
     return ChangeResult(url, summary)

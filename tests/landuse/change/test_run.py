@@ -15,7 +15,7 @@ from PIL import Image
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 
-from landuse import labels, storage
+from landuse import labels, review, storage
 from landuse.change import maps
 from landuse.change.detect import ChangeInputError
 from landuse.change.run import SUMMARY, change_url, read_summary, run_change
@@ -183,12 +183,17 @@ def test_rerun_replaces_the_report(tmp_path, change_root, change_kit):
     assert "groups_2010.tif" in first.summary["files"]
     with open(os.path.join(first.url, "stale.txt"), "w") as f:
         f.write("from an older run")
+    tiles = storage.read_parquet(os.path.join(first.url, "tiles.parquet")).to_pandas()
+    answer = review.record(first.url, tiles, user="ana", tile_id=tiles["tile_id"][0],
+                           answer="change")
     os.remove(predictions_url(storage.join(root, "predictions"), name, 2010))
     second = run_change(root, name, 2010, 2016, smooth=True, embeddings=False)
     assert second.url == first.url
-    files = _files(second.url)
+    files = {f for f in _files(second.url) if not f.startswith("reviews/")}
     assert files == {*second.summary["files"], SUMMARY}
     assert "stale.txt" not in files and "groups_2010.tif" not in files
+    # The analysts' answers are theirs, not the report's: a rerun keeps them.
+    assert review.read_answers(second.url).to_dict("records") == [answer]
     assert read_summary(second.url)["smoothed"] is True
     assert "smoothed (3×3 plurality)" in storage.read_bytes(
         os.path.join(second.url, "report.md")).decode()
