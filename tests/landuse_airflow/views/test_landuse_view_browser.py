@@ -470,6 +470,8 @@ def test_only_an_editor_with_a_bearer_token_from_this_origin_writes_a_review(ser
     ]:
         r = requests.post(f"{api}/reviews", json=body, timeout=30, **kwargs)
         assert r.status_code in statuses, (kwargs, r.status_code, r.text)
+        if kwargs.get("cookies", {}).get("_token") == admin:
+            assert "Authorization: Bearer" in r.json()["detail"]
     # What a cross-site form can send: the cookie, a form body, no header.
     form = requests.post(f"{api}/reviews", data={"tile_id": tile_id, "answer": "change"},
                          cookies={"_token": admin}, timeout=30)

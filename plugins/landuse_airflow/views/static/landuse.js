@@ -455,7 +455,7 @@
       el("div", { class: "review" },
         el("div", { class: "review-queue" }, el("table", { id: "review-queue" },
           el("thead", {}, el("tr", {}, ["#", "tile", "reason", `${data.year_a}`, `${data.year_b}`,
-            "confidence", "p / distance", "your answer", "verdict"].map((c) => el("th", { text: c })))),
+            "confidence", "p · distance", "your answer", "verdict"].map((c) => el("th", { text: c })))),
           list)),
         el("div", {}, panel, status,
           el("h2", { text: "Keyboard shortcuts" }),
@@ -465,8 +465,9 @@
     const answerText = Object.fromEntries(data.answers.map((a) => [a.value, a.text]));
     const call = (t, y) => [t[`${y}_class`], t[`${y}_group`] && t[`${y}_group`] !== t[`${y}_class`] ? `(${t[`${y}_group`]})` : null]
       .filter(Boolean).join(" ");
-    const evidence = (t) => t.p_no_change !== undefined && t.p_no_change !== null ? `p ${fmt(t.p_no_change)}`
-      : t.embedding_distance !== undefined && t.embedding_distance !== null ? `d ${fmt(t.embedding_distance)}` : "";
+    // The no-change test's p-value and the embedding distance, where the report has them.
+    const evidence = (t) => [["p", t.p_no_change], ["d", t.embedding_distance]]
+      .filter(([, v]) => v !== undefined && v !== null).map(([k, v]) => `${k} ${fmt(v)}`).join(" · ");
     const image = (t, which) => `${root}/tiles/${encodeURIComponent(t.tile_id)}/${which}.png`;
 
     function drawSummary() {
@@ -476,7 +477,8 @@
       const precision = f.precision === undefined ? "precision: none reviewed yet"
         : `precision ${fmt(f.precision)} (95 % interval ${fmt(f.precision_interval[0])}–${fmt(f.precision_interval[1])})`;
       figures.textContent = `Flagged ${f.flagged}, reviewed ${f.reviewed}, confirmed ${f.confirmed}, ` +
-        `can't tell ${f.unsure}; ${precision}; ${f.users} analyst(s), ${f.answers} answers. ${f.note}.`;
+        `can't tell ${f.unsure}; ${precision}; ${f.users} analyst(s), ${f.answers} answers. ` +
+        `${f.note.charAt(0).toUpperCase()}${f.note.slice(1)}.`;
     }
 
     function drawList() {
