@@ -40,9 +40,6 @@ LEAFLET_FILES = frozenset({
     "leaflet.js", "leaflet.css", "images/layers.png", "images/layers-2x.png",
     "images/marker-icon.png", "images/marker-icon-2x.png", "images/marker-shadow.png"})
 OWN_FILES = {"landuse.js": "text/javascript", "landuse.css": "text/css"}
-# The one option of a change_detection review task (HITLOperator) that the review page
-# answers with; the DAG offers exactly this text.
-PUBLISH_OPTION = "Publish the review"
 # Lifetime of the token the review page sends in its Authorization header: short, since
 # script can read it (the page asks for a new one when it runs out).
 PAGE_TOKEN_SECONDS = 15 * 60
@@ -212,9 +209,12 @@ def create_app(root: str | None = None) -> FastAPI:
 
     @app.get("/review/{county}/{pair}", dependencies=[Depends(change_reader)])
     def review_page(request: Request, county: str, pair: str) -> Response:
+        # The option of the DAG's review task that the page's "Done" button chooses.
+        from landuse_airflow.operators.review import PUBLISH
+
         report(county, pair)
         return page(request, {"page": "review", "county": county, "pair": pair,
-                              "publish_option": PUBLISH_OPTION})
+                              "publish_option": PUBLISH})
 
     @app.get("/static/{name}")
     def own_static(name: str) -> Response:

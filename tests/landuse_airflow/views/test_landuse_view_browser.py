@@ -30,6 +30,8 @@ import pytest
 import requests
 from landuse_view_inputs import COUNTY, tile_and_predict, tiny_bundle, track_training
 
+from landuse_airflow.operators.review import PUBLISH, review_request
+
 PROJECT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 CHROMIUM = Path(os.environ.get("LANDUSE_CHROMIUM", "/usr/bin/chromium"))
@@ -38,7 +40,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync"]
 DOCS_SCREENSHOT = PROJECT / "docs" / "images" / "landuse-view.png"
 PAIR = "2010-2016"
-PUBLISH = "Publish the review"  # the option of the DAG's review task the page answers with
 SCORED = "synthetic-county-2"  # scored by the landuse_scoring run; county 1 has the change
 TRAINING_RUN = "manual__landuse-view-test"
 
@@ -443,6 +444,13 @@ def _park_review_task(server: Server, subject: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def _subject(pair: str = PAIR) -> str:
+    """The subject the DAG gives the review task of this county and pair."""
+    year_a, year_b = pair.split("-")
+    return review_request({"county": COUNTY, "year_a": year_a, "year_b": year_b},
+                          waiting=1, flagged=1)["subject"]
+
+
 def _answers(server: Server) -> Any:
     """Every answer stored on the report, read by the library."""
     from landuse import review
@@ -522,14 +530,14 @@ def test_two_analysts_answering_at_once_lose_nothing(server: Server):
 
 
 def test_a_waiting_review_task_is_listed_for_its_report_only(server: Server):
-    parked = _park_review_task(server, f"Review {COUNTY} {PAIR}")
-    other = _park_review_task(server, f"Review {COUNTY} 2013-2016")
+    parked = _park_review_task(server, _subject())
+    other = _park_review_task(server, _subject("2013-2016"))
     view = requests.get(f"{server.url}/landuse/api/change/{COUNTY}/{PAIR}/review",
                         headers=server.bearer("viewer"), timeout=60).json()
     mine = [w for w in view["waiting"] if w["task_id"] == parked["task_id"]]
     assert mine == [{"dag_id": "change_detection", "run_id": server.run_id,
                      "task_id": parked["task_id"], "map_index": parked["map_index"],
-                     "subject": f"Review {COUNTY} {PAIR}"}]
+                     "subject": _subject()}]
     assert other["task_id"] not in {w["task_id"] for w in view["waiting"]}
     # Answered through Airflow's own API (as the page does), the task no longer waits.
     hitl = (f"{server.url}/api/v2/dags/change_detection/dagRuns/{server.run_id}/taskInstances/"
@@ -549,7 +557,7 @@ def test_review_mode_in_chromium(server: Server, tmp_path: Path):
         pytest.fail(f"Chromium is not installed at {CHROMIUM}: run scripts/setup.sh")
     from playwright.sync_api import expect, sync_playwright
 
-    task = _park_review_task(server, f"{COUNTY} {PAIR}: review the flagged tiles")
+    task = _park_review_task(server, _subject())
     api = f"{server.url}/landuse/api/change/{COUNTY}/{PAIR}"
     before = requests.get(f"{api}/review", headers=server.bearer(), timeout=60).json()
     unanswered = [t["tile_id"] for t in before["queue"] if not t["answer"]]
