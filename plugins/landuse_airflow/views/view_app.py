@@ -3,7 +3,10 @@
 Airflow does not protect a plugin's endpoints by itself: every route here depends on
 Airflow's own :func:`~airflow.api_fastapi.core_api.security.get_user` (the JWT the UI keeps
 in its ``_token`` cookie, or a bearer token) and on the auth manager allowing the user to
-read the DAG's runs; anonymous requests get 401, bad tokens 403. Files come only from the
+read the DAG's runs; anonymous requests get 401, bad tokens 403. Writing a review answer
+needs more (:func:`_review_writer`): the right to edit ``change_detection`` runs, the JWT
+in an ``Authorization: Bearer`` header (a cookie alone is refused, so no cross-site form or
+script can post one) and no foreign ``Origin``. Files come only from the
 configured storage root (``LANDUSE_STORAGE_ROOT``) through :mod:`.view_data`; the map
 library is the vendored npm package (``scripts/setup.sh``), so nothing is fetched from the
 internet, and the Content-Security-Policy keeps the page to this server.
@@ -14,12 +17,14 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from landuse import config, storage
@@ -35,6 +40,9 @@ LEAFLET_FILES = frozenset({
     "leaflet.js", "leaflet.css", "images/layers.png", "images/layers-2x.png",
     "images/marker-icon.png", "images/marker-icon-2x.png", "images/marker-shadow.png"})
 OWN_FILES = {"landuse.js": "text/javascript", "landuse.css": "text/css"}
+# Lifetime of the token the review page sends in its Authorization header: short, since
+# script can read it (the page asks for a new one when it runs out).
+PAGE_TOKEN_SECONDS = 15 * 60
 CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
        "script-src 'self'; connect-src 'self'; frame-ancestors 'self'; base-uri 'none'; "
        "form-action 'none'")
@@ -63,6 +71,51 @@ def _require_dag_reader(user: Any, dag_id: str) -> None:
     if not get_auth_manager().is_authorized_dag(method="GET", access_entity=DagAccessEntity.RUN,
                                                 details=DagDetails(id=dag_id), user=user):
         raise HTTPException(403, f"not allowed to read the runs of {dag_id}")
+
+
+def _may_edit(user: Any, dag_id: str) -> bool:
+    """Whether the auth manager lets ``user`` edit the runs of ``dag_id``."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import (
+        DagAccessEntity,
+        DagDetails,
+    )
+
+    return bool(get_auth_manager().is_authorized_dag(
+        method="PUT", access_entity=DagAccessEntity.RUN, details=DagDetails(id=dag_id),
+        user=user))
+
+
+def _own_origins(request: Request) -> set[str]:
+    """This server's origins: the one the request came to and the configured base URL's."""
+    from airflow.configuration import conf
+
+    origins = {f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"}
+    base = urlsplit(conf.get("api", "base_url", fallback="") or "")
+    if base.scheme and base.netloc:
+        origins.add(f"{base.scheme}://{base.netloc}")
+    return origins
+
+
+def _review_writer(request: Request, user: Any) -> Any:
+    """``user`` if they may write a review answer with this request, else 401/403.
+
+    A browser sends the ``_token`` cookie with any request to this server, a cross-site
+    form's included; it never lets a cross-site form set a header, nor a cross-site script
+    without a CORS preflight, which this app does not answer. So the token must come in an
+    ``Authorization: Bearer`` header. A foreign ``Origin`` is refused as well, for browsers
+    or proxies that would let one through.
+    """
+    origin = request.headers.get("origin")
+    if origin is not None and origin not in _own_origins(request):
+        raise HTTPException(403, f"requests from {origin} may not write reviews")
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise HTTPException(401, "writing a review needs the token in an Authorization: "
+                                 "Bearer header; the session cookie alone is not enough")
+    if not _may_edit(user, CHANGE_DAG):
+        raise HTTPException(403, f"not allowed to review: editing {CHANGE_DAG} runs is needed")
+    return user
 
 
 @contextmanager
@@ -153,6 +206,15 @@ def create_app(root: str | None = None) -> FastAPI:
     def change_page(request: Request, county: str, pair: str) -> Response:
         report(county, pair)
         return page(request, {"page": "change", "county": county, "pair": pair})
+
+    @app.get("/review/{county}/{pair}", dependencies=[Depends(change_reader)])
+    def review_page(request: Request, county: str, pair: str) -> Response:
+        # The option of the DAG's review task that the page's "Done" button chooses.
+        from landuse_airflow.operators.review import PUBLISH
+
+        report(county, pair)
+        return page(request, {"page": "review", "county": county, "pair": pair,
+                              "publish_option": PUBLISH})
 
     @app.get("/static/{name}")
     def own_static(name: str) -> Response:
@@ -262,7 +324,73 @@ def create_app(root: str | None = None) -> FastAPI:
             data, media = view_data.tile_image(r, tile_id, which)
         return _secure(Response(data, media_type=media), cache=True)
 
+    # --- review mode ----------------------------------------------------------------------
+
+    @app.get("/api/token")
+    def page_token(user: Any = Depends(get_user)) -> Response:  # noqa: B008
+        # The session cookie may be HttpOnly (it is when Airflow itself sets or refreshes
+        # it), so the page cannot read it: it asks for a short-lived token of the same user
+        # here. A cross-site page cannot read this answer (no CORS, JSON with nosniff).
+        from airflow.api_fastapi.app import get_auth_manager
+
+        token = get_auth_manager().generate_jwt(
+            user, expiration_time_in_seconds=PAGE_TOKEN_SECONDS)
+        return _secure(JSONResponse({"token": token, "expires_in": PAGE_TOKEN_SECONDS}))
+
+    @app.get("/api/change/{county}/{pair}/review", dependencies=[Depends(change_reader)])
+    def review_data(county: str, pair: str, user: Any = Depends(get_user)) -> Response:  # noqa: B008
+        r = report(county, pair)
+        with _errors():
+            data = view_data.review_view(r, str(user.get_name()))
+        data["can_write"] = _may_edit(user, CHANGE_DAG)
+        data["waiting"] = waiting_reviews(r.county, r.pair)
+        return _secure(JSONResponse(data))
+
+    def review_writer(request: Request, user: Any = Depends(get_user)) -> Any:  # noqa: B008
+        return _review_writer(request, user)
+
+    @app.post("/api/change/{county}/{pair}/reviews", status_code=201)
+    def add_review(county: str, pair: str, body: Any = Body(None),  # noqa: B008
+                   user: Any = Depends(review_writer)) -> Response:  # noqa: B008
+        r = report(county, pair)
+        with _errors():
+            entry = view_data.record_review(r, str(user.get_name()), body)
+        return _secure(JSONResponse(entry, status_code=201))
+
     return app
+
+
+def waiting_reviews(county: str, pair: str) -> list[dict[str, Any]]:
+    """The ``change_detection`` human-in-the-loop tasks waiting for the review of this
+    report: ``dag_id``, ``run_id``, ``task_id``, ``map_index`` and ``subject`` of each."""
+    return matching_reviews(_awaiting_input(CHANGE_DAG), county, pair)
+
+
+def matching_reviews(tasks: Sequence[dict[str, Any]], county: str,
+                     pair: str) -> list[dict[str, Any]]:
+    """The tasks whose subject names this report as ``"{county} {A}-{B}"``, a whole word
+    (so ``county-1`` does not match ``county-11`` nor ``my-county-1``)."""
+    words = re.compile(rf"(?<![\w-]){re.escape(f'{county} {pair}')}(?![\w-])")
+    return [t for t in tasks if words.search(str(t.get("subject") or ""))]
+
+
+def _awaiting_input(dag_id: str) -> list[dict[str, Any]]:
+    """The unanswered human-in-the-loop tasks of ``dag_id`` that wait for input now."""
+    from airflow.models.hitl import HITLDetail
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    query = (select(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.task_id,
+                    TaskInstance.map_index, HITLDetail.subject)
+             .join(HITLDetail, HITLDetail.ti_id == TaskInstance.id)
+             .where(TaskInstance.dag_id == dag_id,
+                    TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
+                    HITLDetail.responded_at.is_(None))
+             .order_by(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index))
+    with create_session() as session:
+        return [dict(row._mapping) for row in session.execute(query)]
 
 
 def _run_view(dag_id: str, run_id: str, root: str) -> dict[str, Any]:

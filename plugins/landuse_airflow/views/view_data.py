@@ -387,3 +387,77 @@ def _stretch(rgb: np.ndarray) -> np.ndarray:
         lo, hi = np.percentile(valid, (2, 98)) if valid.size else (0.0, 1.0)
         out[i] = np.clip((band - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
     return out
+
+
+# --- review mode ---------------------------------------------------------------------------
+
+# What the review page shows of each queued tile (whatever of these the tile table has).
+REVIEW_COLUMNS = ("a_class", "a_group", "a_confidence", "b_class", "b_group", "b_confidence",
+                  "ref_group", "transition", "p_no_change", "embedding_distance")
+
+
+def review_view(report: Report, user: str) -> dict[str, Any]:
+    """What the review page needs: the queue (each tile's reason, the model's calls, the
+    user's latest answer and the tile's verdict), the user's answers, the review's figures
+    and the choices an answer may take."""
+    from landuse import labels, review
+
+    tiles = _tiles(report).reset_index(drop=True)
+    answers = review.read_answers(report.url)
+    mine = review.latest(answers[answers["user"] == user]).set_index("tile_id")
+    verdicts = review.verdicts(answers).set_index("tile_id")
+    rows = tiles.set_index("tile_id")
+    shown = [c for c in REVIEW_COLUMNS if c in rows]
+    queue = []
+    for q in review.queue(tiles).itertuples():
+        tile_id = str(q.tile_id)
+        entry: dict[str, Any] = {"tile_id": tile_id, "reason": q.reason,
+                                 "reason_text": review.FLAG_TEXT[str(q.reason)]}
+        entry.update({c: json_value(rows.at[tile_id, c]) for c in shown})
+        entry["answer"] = _answer(mine, tile_id)
+        entry["verdict"] = (str(verdicts.at[tile_id, "verdict"]) if tile_id in verdicts.index
+                            else None)
+        queue.append(entry)
+    return {"county": report.county, "year_a": report.year_a, "year_b": report.year_b,
+            "pair": report.pair, "user": user, "queue": queue,
+            "answered": sum(1 for e in queue if e["answer"]),
+            "figures": scrub(review.figures(tiles, answers)),
+            "answers": [{"value": a, "text": review.ANSWER_TEXT[a]} for a in review.ANSWERS],
+            "classes": list(labels.CLASSES)}
+
+
+def _answer(mine: pd.DataFrame, tile_id: str) -> dict[str, Any] | None:
+    """A user's latest answer on a tile, as the page shows it (None if not answered)."""
+    if tile_id not in mine.index:
+        return None
+    row = mine.loc[tile_id]
+    return {k: json_value(row[k]) for k in ("answer", "class_a", "class_b", "at")}
+
+
+def record_review(report: Report, user: str, body: Any) -> dict[str, Any]:
+    """Store one answer of ``user`` on the report (``body``: ``tile_id``, ``answer``,
+    optional ``class_a``/``class_b``), made with the report's model.
+
+    Raises:
+        landuse.review.ReviewError: a body that is not such an object, or an answer that
+            does not fit the report (the message says what).
+    """
+    from landuse import review
+
+    if not isinstance(body, dict):
+        raise review.ReviewError("the answer must be a JSON object with tile_id and answer")
+    unknown = set(body) - {"tile_id", "answer", "class_a", "class_b"}
+    if unknown:
+        raise review.ReviewError(f"unknown fields {sorted(unknown)}")
+    fields = {k: body.get(k) for k in ("tile_id", "answer", "class_a", "class_b")}
+    for key, value in fields.items():
+        if value is not None and not isinstance(value, str):
+            raise review.ReviewError(f"{key} must be a string")
+        if key in ("tile_id", "answer") and not value:
+            raise review.ReviewError(f"{key} is missing")
+    model = report.summary.get("model_b")
+    entry = review.record(report.url, _tiles(report), user=user,
+                          tile_id=str(fields["tile_id"]), answer=str(fields["answer"]),
+                          class_a=fields["class_a"] or None, class_b=fields["class_b"] or None,
+                          model_id=str(model) if model else None)
+    return dict(scrub(entry))

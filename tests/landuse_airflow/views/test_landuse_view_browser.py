@@ -5,7 +5,8 @@ and headless Chromium (Debian's ``chromium``, installed by scripts/setup.sh) dri
 Playwright through the real login.
 
 Also checks the endpoints' security with plain HTTP: anonymous 401, bad token 403, names
-checked, no storage location in what the browser gets.
+checked, no storage location in what the browser gets; and review mode: who may write an
+answer and how, two analysts at once, and the hand-off to a waiting human-in-the-loop task.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ import pytest
 import requests
 from landuse_view_inputs import COUNTY, tile_and_predict, tiny_bundle, track_training
 
+from landuse_airflow.operators.review import PUBLISH, review_request
+
 PROJECT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 CHROMIUM = Path(os.environ.get("LANDUSE_CHROMIUM", "/usr/bin/chromium"))
@@ -35,6 +39,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 DOCS_SCREENSHOT = PROJECT / "docs" / "images" / "landuse-view.png"
+PAIR = "2010-2016"
 SCORED = "synthetic-county-2"  # scored by the landuse_scoring run; county 1 has the change
 TRAINING_RUN = "manual__landuse-view-test"
 
@@ -52,15 +57,24 @@ class Server:
     url: str
     root: Path
     run_id: str
-    password: str
+    passwords: dict[str, str]
     scoring_run_id: str
     training_run_id: str
+    env: dict[str, str]
 
-    def token(self) -> str:
+    @property
+    def password(self) -> str:
+        """The admin's password."""
+        return self.passwords["admin"]
+
+    def token(self, user: str = "admin") -> str:
         r = requests.post(f"{self.url}/auth/token", timeout=30,
-                          json={"username": "admin", "password": self.password})
+                          json={"username": user, "password": self.passwords[user]})
         r.raise_for_status()
         return str(r.json()["access_token"])
+
+    def bearer(self, user: str = "admin") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user)}"}
 
 
 def _airflow(env: dict[str, str], *args: str, timeout: float = 600) -> str:
@@ -105,13 +119,17 @@ def server(tmp_path_factory: pytest.TempPathFactory, synthetic: Path) -> Iterato
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        # A reader only, and an analyst who may edit runs (and so answer reviews).
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer,analyst:user",
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(16),
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-        "PYTHONPATH": str(PROJECT / "plugins"),
+        # The plugins, then whatever the tests run with (a worktree's include/ before the
+        # venv's editable install).
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT / "plugins"),
+                                                    os.environ.get("PYTHONPATH")])),
         "LANDUSE_STORAGE_ROOT": str(root),
         "LANDUSE_VIEW_CACHE": str(home / "view-cache"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
@@ -131,7 +149,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, synthetic: Path) -> Iterato
     # Every DAG and the bundle row in the DB first, so that the two runs below race for none.
     _airflow(env, "dags", "reserialize")
     conf = {"counties": [COUNTY], "year_b": 2016, "registry": str(registry),
-            "storage_root": str(root), "embeddings": True}
+            "storage_root": str(root), "embeddings": True,
+            "review": "off"}  # a manual run would otherwise wait for an analyst
     scoring = {"counties": [SCORED], "year": 2016, "model": str(bundle),
                "storage_root": str(root), "spark_master": "local[1]"}
     # The API server starts while the two runs (different counties) run side by side.
@@ -163,7 +182,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, synthetic: Path) -> Iterato
             time.sleep(2)
         passwords = json.loads((home / "simple_auth_manager_passwords.json.generated")
                                .read_text())
-        server = Server(url, root, "", passwords["admin"], "", TRAINING_RUN)
+        server = Server(url, root, "", passwords, "", TRAINING_RUN, env)
         headers = {"Authorization": f"Bearer {server.token()}"}
         for dag_id in ("change_detection", "landuse_scoring"):
             listed = requests.get(f"{url}/api/v2/dags/{dag_id}/dagRuns", headers=headers,
@@ -189,6 +208,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, synthetic: Path) -> Iterato
 def test_every_endpoint_needs_an_airflow_user(server: Server):
     base = f"{server.url}/landuse"
     paths = ["/", f"/runs/change_detection/{server.run_id}", f"/change/{COUNTY}/2010-2016",
+             f"/review/{COUNTY}/{PAIR}", f"/api/change/{COUNTY}/{PAIR}/review", "/api/token",
              "/static/landuse.js", "/vendor/leaflet/leaflet.js", "/api/reports",
              f"/api/runs/change_detection/{server.run_id}", f"/api/change/{COUNTY}/2010-2016",
              f"/api/change/{COUNTY}/2010-2016/files/report.md",
@@ -389,3 +409,221 @@ def test_the_change_view_in_chromium(server: Server, tmp_path: Path):
             assert not outside, f"the view fetched from elsewhere: {outside}"
         finally:
             browser.close()
+
+
+# --- review mode ----------------------------------------------------------------------------
+
+PARK_REVIEW = """
+import json, sys
+from sqlalchemy import select
+from airflow.models.hitl import HITLDetail
+from airflow.models.taskinstance import TaskInstance
+from airflow.utils.session import create_session
+from airflow.utils.state import TaskInstanceState
+
+run_id, subject, option = sys.argv[1:]
+with create_session() as session:
+    taken = select(HITLDetail.ti_id)
+    ti = session.scalars(select(TaskInstance).where(
+        TaskInstance.dag_id == "change_detection", TaskInstance.run_id == run_id,
+        TaskInstance.id.not_in(taken)).order_by(TaskInstance.task_id)).first()
+    ti.state = TaskInstanceState.AWAITING_INPUT
+    session.add(HITLDetail(ti_id=ti.id, options=[option, "Leave it unreviewed"], subject=subject,
+                           body="Review the flagged tiles", params={}, multiple=False))
+    print(json.dumps({"task_id": ti.task_id, "map_index": ti.map_index}))
+"""
+
+
+def _park_review_task(server: Server, subject: str) -> dict[str, Any]:
+    """Park one more task of the change_detection run as a human-in-the-loop task waiting
+    for input, as the DAG's HITLOperator does, with ``subject``; returns its task id and
+    map index."""
+    done = subprocess.run([sys.executable, "-c", PARK_REVIEW, server.run_id, subject, PUBLISH],
+                          env=server.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _subject(pair: str = PAIR) -> str:
+    """The subject the DAG gives the review task of this county and pair."""
+    year_a, year_b = pair.split("-")
+    return review_request({"county": COUNTY, "year_a": year_a, "year_b": year_b},
+                          waiting=1, flagged=1)["subject"]
+
+
+def _answers(server: Server) -> Any:
+    """Every answer stored on the report, read by the library."""
+    from landuse import review
+    from landuse.change.run import change_url
+
+    return review.read_answers(change_url(str(server.root), COUNTY, 2010, 2016))
+
+
+def test_only_an_editor_with_a_bearer_token_from_this_origin_writes_a_review(server: Server):
+    api = f"{server.url}/landuse/api/change/{COUNTY}/{PAIR}"
+    queue = requests.get(f"{api}/review", headers=server.bearer("viewer"), timeout=60).json()
+    assert queue["user"] == "viewer" and queue["can_write"] is False
+    tile_id = queue["queue"][0]["tile_id"]
+    body = {"tile_id": tile_id, "answer": "change"}
+    before = len(_answers(server))
+    admin = server.token()
+    for kwargs, statuses in [
+        ({}, {401}),  # anonymous
+        ({"headers": {"Authorization": "Bearer x.y.z"}}, {401, 403}),
+        ({"cookies": {"_token": "x.y.z"}}, {401, 403}),
+        ({"headers": server.bearer("viewer")}, {403}),  # may read, not edit
+        ({"cookies": {"_token": admin}}, {401}),  # the session cookie alone
+        ({"headers": {"Authorization": f"Bearer {admin}", "Origin": "http://evil.example"}},
+         {403}),
+    ]:
+        r = requests.post(f"{api}/reviews", json=body, timeout=30, **kwargs)
+        assert r.status_code in statuses, (kwargs, r.status_code, r.text)
+        if kwargs.get("cookies", {}).get("_token") == admin:
+            assert "Authorization: Bearer" in r.json()["detail"]
+    # What a cross-site form can send: the cookie, a form body, no header.
+    form = requests.post(f"{api}/reviews", data={"tile_id": tile_id, "answer": "change"},
+                         cookies={"_token": admin}, timeout=30)
+    assert form.status_code == 401, form.text
+    assert "Authorization: Bearer" in form.json()["detail"]
+    assert len(_answers(server)) == before, "a refused request wrote nothing"
+
+    headers = {"Authorization": f"Bearer {admin}", "Origin": server.url}
+    for bad, message in [({"tile_id": "32614_99999_99999"}, "not in this report"),
+                         ({"tile_id": "..%2Fx"}, "not a tile id"),
+                         ({"answer": "maybe"}, "answer 'maybe'"),
+                         ({"class_b": "Lava"}, "class of year B")]:
+        r = requests.post(f"{api}/reviews", json={**body, **bad}, headers=headers, timeout=30)
+        assert r.status_code == 400 and message in r.json()["detail"], (bad, r.text)
+    stored = requests.post(f"{api}/reviews", json={**body, "class_a": "Cultivated"},
+                           headers=headers, timeout=30)
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["user"] == "admin" and stored.json()["class_a"] == "Cultivated"
+    assert str(server.root) not in stored.text
+    answers = _answers(server)
+    assert len(answers) == before + 1
+    assert answers.iloc[-1]["model_id"] and answers.iloc[-1]["tile_id"] == tile_id
+
+
+def test_two_analysts_answering_at_once_lose_nothing(server: Server):
+    api = f"{server.url}/landuse/api/change/{COUNTY}/{PAIR}"
+    tokens = {"admin": server.bearer("admin"), "analyst": server.bearer("analyst")}
+    tiles = [t["tile_id"] for t in requests.get(f"{api}/review", headers=tokens["admin"],
+                                                timeout=60).json()["queue"][:8]]
+    before = len(_answers(server))
+
+    def post(job: tuple[str, str, str]) -> int:
+        user, tile_id, answer = job
+        return requests.post(f"{api}/reviews", headers=tokens[user], timeout=60,
+                             json={"tile_id": tile_id, "answer": answer}).status_code
+
+    jobs = [(user, t, answer) for t in tiles
+            for user, answer in (("admin", "change"), ("analyst", "no_change"))]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(post, jobs)) == [201] * len(jobs)
+    new = _answers(server).iloc[before:]
+    assert len(new) == len(jobs)
+    assert sorted(zip(new["user"], new["tile_id"], new["answer"], strict=True)) == sorted(jobs)
+    view = requests.get(f"{api}/review", headers=tokens["analyst"], timeout=60).json()
+    by_id = {t["tile_id"]: t for t in view["queue"]}
+    assert all(by_id[t]["answer"]["answer"] == "no_change" for t in tiles)
+    assert all(by_id[t]["verdict"] == "unsure" for t in tiles)  # one each way: a tie
+
+
+def test_a_waiting_review_task_is_listed_for_its_report_only(server: Server):
+    parked = _park_review_task(server, _subject())
+    other = _park_review_task(server, _subject("2013-2016"))
+    view = requests.get(f"{server.url}/landuse/api/change/{COUNTY}/{PAIR}/review",
+                        headers=server.bearer("viewer"), timeout=60).json()
+    mine = [w for w in view["waiting"] if w["task_id"] == parked["task_id"]]
+    assert mine == [{"dag_id": "change_detection", "run_id": server.run_id,
+                     "task_id": parked["task_id"], "map_index": parked["map_index"],
+                     "subject": _subject()}]
+    assert other["task_id"] not in {w["task_id"] for w in view["waiting"]}
+    # Answered through Airflow's own API (as the page does), the task no longer waits.
+    hitl = (f"{server.url}/api/v2/dags/change_detection/dagRuns/{server.run_id}/taskInstances/"
+            f"{parked['task_id']}/{parked['map_index']}/hitlDetails")
+    answer = {"chosen_options": [PUBLISH], "params_input": {}}
+    assert requests.patch(hitl, json=answer, headers=server.bearer("viewer"),
+                          timeout=60).status_code == 403
+    answered = requests.patch(hitl, json=answer, headers=server.bearer("analyst"), timeout=60)
+    assert answered.ok, answered.text
+    view = requests.get(f"{server.url}/landuse/api/change/{COUNTY}/{PAIR}/review",
+                        headers=server.bearer("viewer"), timeout=60).json()
+    assert parked["task_id"] not in {w["task_id"] for w in view["waiting"]}
+
+
+def test_review_mode_in_chromium(server: Server, tmp_path: Path):
+    if not CHROMIUM.exists():
+        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run scripts/setup.sh")
+    from playwright.sync_api import expect, sync_playwright
+
+    task = _park_review_task(server, _subject())
+    api = f"{server.url}/landuse/api/change/{COUNTY}/{PAIR}"
+    before = requests.get(f"{api}/review", headers=server.bearer(), timeout=60).json()
+    unanswered = [t["tile_id"] for t in before["queue"] if not t["answer"]]
+    assert len(unanswered) >= 4
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            requested: list[str] = []
+            page.on("request", lambda req: requested.append(req.url))
+            _log_in(page, server)
+            page.goto(f"{server.url}/landuse/change/{COUNTY}/{PAIR}")
+            page.locator("a.review-link").click()
+            page.wait_for_url(f"**/landuse/review/{COUNTY}/{PAIR}")
+            progress = page.locator("#review-progress")
+            queue = len(before["queue"])
+            expect(progress).to_have_text(f"{before['answered']} / {queue} answered",
+                                          timeout=60_000)
+            expect(page.locator("#review-queue tr.selected")).to_contain_text(unanswered[0])
+            page.wait_for_function("() => [...document.querySelectorAll('img.review-image')]"
+                                   ".every(i => i.complete && i.naturalWidth > 0)")
+            page.wait_for_function(  # the next tiles' images are on their way already
+                "(id) => performance.getEntriesByType('resource')"
+                ".some(e => e.name.includes(`/tiles/${id}/b.png`))", arg=unanswered[1])
+            expect(page.locator("body")).to_contain_text("j / → / ↓")  # the shortcuts
+
+            page.keyboard.press("b")
+            page.keyboard.press("b")  # year B's true class: the second class
+            expect(page.locator("#class-b")).to_have_value(before["classes"][1])
+            page.keyboard.press("1")  # real change
+            expect(page.locator("#review-queue tr.selected")).to_contain_text(unanswered[1])
+            page.keyboard.press("n")  # no change
+            expect(page.locator("#review-queue tr.selected")).to_contain_text(unanswered[2])
+            page.keyboard.press("j")
+            page.keyboard.press("k")  # next and back again
+            expect(page.locator("#review-queue tr.selected")).to_contain_text(unanswered[2])
+            page.keyboard.press("3")  # can't tell
+            expect(progress).to_have_text(f"{before['answered'] + 3} / {queue} answered")
+
+            after = requests.get(f"{api}/review", headers=server.bearer(), timeout=60).json()
+            figures = after["figures"]
+            assert figures["answers"] == before["figures"]["answers"] + 3
+            expect(page.locator("#review-figures")).to_contain_text(
+                f"reviewed {figures['reviewed']}, confirmed {figures['confirmed']}")
+            expect(page.locator("#review-figures")).to_contain_text(
+                f"{figures['answers']} answers")
+            answers = _answers(server)
+            mine = answers[answers["user"] == "admin"].tail(3)
+            assert list(mine["tile_id"]) == unanswered[:3]
+            assert list(mine["answer"]) == ["change", "no_change", "unsure"]
+            assert list(mine["class_b"].fillna("-")) == [before["classes"][1], "-", "-"]
+
+            done = page.locator("#review-handoff button.publish")
+            expect(done).to_have_count(1)
+            _screenshot(page, tmp_path / "landuse-review.png")
+            done.click()
+            expect(page.locator("#review-handoff .published")).to_be_visible(timeout=30_000)
+            outside = [u for u in requested if not u.startswith(("data:", "blob:", server.url))]
+            assert not outside, f"the view fetched from elsewhere: {outside}"
+        finally:
+            browser.close()
+    detail = requests.get(
+        f"{server.url}/api/v2/dags/change_detection/dagRuns/{server.run_id}/taskInstances/"
+        f"{task['task_id']}/{task['map_index']}/hitlDetails", headers=server.bearer(),
+        timeout=60)
+    assert detail.ok, detail.text
+    assert detail.json()["chosen_options"] == [PUBLISH]
+    assert detail.json()["responded_by_user"]["name"] == "admin"

@@ -138,3 +138,52 @@ def test_a_tile_without_a_chip_is_cut_from_its_scene(tmp_path: Path, synthetic: 
     image = Image.open(io.BytesIO(data))
     assert media == "image/png" and image.size == (view_data.TILE_IMAGE_PX,) * 2
     assert np.asarray(image).std() > 0  # imagery, not a blank square
+
+
+def test_the_review_view_lists_the_queue_and_stores_answers(tmp_path: Path, synthetic: Path):
+    from landuse import review
+
+    root = str(tmp_path)
+    tile_and_predict(root, synthetic)
+    run_change(root, COUNTY, 2010, 2016, embeddings=False)
+    report = view_data.open_report(root, COUNTY, "2010-2016")
+    view = view_data.review_view(report, "ana")
+    queue = view["queue"]
+    assert queue and view["answered"] == 0 and view["user"] == "ana"
+    assert queue[0]["reason"] == "newly_developed" and queue[0]["b_group"] == "Developed"
+    assert {"a_class", "b_class", "b_confidence"} <= set(queue[0])
+    assert view["figures"]["flagged"] > 0 and view["figures"]["reviewed"] == 0
+    assert [a["value"] for a in view["answers"]] == ["change", "no_change", "unsure"]
+    assert "/" not in json.dumps(view).replace("\\/", "")  # no storage location
+
+    first, second = queue[0]["tile_id"], queue[1]["tile_id"]
+    stored = view_data.record_review(report, "ana", {"tile_id": first, "answer": "change",
+                                                     "class_b": "Developed"})
+    assert stored["model_id"] == report.summary["model_b"] and stored["user"] == "ana"
+    view_data.record_review(report, "ben", {"tile_id": first, "answer": "change"})
+    view_data.record_review(report, "ana", {"tile_id": second, "answer": "no_change",
+                                            "class_a": ""})  # an empty class is no class
+    view = view_data.review_view(report, "ana")
+    by_id = {e["tile_id"]: e for e in view["queue"]}
+    assert by_id[first]["answer"]["answer"] == "change"
+    assert by_id[first]["answer"]["class_b"] == "Developed"
+    assert by_id[first]["verdict"] == "change" and by_id[second]["verdict"] == "no_change"
+    assert by_id[second]["answer"]["class_a"] is None
+    assert view["answered"] == 2
+    assert (view["figures"]["reviewed"], view["figures"]["confirmed"]) == (2, 1)
+    assert view_data.review_view(report, "ben")["answered"] == 1
+    assert len(review.read_answers(report.url)) == 3
+
+    for body, message in [
+        ({"tile_id": "32614_99999_99999", "answer": "change"}, "not in this report"),
+        ({"tile_id": "../x", "answer": "change"}, "not a tile id"),
+        ({"tile_id": first, "answer": "maybe"}, "answer 'maybe'"),
+        ({"tile_id": first, "answer": "change", "class_a": "Lava"}, "class of year A"),
+        ({"tile_id": first}, "answer is missing"),
+        ({"tile_id": first, "answer": ["change"]}, "answer must be a string"),
+        ({"tile_id": first, "answer": "change", "user": "eve"}, "unknown fields"),
+        (["change"], "must be a JSON object"),
+    ]:
+        with pytest.raises(review.ReviewError, match=message):
+            view_data.record_review(report, "ana", body)
+    assert len(review.read_answers(report.url)) == 3

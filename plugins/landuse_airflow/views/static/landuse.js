@@ -228,6 +228,8 @@
     const aside = el("aside");
     target.replaceChildren(
       el("h1", { text: `${data.county}: land-use change ${data.year_a} → ${data.year_b}` }),
+      el("p", {}, el("a", { href: `${base}/review/${enc(county, pair)}`, target: "_top",
+                             class: "review-link", text: "Review the flagged tiles →" })),
       el("div", { class: "report" }, el("div", { class: "report-map" }, mapDiv, tilePanel), aside));
 
     map = L.map(mapDiv, { zoomSnap: 0.25, preferCanvas: false });
@@ -395,7 +397,234 @@
         ` (${kinds[f.slice(f.lastIndexOf("."))] || "file"})`))));
   }
 
-  const pages = { index: indexPage, run: runPage,
+  // --- review mode: answer the queue of a change report, tile by tile ---------------------
+  // Reading uses the session cookie like every other page; writing sends the user's token in
+  // an Authorization header, which the server requires (a cookie alone could come from a
+  // cross-site form). The token comes from /api/token: the cookie itself may be HttpOnly.
+
+  let pageToken = null;
+
+  async function bearer(renew) {
+    if (renew || !pageToken || Date.now() > pageToken.renewAt) {
+      const t = await getJSON(`${api}/token`);
+      pageToken = { value: t.token, renewAt: Date.now() + 0.8 * 1000 * t.expires_in };
+    }
+    return pageToken.value;
+  }
+
+  async function send(method, url, body) {
+    for (const renew of [false, true]) {
+      const response = await fetch(url, { method, credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${await bearer(renew)}` },
+        body: JSON.stringify(body) });
+      if (response.status === 401 && !renew) continue;  // the token ran out: once more
+      if (!response.ok) {
+        let detail = response.statusText;
+        try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
+        throw new Error(`${response.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`);
+      }
+      return response.json();
+    }
+  }
+
+  const SHORTCUTS = [["1 or c", "real change"], ["2 or n", "no change"], ["3 or u", "can't tell"],
+                     ["j / → / ↓", "next tile"], ["k / ← / ↑", "previous tile"],
+                     ["a / A", "next / previous true class of year A"],
+                     ["b / B", "next / previous true class of year B"], ["x", "clear both classes"]];
+  const ANSWER_KEYS = { 1: "change", c: "change", 2: "no_change", n: "no_change", 3: "unsure", u: "unsure" };
+  const PREFETCH = 4;  // tiles ahead whose images load while the analyst looks at this one
+
+  async function reviewPage() {
+    const root = `${api}/change/${enc(view.county, view.pair)}`;
+    let data = await getJSON(`${root}/review`);
+    let index = Math.max(0, data.queue.findIndex((t) => !t.answer));
+    const classes = { a: null, b: null };
+    const prefetched = new Map();
+
+    const progress = el("p", { id: "review-progress", class: "review-progress" });
+    const figures = el("p", { id: "review-figures", class: "muted" });
+    const handoff = el("div", { id: "review-handoff" });
+    const list = el("tbody");
+    const panel = el("section", { id: "review-tile", class: "review-tile" });
+    const status = el("p", { id: "review-status", class: "muted", role: "status" });
+    main.replaceChildren(
+      el("h1", { text: `Review: ${data.county} ${data.year_a} → ${data.year_b}` }),
+      el("p", {}, el("a", { href: `${base}/change/${enc(view.county, view.pair)}`, text: "← the change report" }),
+        ` · signed in as ${data.user}` + (data.can_write ? "" : " (read only: editing change_detection runs is needed to answer)")),
+      progress, figures, handoff,
+      el("div", { class: "review" },
+        el("div", { class: "review-queue" }, el("table", { id: "review-queue" },
+          el("thead", {}, el("tr", {}, ["#", "tile", "reason", `${data.year_a}`, `${data.year_b}`,
+            "confidence", "p · distance", "your answer", "verdict"].map((c) => el("th", { text: c })))),
+          list)),
+        el("div", {}, panel, status,
+          el("h2", { text: "Keyboard shortcuts" }),
+          el("table", { class: "shortcuts" }, el("tbody", {}, SHORTCUTS.map(([k, what]) =>
+            el("tr", {}, el("td", {}, el("kbd", { text: k })), el("td", { text: what }))))))));
+
+    const answerText = Object.fromEntries(data.answers.map((a) => [a.value, a.text]));
+    const call = (t, y) => [t[`${y}_class`], t[`${y}_group`] && t[`${y}_group`] !== t[`${y}_class`] ? `(${t[`${y}_group`]})` : null]
+      .filter(Boolean).join(" ");
+    // The no-change test's p-value and the embedding distance, where the report has them.
+    const evidence = (t) => [["p", t.p_no_change], ["d", t.embedding_distance]]
+      .filter(([, v]) => v !== undefined && v !== null).map(([k, v]) => `${k} ${fmt(v)}`).join(" · ");
+    const image = (t, which) => `${root}/tiles/${encodeURIComponent(t.tile_id)}/${which}.png`;
+
+    function drawSummary() {
+      const answered = data.queue.filter((t) => t.answer).length;
+      progress.textContent = `${answered} / ${data.queue.length} answered`;
+      const f = data.figures;
+      const precision = f.precision === undefined ? "precision: none reviewed yet"
+        : `precision ${fmt(f.precision)} (95 % interval ${fmt(f.precision_interval[0])}–${fmt(f.precision_interval[1])})`;
+      figures.textContent = `Flagged ${f.flagged}, reviewed ${f.reviewed}, confirmed ${f.confirmed}, ` +
+        `can't tell ${f.unsure}; ${precision}; ${f.users} analyst(s), ${f.answers} answers. ` +
+        `${f.note.charAt(0).toUpperCase()}${f.note.slice(1)}.`;
+    }
+
+    function drawList() {
+      list.replaceChildren(...data.queue.map((t, i) => el("tr", {
+        class: i === index ? "selected" : "", "data-tile": t.tile_id, onclick: () => select(i) },
+        el("td", { text: String(i + 1) }), el("td", { text: t.tile_id }), el("td", { text: t.reason_text }),
+        el("td", { text: call(t, "a") }), el("td", { text: call(t, "b") }),
+        el("td", { text: fmt(t.b_confidence) }), el("td", { text: evidence(t) }),
+        el("td", { class: "answer", text: t.answer ? answerText[t.answer.answer] : "" }),
+        el("td", { text: t.verdict ? answerText[t.verdict] || t.verdict : "" }))));
+      const row = list.children[index];
+      if (row) row.scrollIntoView({ block: "nearest" });
+    }
+
+    function drawHandoff() {
+      handoff.replaceChildren();
+      for (const task of data.waiting || []) {
+        const done = el("button", { type: "button", class: "publish", text: "Done — publish the review",
+          onclick: () => publish(task, done) });
+        if (!data.can_write) done.disabled = true;
+        handoff.append(el("p", { class: "decision" },
+          `Airflow is waiting for this review: ${task.subject} (run ${task.run_id}, task ${task.task_id}). `, done));
+      }
+    }
+
+    async function publish(task, button) {
+      button.disabled = true;
+      // Airflow's own REST API, beside this app (mounted one level below the server's root).
+      const url = `${base.slice(0, base.lastIndexOf("/"))}/api/v2/dags/${enc(task.dag_id)}` +
+        `/dagRuns/${enc(task.run_id)}/taskInstances/${enc(task.task_id)}/${task.map_index}/hitlDetails`;
+      try {
+        await send("PATCH", url, { chosen_options: [view.publish_option], params_input: {} });
+        button.replaceWith(el("strong", { class: "published", text: "Sent: the DAG publishes the review." }));
+      } catch (err) {
+        button.disabled = false;
+        status.textContent = `Could not hand the review back to Airflow: ${err.message}`;
+      }
+    }
+
+    function classSelect(which, year) {
+      const select = el("select", { id: `class-${which}`, onchange: () => {
+        classes[which] = select.value || null; select.blur(); } },
+        el("option", { value: "", text: `— true class ${year} —` }),
+        data.classes.map((c) => el("option", { value: c, text: c })));
+      select.value = classes[which] || "";
+      return select;
+    }
+
+    function drawTile() {
+      const t = data.queue[index];
+      if (!t) { panel.replaceChildren(el("p", { class: "muted", text: "The queue is empty." })); return; }
+      const figure = (which, year) => el("figure", {},
+        el("img", { class: "review-image", id: `review-image-${which}`, alt: `tile ${t.tile_id} in ${year}`, src: image(t, which) }),
+        el("figcaption", {}, el("strong", { text: String(year) }), ` ${call(t, which)}`,
+          t[`${which}_confidence`] !== undefined ? ` · ${fmt(t[`${which}_confidence`])}` : ""));
+      panel.replaceChildren(
+        el("h2", { text: `Tile ${index + 1} of ${data.queue.length}: ${t.tile_id}` }),
+        el("p", { class: "muted", text: `Asked because: ${t.reason_text}` +
+          (evidence(t) ? ` (${evidence(t)})` : "") + (t.transition ? `; model: ${t.transition}` : "") }),
+        el("div", { class: "review-images" }, figure("a", data.year_a), figure("b", data.year_b)),
+        el("div", { class: "review-classes" }, classSelect("a", data.year_a), classSelect("b", data.year_b)),
+        el("div", { class: "review-answers" }, data.answers.map((a, i) => el("button", {
+          type: "button", "data-answer": a.value, "aria-pressed": String(!!t.answer && t.answer.answer === a.value),
+          disabled: data.can_write ? null : "disabled", onclick: () => answer(a.value) },
+          el("kbd", { text: String(i + 1) }), ` ${a.text}`))),
+        el("p", { class: "muted", text: t.answer ? `Your answer: ${answerText[t.answer.answer]}` +
+          (t.verdict ? `; verdict of all analysts: ${answerText[t.verdict] || t.verdict}` : "") : "Not answered yet." }));
+      for (const ahead of data.queue.slice(index + 1, index + 1 + PREFETCH)) {
+        for (const which of ["a", "b"]) {
+          const src = image(ahead, which);
+          if (!prefetched.has(src)) { const img = new Image(); img.src = src; prefetched.set(src, img); }
+        }
+      }
+    }
+
+    function select(i) {
+      if (i < 0 || i >= data.queue.length) return;
+      index = i;
+      const t = data.queue[index];
+      classes.a = t.answer ? t.answer.class_a : null;
+      classes.b = t.answer ? t.answer.class_b : null;
+      drawList();
+      drawTile();
+    }
+
+    async function answer(value) {
+      if (!data.can_write) { status.textContent = "You may read this review but not answer it."; return; }
+      const t = data.queue[index];
+      const body = { tile_id: t.tile_id, answer: value, class_a: classes.a, class_b: classes.b };
+      status.textContent = "Saving…";
+      try {
+        const stored = await send("POST", `${root}/reviews`, body);
+        t.answer = stored;
+        status.textContent = `Saved: ${t.tile_id} ${answerText[value]}.`;
+      } catch (err) {
+        status.textContent = `Not saved: ${err.message}`;
+        return;
+      }
+      const next = data.queue.findIndex((q, i) => i > index && !q.answer);
+      const later = next >= 0 ? next : data.queue.findIndex((q) => !q.answer);
+      select(later >= 0 ? later : Math.min(index + 1, data.queue.length - 1));
+      refresh();
+    }
+
+    async function refresh() {
+      // The verdicts and figures count every analyst's answers: the server recomputes them.
+      try {
+        const fresh = await getJSON(`${root}/review`);
+        const byId = new Map(fresh.queue.map((t) => [t.tile_id, t]));
+        for (const t of data.queue) {
+          const f = byId.get(t.tile_id);
+          if (f) { t.verdict = f.verdict; t.answer = f.answer || t.answer; }
+        }
+        data = { ...fresh, queue: data.queue };
+        drawSummary(); drawList(); drawHandoff();
+      } catch (err) { status.textContent = `Could not refresh the figures: ${err.message}`; }
+    }
+
+    function cycle(which, step) {
+      const options = [null, ...data.classes];
+      const at = options.indexOf(classes[which]);
+      classes[which] = options[(at + step + options.length) % options.length];
+      const select = document.getElementById(`class-${which}`);
+      if (select) select.value = classes[which] || "";
+    }
+
+    document.addEventListener("keydown", (event) => {
+      if (event.ctrlKey || event.metaKey || event.altKey) return;
+      if (["SELECT", "INPUT", "TEXTAREA"].includes(event.target.tagName)) return;
+      const key = event.key;
+      if (ANSWER_KEYS[key]) answer(ANSWER_KEYS[key]);
+      else if (["j", "ArrowDown", "ArrowRight"].includes(key)) select(index + 1);
+      else if (["k", "ArrowUp", "ArrowLeft"].includes(key)) select(index - 1);
+      else if (key === "a" || key === "A") cycle("a", key === "a" ? 1 : -1);
+      else if (key === "b" || key === "B") cycle("b", key === "b" ? 1 : -1);
+      else if (key === "x") { classes.a = null; classes.b = null; drawTile(); }
+      else return;
+      event.preventDefault();
+    });
+
+    drawSummary();
+    drawHandoff();
+    select(index);
+  }
+
+  const pages = { index: indexPage, run: runPage, review: reviewPage,
                   change: () => renderReport(main, view.county, view.pair) };
   (pages[view.page] || indexPage)().catch((err) => fail(main, err));
 })();
