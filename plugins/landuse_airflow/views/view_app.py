@@ -404,7 +404,8 @@ def _run_view(dag_id: str, run_id: str, root: str) -> dict[str, Any]:
 
     with create_session() as session:
         events = session.scalars(select(AssetEvent).where(
-            AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id)).all()
+            AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run_id)
+            .order_by(AssetEvent.timestamp, AssetEvent.id)).all()
         extras = [dict(e.extra or {}) for e in events]
     out: dict[str, Any] = {"dag_id": dag_id, "run_id": run_id, "kind": None, "reports": [],
                            "elsewhere": 0}
@@ -436,8 +437,9 @@ def _champion_url(root: str) -> str:
 
 
 def _change_reports(out: dict[str, Any], extras: list[dict[str, Any]], root: str) -> None:
-    from landuse.change.run import change_url
+    from landuse.change import change_url
 
+    reports: dict[tuple[str, int, int], dict[str, Any]] = {}
     for extra in extras:
         try:
             county = storage.safe_name(str(extra["county"]))
@@ -447,12 +449,14 @@ def _change_reports(out: dict[str, Any], extras: list[dict[str, Any]], root: str
         if extra.get("url") and extra["url"] != change_url(root, county, year_a, year_b):
             out["elsewhere"] += 1  # written under another root: not this server's to serve
             continue
-        report: dict[str, Any] = {"county": county, "year_a": year_a, "year_b": year_b,
-                                  "pair": f"{year_a}-{year_b}"}
-        report.update({k: extra[k] for k in ("newly_developed", "changed", "tiles")
+        # A reviewed report has two events (published, then published with its review):
+        # one row, the later event's figures on top.
+        report = reports.setdefault((county, year_a, year_b), {
+            "county": county, "year_a": year_a, "year_b": year_b,
+            "pair": f"{year_a}-{year_b}"})
+        report.update({k: extra[k] for k in ("newly_developed", "changed", "tiles", "review")
                        if k in extra})
-        out["reports"].append(report)
-    out["reports"].sort(key=lambda r: r["county"])
+    out["reports"] = sorted(reports.values(), key=lambda r: (r["county"], r["pair"]))
 
 
 def _scored_years(out: dict[str, Any], extras: list[dict[str, Any]], root: str) -> None:

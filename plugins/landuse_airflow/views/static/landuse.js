@@ -358,6 +358,16 @@
     aside.append(el("p", {}, el("strong", { text: `${fmt(s.newly_developed)} tiles newly developed${error}` }),
       ` of ${fmt(s.compared)} compared (${fmt(s.tiles)} tiles, ${fmt(s.uncertain)} uncertain, ` +
       `${fmt(s.changed)} changed). Reference: ${s.reference_choice || `${data.year_a} ${fmt(s.reference)}`}.`));
+    const r = s.review;
+    if (r) {
+      const found = r.reviewed
+        ? `${fmt(r.reviewed)} reviewed, ${fmt(r.confirmed)} confirmed as real change: precision ` +
+          `${fmt(r.precision)} (95% interval ${fmt(r.precision_interval[0])}-${fmt(r.precision_interval[1])}); ` +
+          `about ${fmt(r.estimated_real)} real (${fmt(r.estimated_real_interval[0])}-${fmt(r.estimated_real_interval[1])})`
+        : "none reviewed yet";
+      aside.append(el("p", {}, el("strong", { text: `Review (${r.status}): ` }),
+        `of ${fmt(r.flagged)} flagged tiles, ${found}.`));
+    }
     const model = s.model || {};
     if (model.split === "test") {
       aside.append(el("p", { text: `Model ${model.model_id} on its held-out test counties ` +
