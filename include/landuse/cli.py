@@ -97,6 +97,22 @@ def _chips(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from landuse import review
+    from landuse.change import change_url
+
+    year_a, year_b = args.years
+    url = change_url(args.root, args.county, year_a, year_b)
+    if args.answers:
+        n = review.import_answers(url, pd.read_csv(args.answers), args.user)
+        print(f"{n} answers of {args.user} added to {storage.join(url, review.REVIEWS)}")
+    figures = review.publish(url, status=args.status)
+    print(review.markdown(figures).strip())
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from landuse.models.tracking import evaluate_on_test, promote_best
     from landuse.models.training import plan_candidates, run_candidate
@@ -323,6 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("--fdr", type=float, default=0.05,
                         help="false-discovery rate of the no-change test")
     change.set_defaults(func=_change)
+
+    rev = sub.add_parser("review", help="add answers given elsewhere to a change report's "
+                         "review and publish its figures")
+    rev.add_argument("--root", required=True, help="storage root of the report")
+    rev.add_argument("--county", required=True)
+    rev.add_argument("--years", type=_year_pair, required=True, help="A,B e.g. 2010,2016")
+    rev.add_argument("--answers", default=None, help="CSV with tile_id, answer (change, "
+                     "no_change, unsure) and optional class_a, class_b")
+    rev.add_argument("--user", default="import", help="whose answers they are")
+    rev.add_argument("--status", default="reviewed", help="the review's status in the report")
+    rev.set_defaults(func=_review)
 
     add_windows_parser(sub)
     return parser

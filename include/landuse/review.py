@@ -173,6 +173,40 @@ def record(report_url: str, tiles: pd.DataFrame, *, user: str, tile_id: str, ans
 ANSWER_COLUMNS = ["tile_id", "answer", "class_a", "class_b", "user", "at", "model_id"]
 
 
+def import_answers(report_url: str, answers: pd.DataFrame, user: str) -> int:
+    """Append answers given elsewhere (a field survey, a review in a GIS), one row per tile
+    with ``tile_id``, ``answer`` and optional ``class_a``/``class_b``, as ``user``'s.
+    Every row is checked against the report before any is written.
+
+    Returns:
+        The number of answers appended.
+
+    Raises:
+        ReviewError: no whole report at ``report_url``, a missing column, or a row that does
+            not fit the report (the message names the row).
+    """
+    if not storage.exists(storage.join(report_url, SUMMARY)):
+        raise ReviewError(f"no change report at {report_url}")
+    missing = sorted({"tile_id", "answer"} - set(answers.columns))
+    if missing:
+        raise ReviewError(f"answers lack column(s) {missing}")
+    tiles = storage.read_parquet(storage.join(report_url, "tiles.parquet")).to_pandas()
+    summary = json.loads(storage.read_bytes(storage.join(report_url, SUMMARY)))
+    rows = [{k: (None if pd.isna(v) else v) for k, v in row.items()}
+            for row in answers.to_dict("records")]
+    for i, row in enumerate(rows):
+        try:
+            check_answer(tiles, str(row["tile_id"]), str(row["answer"]), row.get("class_a"),
+                         row.get("class_b"))
+        except ReviewError as err:
+            raise ReviewError(f"row {i + 1}: {err}") from err
+    for row in rows:
+        record(report_url, tiles, user=user, tile_id=str(row["tile_id"]),
+               answer=str(row["answer"]), class_a=row.get("class_a"),
+               class_b=row.get("class_b"), model_id=summary.get("model_b"))
+    return len(rows)
+
+
 def read_answers(report_url: str) -> pd.DataFrame:
     """Every answer given on a report, oldest first (the whole history)."""
     names = sorted(storage.glob(storage.join(reviews_url(report_url), "*.json")))

@@ -175,3 +175,24 @@ def test_bad_arguments_are_exit_code_2(argv, capsys):
         main(argv)
     assert exit_.value.code == 2
     assert "usage: landuse" in capsys.readouterr().err
+
+
+def test_review_adds_answers_and_publishes_the_figures(tmp_path, capsys):
+    import pyarrow as pa
+
+    from landuse import review
+    from landuse.change import change_url
+
+    url = change_url(str(tmp_path), "c", 2010, 2016)
+    tiles = pd.DataFrame({"tile_id": ["32614_0_0", "32614_1_0"], "significant": [True, True]})
+    storage.write_parquet(f"{url}/tiles.parquet", pa.Table.from_pandas(tiles))
+    storage.write_bytes(f"{url}/summary.json", b"{}")
+    answers = tmp_path / "answers.csv"
+    answers.write_text("tile_id,answer,class_a,class_b\n32614_0_0,change,Cultivated,Water\n"
+                       "32614_1_0,no_change,,\n")
+    assert main(["review", "--root", str(tmp_path), "--county", "c", "--years", "2010,2016",
+                 "--answers", str(answers), "--user", "survey"]) == 0
+    out = capsys.readouterr().out
+    assert "2 answers of survey added" in out and "1 confirmed as real change" in out
+    assert json.loads(storage.read_bytes(f"{url}/summary.json"))["review"]["precision"] == 0.5
+    assert len(review.read_answers(url)) == 2

@@ -132,13 +132,20 @@ def test_wilson_matches_the_textbook_values():
     assert review.wilson(0, 0) == (0.0, 1.0)
 
 
+def _report(url: str, t: pd.DataFrame) -> None:
+    """A published report's files that reviews read: tiles, report.md, summary.json."""
+    import pyarrow as pa
+
+    storage.write_parquet(f"{url}/tiles.parquet", pa.Table.from_pandas(t, preserve_index=False))
+    storage.write_bytes(f"{url}/report.md", b"# Change\n\nbody\n")
+    storage.write_bytes(f"{url}/summary.json",
+                        json.dumps({"county": "x", "model_b": "m@1"}).encode())
+
+
 def test_publishing_adds_the_review_to_the_summary_and_report(tmp_path: Path):
     t = _tiles()
     url = str(tmp_path / "report")
-    storage.write_parquet(f"{url}/tiles.parquet",
-                          __import__("pyarrow").Table.from_pandas(t, preserve_index=False))
-    storage.write_bytes(f"{url}/report.md", b"# Change\n\nbody\n")
-    storage.write_bytes(f"{url}/summary.json", json.dumps({"county": "x"}).encode())
+    _report(url, t)
     first = review.publish(url, status="unreviewed")
     assert first["reviewed"] == 0
     review.record(url, t, user="ana", tile_id="32614_0_0", answer="change")
@@ -174,3 +181,21 @@ def test_reviewed_labels_per_year_with_conflicts_left_out(tmp_path: Path):
                    (2016, "32614_2_0"): "Forest"}
     assert review.reviewed_labels(root, "c").attrs["conflicts"] == 1
     assert review.reviewed_labels(root, "other").empty
+
+
+def test_answers_given_elsewhere_are_imported_whole_or_not_at_all(tmp_path: Path):
+    t = _tiles()
+    url = str(tmp_path / "report")
+    _report(url, t)
+    bad = pd.DataFrame({"tile_id": ["32614_0_0", "32614_1_0"], "answer": ["change", "perhaps"]})
+    with pytest.raises(review.ReviewError, match="row 2: answer 'perhaps'"):
+        review.import_answers(url, bad, "survey")
+    assert review.read_answers(url).empty  # the good row was not written either
+    good = pd.DataFrame({"tile_id": ["32614_0_0", "32614_1_0"], "answer": ["change", "unsure"],
+                         "class_a": ["Cultivated", None], "class_b": ["Water", None]})
+    assert review.import_answers(url, good, "survey") == 2
+    got = review.read_answers(url)
+    assert list(got["user"]) == ["survey"] * 2 and set(got["model_id"]) == {"m@1"}
+    assert got.set_index("tile_id").loc["32614_0_0", "class_b"] == "Water"
+    with pytest.raises(review.ReviewError, match="no change report"):
+        review.import_answers(str(tmp_path / "none"), good, "survey")
