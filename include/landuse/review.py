@@ -49,7 +49,7 @@ UNCERTAIN_TILES = 50
 SPREAD_BLOCK = 10
 Z95 = 1.959963984540054
 _TILE_ID = re.compile(r"^(\d{4,6})_(-?\d{1,9})_(-?\d{1,9})\Z")
-_USER = re.compile(r"^[\w.@+-]{1,128}\Z")
+_USER = re.compile(r"^[\w .@+-]{1,128}\Z")  # stored in JSON only, never in a name
 
 
 class ReviewError(ValueError):
