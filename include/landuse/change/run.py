@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from rasterio.windows import from_bounds
 
-from landuse import labels, storage
+from landuse import labels, review, storage
 from landuse.change import (
     REVIEWS,
     SUMMARY,
@@ -143,6 +143,10 @@ def run_change(
         summary["change_test"] = _change_test(change, manifest_a, manifest_b, feats_a, feats_b,
                                               fdr, spark)
     url = out or change_url(root, county, year_a, year_b)
+    answers = review.read_answers(url)
+    if len(answers):  # a report published again keeps its analysts' answers and figures
+        summary["review"] = {"status": "earlier answers",
+                             **review.figures(change.tiles, answers)}
     files = _render(change, summary)
     summary["files"] = sorted(files)
     files[SUMMARY] = json.dumps(summary, indent=2, default=str).encode()
@@ -581,7 +585,8 @@ def _markdown(change: Change, s: dict[str, Any], files: list[str]) -> str:
             lines += ["", w["note"]]
     lines += _test_lines(s.get("change_test"))
     lines += ["", "## Files", ""] + [f"- [{f}]({f})" for f in files]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text + "\n" + review.markdown(s["review"]) if "review" in s else text
 
 
 def _test_lines(c: dict[str, Any] | None) -> list[str]:

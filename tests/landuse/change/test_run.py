@@ -192,8 +192,12 @@ def test_rerun_replaces_the_report(tmp_path, change_root, change_kit):
     files = {f for f in _files(second.url) if not f.startswith("reviews/")}
     assert files == {*second.summary["files"], SUMMARY}
     assert "stale.txt" not in files and "groups_2010.tif" not in files
-    # The analysts' answers are theirs, not the report's: a rerun keeps them.
+    # The analysts' answers are theirs, not the report's: a rerun keeps them, and its
+    # summary and report carry their figures.
     assert review.read_answers(second.url).to_dict("records") == [answer]
+    assert read_summary(second.url)["review"]["answers"] == 1
+    assert review.REVIEW_SECTION in storage.read_bytes(
+        os.path.join(second.url, "report.md")).decode()
     assert read_summary(second.url)["smoothed"] is True
     assert "smoothed (3×3 plurality)" in storage.read_bytes(
         os.path.join(second.url, "report.md")).decode()
