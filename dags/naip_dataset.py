@@ -140,10 +140,6 @@ def naip_dataset() -> None:
                     registry[county], p["years"], p["storage_root"], _tiling_config(p),
                     nlcd=p["nlcd"], nlcd_crs=p["nlcd_crs"], reviews=p["reviews"],
                 )
-        for r in results:
-            log.info("%s %d: %d tiles, %d trainable; %d labelled by reviews, %d of them "
-                     "disagreeing with NLCD", r.county, r.year, r.tiles, r.trainable,
-                     r.reviewed, r.disagreed)
         return [asdict(r) for r in results]
 
     @task(outlets=[NAIP_DATASET])
