@@ -42,7 +42,34 @@ class ChangeReviewOperator(HITLOperator):
     def execute(self, context: Context) -> Any:
         days = float(context["params"].get("review_timeout", REVIEW_TIMEOUT_DAYS))
         self.response_timeout = timedelta(days=days)
+        earlier = _earlier_answer(context)
+        if earlier is not None:
+            return self.execute_complete(context, earlier)
         return super().execute(context)
+
+
+def _earlier_answer(context: Context) -> dict[str, Any] | None:
+    """The answer an earlier try of this task got, if any.
+
+    Airflow 3.3 retries a waiting task that is answered before the scheduler has handled
+    its parking (within about a second, measured in the stack test), and a retry's request
+    clears the answer: asking again would drop what the analyst chose.
+    """
+    from airflow.sdk.execution_time.hitl import get_hitl_detail_content_detail
+
+    ti = context["ti"]
+    if ti.try_number <= 1:
+        return None
+    try:
+        answer = get_hitl_detail_content_detail(ti.id)
+    except Exception:  # no request from an earlier try (cleared, or it failed before asking)
+        return None
+    if not answer.response_received:
+        return None
+    by = answer.responded_by_user
+    return {"chosen_options": answer.chosen_options or [],
+            "params_input": answer.params_input or {}, "responded_at": answer.responded_at,
+            "responded_by_user": {"id": by.id, "name": by.name} if by else None}
 
 
 def review_link(county: str, year_a: int, year_b: int, base_url: str = "") -> str:

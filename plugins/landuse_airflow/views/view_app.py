@@ -60,21 +60,9 @@ def _authenticated_user() -> Callable[..., Any]:
     return get_user
 
 
-def _require_dag_reader(user: Any, dag_id: str) -> None:
-    """403 unless the auth manager lets ``user`` read the runs of ``dag_id``."""
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import (
-        DagAccessEntity,
-        DagDetails,
-    )
-
-    if not get_auth_manager().is_authorized_dag(method="GET", access_entity=DagAccessEntity.RUN,
-                                                details=DagDetails(id=dag_id), user=user):
-        raise HTTPException(403, f"not allowed to read the runs of {dag_id}")
-
-
-def _may_edit(user: Any, dag_id: str) -> bool:
-    """Whether the auth manager lets ``user`` edit the runs of ``dag_id``."""
+def _may(user: Any, method: str, dag_id: str) -> bool:
+    """Whether the auth manager lets ``user`` read (``GET``) or edit (``PUT``) the runs of
+    ``dag_id``."""
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import (
         DagAccessEntity,
@@ -82,8 +70,14 @@ def _may_edit(user: Any, dag_id: str) -> bool:
     )
 
     return bool(get_auth_manager().is_authorized_dag(
-        method="PUT", access_entity=DagAccessEntity.RUN, details=DagDetails(id=dag_id),
+        method=method, access_entity=DagAccessEntity.RUN, details=DagDetails(id=dag_id),
         user=user))
+
+
+def _require_dag_reader(user: Any, dag_id: str) -> None:
+    """403 unless the auth manager lets ``user`` read the runs of ``dag_id``."""
+    if not _may(user, "GET", dag_id):
+        raise HTTPException(403, f"not allowed to read the runs of {dag_id}")
 
 
 def _own_origins(request: Request) -> set[str]:
@@ -113,7 +107,7 @@ def _review_writer(request: Request, user: Any) -> Any:
     if scheme.lower() != "bearer" or not credentials.strip():
         raise HTTPException(401, "writing a review needs the token in an Authorization: "
                                  "Bearer header; the session cookie alone is not enough")
-    if not _may_edit(user, CHANGE_DAG):
+    if not _may(user, "PUT", CHANGE_DAG):
         raise HTTPException(403, f"not allowed to review: editing {CHANGE_DAG} runs is needed")
     return user
 
@@ -342,7 +336,7 @@ def create_app(root: str | None = None) -> FastAPI:
         r = report(county, pair)
         with _errors():
             data = view_data.review_view(r, str(user.get_name()))
-        data["can_write"] = _may_edit(user, CHANGE_DAG)
+        data["can_write"] = _may(user, "PUT", CHANGE_DAG)
         data["waiting"] = waiting_reviews(r.county, r.pair)
         return _secure(JSONResponse(data))
 
