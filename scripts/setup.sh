@@ -27,15 +27,21 @@ if [ "$(node -p "require('./.tools/node_modules/leaflet/package.json').version" 
   echo "setup: installing leaflet@$LEAFLET_VERSION from npm (the Land use view's map library)"
   npm install --silent --no-audit --no-fund --prefix .tools "leaflet@$LEAFLET_VERSION" >/dev/null
 fi
-# Headless Chromium for the Land use view's browser test, from the distribution (Playwright
-# drives it; its own browser download is never used).
-if ! command -v chromium >/dev/null 2>&1; then
+# From the distribution: headless Chromium for the Land use view's browser test (Playwright
+# drives it; its own browser download is never used); PostgreSQL and Redis for the stack tests
+# (tests/stack: the metadata database and Celery's broker, started by the tests on loopback;
+# the packages' own services are not used).
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing chromium with apt-get"
+    echo "setup: installing ${missing[*]} with apt-get"
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends chromium >/dev/null
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "setup: warning: chromium is missing (apt-get install chromium, as root); the Land use view's browser test needs it" >&2
+    echo "setup: warning: ${missing[*]} missing (apt-get install ${missing[*]}, as root); the view's browser test and the stack tests need them" >&2
   fi
 fi
 # shellcheck source=scripts/env.sh

@@ -7,7 +7,6 @@ predictions Assets schedule change_detection, which publishes each county's repo
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections import Counter
 from itertools import combinations
@@ -142,10 +141,9 @@ def _set_pool_slots(stack, slots: int) -> None:
 
 def _prediction_events(stack) -> Counter[tuple[str, int]]:
     """Asset events per county-year of predictions, read from the metadata DB (read-only)."""
-    with sqlite3.connect(f"file:{stack.home / 'airflow.db'}?mode=ro", uri=True) as db:
-        uris = [u for (u,) in db.execute(
-            "SELECT a.uri FROM asset_event e JOIN asset a ON a.id = e.asset_id "
-            "WHERE a.uri LIKE 'landuse://predictions/%'")]
+    uris = [u for (u,) in stack.query(
+        "SELECT a.uri FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+        "WHERE a.uri LIKE 'landuse://predictions/%%'")]
     return Counter((u.split("/")[-2], int(u.split("/")[-1])) for u in uris)
 
 

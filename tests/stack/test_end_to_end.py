@@ -1,5 +1,6 @@
 """The whole chain on a real deployment, driven through the REST API as the UI would:
-naip_dataset (triggered) -> landuse_training (scheduled by the dataset Asset) ->
+naip_dataset (triggered) -> landuse_training (scheduled by the dataset Asset; its candidates
+train on the Celery worker of the gpu queue) ->
 landuse_scoring 2010 and 2016 (triggered) -> change_detection (scheduled by the predictions
 Assets), then a change run against Azure Blob (Azurite)
 whose credentials must appear in no task log. The API server listens on loopback only."""
@@ -29,7 +30,7 @@ class Api:
         for attempt in range(5):
             r = requests.request(method, f"{self.url}{path}", headers=self.headers,
                                  timeout=180, **kwargs)
-            # SQLite's single writer: a request that lost the lock was rolled back; retry.
+            # A request that lost a database lock was rolled back; retry.
             if r.status_code != 500 or "Database error" not in r.text:
                 break
             time.sleep(2 * (attempt + 1))
@@ -57,12 +58,13 @@ class Api:
 
 @pytest.fixture(scope="module")
 def deployed(airflow_stack, synthetic: Path, azurite: str):
-    """The stack up, with the synthetic registry and Azure credentials in the environment
-    (as a deployment gets them)."""
+    """The stack up with both Celery workers, the synthetic registry and Azure credentials in
+    the environment (as a deployment gets them)."""
     (airflow_stack.home / "counties.json").write_text(
         json.dumps({"include": [str(synthetic / "counties.json")]}))
     airflow_stack.env["AZURE_STORAGE_CONNECTION_STRING"] = azurite
-    airflow_stack.up()
+    airflow_stack.up(components=("api-server", "scheduler", "dag-processor", "worker-default",
+                                 "worker-gpu"))
     return airflow_stack
 
 
@@ -88,6 +90,14 @@ def test_chain_through_the_rest_api(deployed, azurite: str, azure_env: str):
         time.sleep(3)
     assert [r["run_type"] for r in training] == ["asset_triggered"], training
     api.wait("landuse_training", training[0]["dag_run_id"], timeout=900)
+    ran_on: dict[str, set[tuple[str, ...]]] = {}  # task -> its (hostname, queue, executor)
+    for task_id, *where in deployed.query(
+            "SELECT task_id, hostname, queue, executor FROM task_instance "
+            "WHERE dag_id = 'landuse_training' AND state = 'success'"):
+        ran_on.setdefault(task_id, set()).add(tuple(where))
+    assert ran_on["train_candidate"] == {("worker-gpu", "gpu", "CeleryExecutor")}, ran_on
+    assert not {h for tis in ran_on.values() for h, *_ in tis} & {"worker-default"}, ran_on
+    assert all(not h.startswith("worker-") for h, *_ in ran_on["select_best"]), ran_on
     for year in (2010, 2016):
         api.wait("landuse_scoring", api.trigger("landuse_scoring", {**common, "year": year}))
 

@@ -1,11 +1,11 @@
 """Every port the project opens listens on loopback only.
 
-A real deployment (api-server, scheduler with the LocalExecutor, dag-processor, triggerer)
-plus the Azurite emulator, all started by this test session: once the API answers, every
-component reports healthy and the scheduler's and triggerer's log servers accept
-connections, the listening TCP sockets of this process's descendants are listed, and any
-address other than a loopback one (127.0.0.1, ::1, ::ffff:127.0.0.1) fails the test with
-the process that holds it.
+A real deployment (api-server, scheduler with the LocalExecutor, dag-processor, triggerer,
+the two Celery workers) plus PostgreSQL, Redis and the Azurite emulator, all started by this
+test session: once the API answers, every component reports healthy and the scheduler's,
+triggerer's and workers' log servers accept connections, the listening TCP sockets of this
+process's descendants are listed, and any address other than a loopback one (127.0.0.1, ::1,
+::ffff:127.0.0.1) fails the test with the process that holds it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import psutil
 import pytest
 import requests
 
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", "worker-default",
+              "worker-gpu")
 
 
 def _loopback(address: str) -> bool:
@@ -72,11 +73,12 @@ def _describe(proc: psutil.Process, owners: dict[int, str]) -> str:
 
 @pytest.fixture(scope="module")
 def deployed(airflow_stack, azurite: str):
-    """The four components up and healthy, the log servers accepting connections."""
+    """The components up and healthy, the log servers accepting connections."""
     airflow_stack.up(components=COMPONENTS)
     env = airflow_stack.env
     log_ports = {"scheduler": int(env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"]),
-                 "triggerer": int(env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"])}
+                 "triggerer": int(env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"]),
+                 **airflow_stack.worker_log_ports}
     deadline = time.monotonic() + 180
     while True:
         health = _health(airflow_stack.api_url)
@@ -97,7 +99,7 @@ def deployed(airflow_stack, azurite: str):
 
 @pytest.mark.azurite
 @pytest.mark.timeout(420)
-def test_every_listening_socket_is_on_loopback(deployed, azurite: str):
+def test_every_listening_socket_is_on_loopback(deployed, azurite: str, postgres, redis):
     stack, log_ports = deployed
     api_port = int(stack.env["AIRFLOW__API__PORT"])
     azurite_port = int(azurite.split("BlobEndpoint=http://127.0.0.1:", 1)[1].split("/", 1)[0])
@@ -108,7 +110,9 @@ def test_every_listening_socket_is_on_loopback(deployed, azurite: str):
         by_port.setdefault(port, set()).add(address)
     # What must be there: otherwise the check below would pass on nothing.
     expected = {"api-server": api_port, "scheduler log server": log_ports["scheduler"],
-                "triggerer log server": log_ports["triggerer"], "azurite": azurite_port}
+                "triggerer log server": log_ports["triggerer"], "azurite": azurite_port,
+                "postgres": postgres.port, "redis": redis.port,
+                **{f"{name} log server": port for name, port in stack.worker_log_ports.items()}}
     missing = {name: port for name, port in expected.items() if port not in by_port}
     assert not missing, f"not listening: {missing}; found {sorted(by_port)}"
     owners: dict[int, str] = {}  # pid -> the component it is, or that started it

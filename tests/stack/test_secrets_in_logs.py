@@ -1,34 +1,35 @@
 """No storage secret in any log, XCom or command line, with every logger at DEBUG.
 
 ``naip_dataset`` runs on a real deployment (api-server, scheduler with the LocalExecutor,
-dag-processor) whose county registry, NAIP scenes and NLCD rasters live on Azurite, so the
-tasks read rasters through GDAL's ``/vsiaz/`` and write tiles through adlfs. The storage
-credentials reach the components only through ``AZURE_STORAGE_CONNECTION_STRING``, in two
-variants, one run each (the components are restarted in between):
+dag-processor, on PostgreSQL) whose county registry, NAIP scenes and NLCD rasters live on
+Azurite, so the tasks read rasters through GDAL's ``/vsiaz/`` and write tiles through adlfs.
+The storage credentials reach the components only through
+``AZURE_STORAGE_CONNECTION_STRING``, in two variants, one run each (the components are
+restarted in between):
 
 * ``key``: a connection string with the account key;
 * ``sas``: a connection string with an account SAS token and no key.
 
 Airflow logs at DEBUG (``AIRFLOW__LOGGING__LOGGING_LEVEL``: the root logger, so rasterio,
 adlfs, fsspec and the Azure SDK too) and GDAL prints its debug messages (``CPL_DEBUG=ON``).
-Afterwards the account key, the SAS token (and its signature, encoded or not) and both
-connection strings must appear nowhere: not in any file under the Airflow home (task logs,
-DAG processor logs, the components' stdout/stderr), not in the metadata DB (XCom values,
-rendered fields, every other table), not in what the runs wrote to the store besides the
-images, not in this test's captured output and logs, and not in the command line of any
-process the test started (sampled while the runs went on).
+Afterwards the account key, the SAS token (and its signature, encoded or not), both
+connection strings and the deployment's database and broker passwords must appear nowhere:
+not in any file under the Airflow home (task logs, DAG processor logs, the components'
+stdout/stderr), not in the metadata DB (XCom values, rendered fields, every other table),
+not in what the runs wrote to the store besides the images, not in this test's captured
+output and logs, and not in the command line of any process the test started (sampled while
+the runs went on).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import psutil
 import pytest
@@ -146,6 +147,12 @@ def test_no_secret_in_logs_xcom_or_command_lines(
     for name, connection_string in variants.items():
         for what, forms in _secrets(connection_string).items():
             secrets[f"{what} ({name})"] = forms
+    # The deployment's own: the metadata database's and the Celery broker's passwords.
+    for what, variable in (("database password", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"),
+                           ("broker password", "AIRFLOW__CELERY__BROKER_URL")):
+        password = urlsplit(stack.env[variable]).password
+        assert password
+        secrets[what] = _forms(password)
 
     stack.cli("dags", "pause", OTHERS, "--treat-dag-id-as-regex", "-y")
     stack.env.update(DEBUG_ENV)
@@ -181,22 +188,22 @@ def test_no_secret_in_logs_xcom_or_command_lines(
 
     found: list[str] = []
     # Every file under the Airflow home: task and DAG-processor logs, components' output.
-    files = [p for p in sorted(stack.home.rglob("*")) if p.is_file()
-             and not p.name.startswith("airflow.db")]
+    files = [p for p in sorted(stack.home.rglob("*")) if p.is_file()]
     assert len(files) > 10
     for path in files:
         found += [f"{what} in {path}"
                   for what in _leaks(path.read_bytes().decode(errors="replace"), secrets)]
     # The metadata DB, every table (XCom values, rendered fields, run conf, ...).
-    with sqlite3.connect(f"file:{stack.home / 'airflow.db'}?mode=ro", uri=True) as db:
-        xcoms = db.execute("SELECT COUNT(*) FROM xcom").fetchone()[0]
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            for row in db.execute(f'SELECT * FROM "{table}"'):
-                text = "\n".join(v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-                                 for v in row)
-                found += [f"{what} in the metadata DB table {table}"
-                          for what in _leaks(text, secrets)]
+    xcoms = stack.query("SELECT COUNT(*) FROM xcom")[0][0]
+    tables = [t for (t,) in stack.query(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    assert "task_instance" in tables
+    for table in tables:
+        for row in stack.query(f'SELECT * FROM "{table}"'):
+            text = "\n".join(bytes(v).decode(errors="replace")
+                             if isinstance(v, bytes | memoryview) else str(v) for v in row)
+            found += [f"{what} in the metadata DB table {table}"
+                      for what in _leaks(text, secrets)]
     assert xcoms > 0  # the tasks' return values are there, and were searched
     # What the runs wrote besides the images: manifests, the split, summaries.
     container = service.get_container_client(output)
