@@ -4,13 +4,25 @@
 # Spark master and workers (the Spark that the pip pyspark package ships: spark-class and
 # spark-submit are on PATH), and the MLflow tracking server, so Spark executors have the
 # same Python and packages as the drivers in Airflow tasks.
+#
+# Where no registry is reachable, scripts/stack.sh builds it offline: the bases are local
+# stand-ins (AIRFLOW_IMAGE, NODE_IMAGE), Python packages come from a wheelhouse prepared from
+# requirements.lock outside the build (PIP_NO_INDEX, PIP_FIND_LINKS: pip reads them from the
+# build's environment) and Leaflet from a package file (LEAFLET). The defaults are the
+# official images and the registries.
+ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11
+ARG NODE_IMAGE=node:20-slim
+
 # The Land use view's map library, from npm (pinned as in scripts/setup.sh; BSD-2 licence
 # kept beside it).
-FROM node:20-slim AS leaflet
-RUN npm install --no-audit --no-fund --prefix /leaflet leaflet@1.9.4 \
+FROM ${NODE_IMAGE} AS leaflet
+ARG LEAFLET=leaflet@1.9.4
+RUN npm install --no-audit --no-fund --prefix /leaflet "${LEAFLET}" \
     && cp /leaflet/node_modules/leaflet/LICENSE /leaflet/node_modules/leaflet/dist/
 
-FROM apache/airflow:3.3.2-python3.11
+FROM ${AIRFLOW_IMAGE}
+ARG PIP_NO_INDEX=
+ARG PIP_FIND_LINKS=
 
 USER root
 # Java for Spark (drivers in tasks, the master, the workers); Debian's default JRE (17 or 21),
