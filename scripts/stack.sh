@@ -146,7 +146,7 @@ images() {
   local port="${LANDUSE_WHEELHOUSE_PORT:-8765}"
   python3 -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$port" >/dev/null 2>&1 &
   local server=$!
-  trap 'kill $server 2>/dev/null || true' EXIT  # also when a failed build ends the script
+  trap "kill $server 2>/dev/null || true" EXIT  # also when a failed build ends the script
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/.lock-sha256" >/dev/null && break; sleep 0.2; done
   curl -sf "http://127.0.0.1:$port/.lock-sha256" >/dev/null || {
     log "cannot serve the wheelhouse on 127.0.0.1:$port (set LANDUSE_WHEELHOUSE_PORT)" >&2; exit 1; }
