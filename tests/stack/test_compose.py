@@ -15,6 +15,7 @@ under its own project name, and removes its containers and volumes at the end.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -46,11 +47,15 @@ def _run(*args: str, timeout: float = 600, check: bool = True) -> str:
     return done.stdout
 
 
+@functools.cache
+def _compose_command() -> tuple[str, ...]:
+    """Compose v2 where present, else docker-compose 1.29 (as scripts/stack.sh chooses)."""
+    v2 = subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    return ("docker", "compose") if v2 else ("docker-compose",)
+
+
 def _compose(*args: str, timeout: float = 600, check: bool = True) -> str:
-    compose = (["docker", "compose"] if subprocess.run(
-        ["docker", "compose", "version"], capture_output=True).returncode == 0
-        else ["docker-compose"])
-    return _run(*compose, *args, timeout=timeout, check=check)
+    return _run(*_compose_command(), *args, timeout=timeout, check=check)
 
 
 def _in_scheduler(code: str) -> Any:
